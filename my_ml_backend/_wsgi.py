@@ -1,0 +1,54 @@
+"""WSGI entry point: the stock label-studio-ml app serving `NewModel` on port 9090.
+
+Run it as `label-studio-ml start ./my_ml_backend` (which executes this file),
+`python my_ml_backend/_wsgi.py --port 9090`, or under gunicorn:
+`gunicorn --bind 0.0.0.0:9090 my_ml_backend._wsgi:app`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # executed as a script by `label-studio-ml start`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from label_studio_ml.api import init_app  # noqa: E402
+
+from my_ml_backend import server_routes  # noqa: E402
+from my_ml_backend.logging_setup import configure_logging  # noqa: E402
+from my_ml_backend.model import NewModel  # noqa: E402
+from my_ml_backend.settings import load_env_file, load_settings  # noqa: E402
+
+load_env_file()
+settings = load_settings()
+configure_logging(settings)
+logger = logging.getLogger("my_ml_backend")
+
+
+def create_app():  # noqa: ANN201 - a Flask app
+    """The stock app with our views installed; data (not code) goes to DATA_DIR."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = init_app(model_class=NewModel, model_dir=str(settings.data_dir))
+    server_routes.install(app, NewModel)
+    logger.info(
+        "LLM 预标注后端已就绪 (backend ready): model=%s, url=%s, API key %s",
+        settings.model,
+        settings.base_url,
+        "已设置 (set)" if settings.has_api_key else "未设置 (NOT set: predictions will fail until MODELSCOPE_API_KEY is set)",
+    )
+    return app
+
+
+app = create_app()
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="LLM pre-annotation ML backend for Label Studio")
+    parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("PORT", 9090)))
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument("-d", "--debug", action="store_true", help="Flask debug mode (auto-reload)")
+    args, _unknown = parser.parse_known_args()
+    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)

@@ -1,0 +1,37 @@
+"""`<TextArea>`: generated text (code comments, analysis, answers, error diagnosis)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..labeling import Target
+
+
+def _describe(target: Target) -> str:
+    attr = target.control.attr
+    for key in ("hint", "placeholder", "title"):
+        if attr.get(key):
+            return str(attr[key])
+    return f"为「{target.name}」写出内容 (write the {target.name})"
+
+
+class TextAreaHandler:
+    tag = "textarea"
+
+    def instruction(self, target: Target) -> str:
+        return f"生成文本 (generate text): {_describe(target)}"
+
+    def answer_format(self, target: Target) -> str:
+        return '"<文本>"'
+
+    def to_values(self, target: Target, answer: Any) -> list[dict[str, Any]]:
+        if answer is None:
+            return []
+        items = answer if isinstance(answer, list) else [answer]
+        texts = []
+        for item in items:
+            text = item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
+            if text.strip():
+                texts.append(text.strip())
+        return [{"text": texts}] if texts else []

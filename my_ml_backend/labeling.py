@@ -1,0 +1,126 @@
+"""What a project asks for: its Text-like objects and the controls attached to them.
+
+Parsed once per labeling config with `label_studio_sdk`'s `LabelInterface` (never by
+hand), so that prompt building and result mapping share one view of the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from label_studio_sdk.label_interface import LabelInterface
+from label_studio_sdk.label_interface.control_tags import ControlTag
+from label_studio_sdk.label_interface.object_tags import ObjectTag
+
+logger = logging.getLogger(__name__)
+
+# Object tags whose task data is text we can put in a prompt.
+TEXT_OBJECT_TAGS = frozenset({"text", "hypertext", "paragraphs"})
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """A text object of the config and the task data key it reads (`$text` -> `text`)."""
+
+    name: str
+    tag: str
+    data_key: str
+
+    def read(self, data: dict[str, Any]) -> str | None:
+        """The object's text in a task, or None when the task does not carry it."""
+        value = data.get(self.data_key)
+        if value is None:
+            return None
+        if isinstance(value, list):  # Paragraphs: [{"author": ..., "text": ...}, ...]
+            lines = []
+            for item in value:
+                if isinstance(item, dict):
+                    who = item.get("author") or item.get("name") or ""
+                    said = item.get("text") or item.get("content") or ""
+                    lines.append(f"{who}: {said}" if who else str(said))
+                else:
+                    lines.append(str(item))
+            value = "\n".join(lines)
+        text = str(value)
+        return text if text.strip() else None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One control to answer, with the text objects it labels (one prompt part each)."""
+
+    control: ControlTag
+    sources: tuple[TextSource, ...]
+
+    @property
+    def name(self) -> str:
+        return self.control.name
+
+    @property
+    def tag(self) -> str:
+        return self.control.tag.lower()
+
+
+@dataclass(frozen=True)
+class LabelingSchema:
+    """The parsed config: the interface (for validation) and the controls we can answer."""
+
+    interface: LabelInterface
+    sources: tuple[TextSource, ...]
+    targets: tuple[Target, ...]
+    config_hash: str
+
+    @property
+    def data_keys(self) -> list[str]:
+        return [s.data_key for s in self.sources]
+
+
+def _source(obj: ObjectTag) -> TextSource | None:
+    if obj.tag.lower() not in TEXT_OBJECT_TAGS or not obj.value_is_variable:
+        return None
+    return TextSource(name=obj.name, tag=obj.tag, data_key=obj.value_name)
+
+
+def _tags(collection: Any) -> list[Any]:
+    """LabelInterface returns tags as a dict, or as its values, depending on the config."""
+    return list(collection.values()) if isinstance(collection, dict) else list(collection)
+
+
+def config_hash(label_config: str) -> str:
+    return hashlib.sha256(label_config.encode("utf-8")).hexdigest()[:16]
+
+
+@lru_cache(maxsize=64)
+def parse_schema(label_config: str, supported_tags: frozenset[str]) -> LabelingSchema:
+    """Parse `label_config`; keep the controls of `supported_tags` that label text objects.
+
+    Controls of other types, `perRegion` controls and controls on non-text objects are
+    left alone (they stay for the human annotator) and do not break the task.
+    """
+    interface = LabelInterface(label_config)
+    sources: dict[str, TextSource] = {}
+    for obj in _tags(interface.objects):
+        src = _source(obj)
+        if src:
+            sources[src.name] = src
+    targets = []
+    for control in _tags(interface.controls):
+        if control.tag.lower() not in supported_tags:
+            logger.debug("Control %s (%s) is not pre-annotated", control.name, control.tag)
+            continue
+        if str(control.attr.get("perRegion", "")).lower() == "true":
+            logger.debug("Control %s is perRegion: left to the annotator", control.name)
+            continue
+        linked = tuple(sources[n] for n in control.to_name or [] if n in sources)
+        if linked:
+            targets.append(Target(control=control, sources=linked))
+    return LabelingSchema(
+        interface=interface,
+        sources=tuple(sources.values()),
+        targets=tuple(targets),
+        config_hash=config_hash(label_config),
+    )

@@ -1,0 +1,131 @@
+"""Server glue: the HTTP views Label Studio calls, installed on the stock label-studio-ml app.
+
+label-studio-ml 1.0.9 keeps one "current model" for the whole server and reports
+the wrapper's version (`INITIAL`) from `/setup`; with Label Studio 1.23 that gives
+duplicate predictions on every retrieve and answers a second project with the first
+project's config. So `/setup`, `/predict` and `/webhook` are re-pointed (through
+Flask's `view_functions`, the app stays the stock one) to views that:
+- pick the model for the config each request carries (an LRU of models per config),
+- report the model's own `model_version` everywhere,
+- answer malformed requests with a 400 and a message instead of a 500 traceback,
+- run `fit()` in-process for webhooks (no forked process, no job folder in the source tree).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from flask import Flask, jsonify, request
+from label_studio_sdk.label_interface import LabelInterface
+
+from .labeling import config_hash
+
+logger = logging.getLogger(__name__)
+
+
+class BadRequest(Exception):
+    """A request Label Studio would never send; answered with HTTP 400."""
+
+
+class ModelRegistry:
+    """Models by (project, labeling config), so interleaved projects never mix configs."""
+
+    def __init__(self, model_class: type, size: int = 32) -> None:
+        self.model_class = model_class
+        self.size = size
+        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._configs: dict[str, str] = {}  # last config seen per project, for requests without one
+        self._lock = threading.Lock()
+
+    def get(self, project: str, label_config: str | None) -> Any:
+        with self._lock:
+            if not label_config:
+                label_config = self._configs.get(project)
+            if not label_config:
+                raise BadRequest("缺少 label_config，请先调用 /setup (no labeling config: call /setup first)")
+            key = (project, config_hash(label_config))
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+                return model
+        try:
+            LabelInterface(label_config)
+        except Exception as exc:  # noqa: BLE001 - an unparsable config is the caller's error
+            raise BadRequest(f"标注配置无法解析 (invalid labeling config): {exc}") from None
+        model = self.model_class(label_config=label_config)
+        with self._lock:
+            self._models[key] = model
+            self._configs[project] = label_config
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+        return model
+
+
+def _json_body() -> dict[str, Any]:
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("请求体必须是 JSON 对象 (request body must be a JSON object)")
+    return data
+
+
+def _project_key(data: dict[str, Any]) -> str:
+    project = data.get("project")
+    if isinstance(project, dict):  # webhooks carry the whole project
+        project = project.get("id")
+    return str(project or "").split(".", 1)[0]
+
+
+def install(app: Flask, model_class: type) -> ModelRegistry:
+    """Point the stock app's `/setup`, `/predict` and `/webhook` at our views."""
+    registry = ModelRegistry(model_class)
+
+    def setup() -> Any:
+        data = _json_body()
+        schema = data.get("schema") or data.get("label_config")
+        if not isinstance(schema, str) or not schema.strip():
+            raise BadRequest("缺少 schema（标注配置）(missing 'schema': the labeling config)")
+        model = registry.get(_project_key(data), schema)
+        return jsonify({"model_version": model.model_version})
+
+    def predict() -> Any:
+        data = _json_body()
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("'tasks' 必须是任务对象列表 ('tasks' must be a list of task objects)")
+        label_config = data.get("label_config")
+        if label_config is not None and not isinstance(label_config, str):
+            raise BadRequest("'label_config' 必须是字符串 ('label_config' must be a string)")
+        params = data.get("params") or {}
+        model = registry.get(_project_key(data), label_config)
+        context = params.get("context") if isinstance(params, dict) else None
+        predictions = model.predict(tasks, context=context)
+        return jsonify({"results": predictions, "model_version": model.model_version})
+
+    def webhook() -> Any:
+        data = _json_body()
+        event = data.get("action")
+        if not isinstance(event, str):
+            raise BadRequest("缺少 action (missing 'action')")
+        if event not in model_class.TRAIN_EVENTS:
+            return jsonify({"status": "ignored", "action": event}), 200
+        project = data.get("project") if isinstance(data.get("project"), dict) else {}
+        try:
+            model = registry.get(_project_key(data), project.get("label_config"))
+        except BadRequest:  # an event for a project we have not seen: still acknowledge it
+            model = model_class(label_config=None)
+        result = model.fit(event=event, data=data)
+        return jsonify({"status": "ok", "action": event, "result": result}), 201
+
+    app.view_functions["_setup"] = setup
+    app.view_functions["_predict"] = predict
+    app.view_functions["webhook"] = webhook
+
+    @app.errorhandler(BadRequest)
+    def bad_request(error: BadRequest) -> Any:
+        logger.warning("%s %s: %s", request.method, request.path, error)
+        return jsonify({"status": 400, "detail": str(error)}), 400
+
+    return registry

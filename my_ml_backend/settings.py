@@ -1,0 +1,115 @@
+"""Configuration read from the environment (and an optional `.env` file).
+
+Everything the backend can be tuned with lives here, so that the rest of the code
+receives one immutable `Settings` object instead of reading `os.environ` ad hoc.
+Reading settings never touches the network and never requires the API key: the
+backend must start (and `/health` answer) even before the user has set a key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import find_dotenv, load_dotenv
+
+DEFAULT_API_URL = "https://api-inference.modelscope.cn/v1"
+DEFAULT_MODEL = "Qwen/Qwen3-Coder-480B-A35B-Instruct"
+BACKEND_DIR = Path(__file__).resolve().parent
+
+
+def load_env_file() -> None:
+    """Load `.env` from the working directory or the project root, never overriding real env vars."""
+    for candidate in (find_dotenv(usecwd=True), str(BACKEND_DIR.parent / ".env"), str(BACKEND_DIR / ".env")):
+        if candidate and Path(candidate).is_file():
+            load_dotenv(candidate, override=False)
+
+
+def normalize_base_url(url: str) -> str:
+    """Accept both `…/v1` and the full `…/v1/chat/completions` form users copy from docs.
+
+    The `openai` client appends `/chat/completions` itself, so a URL that already ends
+    with it would otherwise be called as `…/chat/completions/chat/completions`.
+    """
+    url = url.strip().rstrip("/")
+    for suffix in ("/chat/completions", "/completions"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)].rstrip("/")
+    return url
+
+
+def _float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"环境变量 {name} 必须是数字 ({name} must be a number), got {raw!r}") from exc
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _float(env, name, default)
+    return int(value) if value is not None else default
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in {"1", "true", "yes", "on", "y"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Immutable backend configuration; see README for each environment variable."""
+
+    api_key: str | None = field(default=None, repr=False)  # repr=False: never printed by accident
+    base_url: str = DEFAULT_API_URL
+    model: str = DEFAULT_MODEL
+    temperature: float = 0.1
+    max_tokens: int = 1024
+    top_p: float | None = None
+    timeout: float = 60.0
+    max_retries: int = 2
+    max_input_chars: int = 4000
+    debug: bool = False
+    log_dir: Path = BACKEND_DIR.parent / "logs"
+    data_dir: Path = BACKEND_DIR / "data"
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key)
+
+    def generation_fingerprint(self) -> dict[str, object]:
+        """The settings that change what the model answers (part of `model_version`)."""
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "max_input_chars": self.max_input_chars,
+        }
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    key = env.get("MODELSCOPE_API_KEY", "").strip() or None
+    return Settings(
+        api_key=key,
+        base_url=normalize_base_url(env.get("MODELSCOPE_API_URL", "") or DEFAULT_API_URL),
+        model=env.get("MODELSCOPE_MODEL", "").strip() or DEFAULT_MODEL,
+        temperature=_float(env, "LLM_TEMPERATURE", 0.1) or 0.0,
+        max_tokens=_int(env, "LLM_MAX_TOKENS", 1024),
+        top_p=_float(env, "LLM_TOP_P", None),
+        timeout=_float(env, "LLM_TIMEOUT", 60.0) or 60.0,
+        max_retries=_int(env, "LLM_MAX_RETRIES", 2),
+        max_input_chars=_int(env, "MAX_INPUT_CHARS", 4000),
+        debug=_bool(env, "DEBUG") or env.get("LOG_LEVEL", "").strip().upper() == "DEBUG",
+        log_dir=Path(env.get("LOG_DIR", "").strip() or BACKEND_DIR.parent / "logs"),
+        data_dir=Path(env.get("DATA_DIR", "").strip() or BACKEND_DIR / "data"),
+    )
