@@ -34,11 +34,12 @@ def create_app():  # noqa: ANN201 - a Flask app
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = init_app(model_class=NewModel, model_dir=str(settings.data_dir))
     server_routes.install(app, NewModel)
+    key_state = "已设置 (set)" if settings.has_api_key else "未设置 (NOT set: set MODELSCOPE_API_KEY to predict)"
     logger.info(
-        "LLM 预标注后端已就绪 (backend ready): model=%s, url=%s, API key %s",
+        "后端已就绪 (backend ready): model=%s, url=%s, API key %s",
         settings.model,
         settings.base_url,
-        "已设置 (set)" if settings.has_api_key else "未设置 (NOT set: predictions will fail until MODELSCOPE_API_KEY is set)",
+        key_state,
     )
     return app
 

@@ -147,7 +147,7 @@ def test_webhook_events_reach_fit(backend: Backend) -> None:
         assert status == 201 and body["result"]["event"] == event, body
     status, body = backend.post("/webhook", {"action": "PROJECT_UPDATED", "project": project})
     assert status == 200 and body["status"] == "ignored"
-    assert f"收到事件 (event received): START_TRAINING, project 7" in backend.logs()
+    assert "收到事件 (event received): START_TRAINING, project 7" in backend.logs()
 
 
 def test_two_projects_keep_their_own_config(backend: Backend, llm: fake.FakeLLMServer) -> None:
