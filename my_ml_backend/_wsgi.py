@@ -33,7 +33,11 @@ def create_app():  # noqa: ANN201 - a Flask app
     """The stock app with our views installed; data (not code) goes to DATA_DIR."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = init_app(model_class=NewModel, model_dir=str(settings.data_dir))
-    server_routes.install(app, NewModel)
+    basic_auth = None
+    if settings.basic_auth_user and settings.basic_auth_pass:
+        basic_auth = (settings.basic_auth_user, settings.basic_auth_pass)
+        logger.info("已启用基本认证 (basic auth enabled) for user %s", settings.basic_auth_user)
+    server_routes.install(app, NewModel, basic_auth)
     key_state = "已设置 (set)" if settings.has_api_key else "未设置 (NOT set: set MODELSCOPE_API_KEY to predict)"
     logger.info(
         "后端已就绪 (backend ready): model=%s, url=%s, API key %s",

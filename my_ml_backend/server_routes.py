@@ -13,6 +13,7 @@ Flask's `view_functions`, the app stays the stock one) to views that:
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections import OrderedDict
@@ -78,9 +79,31 @@ def _project_key(data: dict[str, Any]) -> str:
     return str(project or "").split(".", 1)[0]
 
 
-def install(app: Flask, model_class: type) -> ModelRegistry:
+def require_basic_auth(app: Flask, user: str, password: str) -> None:
+    """Answer 401 to any request without the configured credentials (as label-studio-ml 2.x does).
+
+    Label Studio sends them on /health, /setup, /predict and the Train button's
+    /webhook; its annotation-event webhooks carry only the headers set on the webhook.
+    """
+    expected = (user.encode(), password.encode())
+
+    @app.before_request
+    def check_credentials() -> Any:
+        auth = request.authorization
+        given = (str(auth.username or "").encode(), str(auth.password or "").encode()) if auth else (b"", b"")
+        if hmac.compare_digest(given[0], expected[0]) & hmac.compare_digest(given[1], expected[1]):
+            return None
+        response = jsonify({"status": 401, "detail": "需要认证 (authentication required)"})
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
+        return response
+
+
+def install(app: Flask, model_class: type, basic_auth: tuple[str, str] | None = None) -> ModelRegistry:
     """Point the stock app's `/setup`, `/predict` and `/webhook` at our views."""
     registry = ModelRegistry(model_class)
+    if basic_auth:
+        require_basic_auth(app, *basic_auth)
 
     def setup() -> Any:
         data = _json_body()

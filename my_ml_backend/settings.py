@@ -78,6 +78,8 @@ class Settings:
     debug: bool = False
     log_dir: Path = BACKEND_DIR.parent / "logs"
     data_dir: Path = BACKEND_DIR / "data"
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = field(default=None, repr=False)
 
     @property
     def has_api_key(self) -> bool:
@@ -112,4 +114,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         debug=_bool(env, "DEBUG") or env.get("LOG_LEVEL", "").strip().upper() == "DEBUG",
         log_dir=Path(env.get("LOG_DIR", "").strip() or BACKEND_DIR.parent / "logs"),
         data_dir=Path(env.get("DATA_DIR", "").strip() or BACKEND_DIR / "data"),
+        basic_auth_user=env.get("BASIC_AUTH_USER", "").strip() or None,
+        basic_auth_pass=env.get("BASIC_AUTH_PASS", "") or None,
     )

@@ -74,7 +74,7 @@ class Backend:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"backend exited: {self.stdout.read_text(errors='replace')}")
             try:
-                self.get("/health")
+                self.request("GET", "/health")  # any HTTP answer (401 with basic auth) means it is up
                 return
             except OSError:
                 time.sleep(0.1)

@@ -169,3 +169,35 @@ def test_secret_never_in_logs_or_responses(backend: Backend, llm: fake.FakeLLMSe
     logs = backend.logs()
     assert "Task 1 prompt" in logs  # debug mode is on, so the trace was written
     assert TEST_KEY not in logs and TEST_KEY[3:15] not in logs
+
+
+def test_basic_auth(llm: fake.FakeLLMServer, tmp_path) -> None:
+    import base64
+    import urllib.request
+
+    b = Backend(
+        {
+            "MODELSCOPE_API_KEY": TEST_KEY,
+            "MODELSCOPE_API_URL": llm.base_url,
+            "BASIC_AUTH_USER": "mluser",
+            "BASIC_AUTH_PASS": "s3cret-pass",
+        },
+        tmp_path,
+    )
+    try:
+        status, body = b.request("GET", "/health")
+        assert status == 401 and body["detail"]
+        status, _ = b.post("/setup", {"project": "1.1", "schema": config("technical_qa")})
+        assert status == 401
+        for creds, expected in (("mluser:wrong", 401), ("mluser:s3cret-pass", 200)):
+            req = urllib.request.Request(b.url + "/health")
+            req.add_header("Authorization", "Basic " + base64.b64encode(creds.encode()).decode())
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    got = resp.status
+            except urllib.error.HTTPError as err:
+                got = err.code
+            assert got == expected, creds
+        assert "s3cret-pass" not in b.logs()
+    finally:
+        b.stop()
