@@ -142,9 +142,17 @@ def install(app: Flask, model_class: type, basic_auth: tuple[str, str] | None = 
         result = model.fit(event=event, data=data)
         return jsonify({"status": "ok", "action": event, "result": result}), 201
 
+    def train() -> Any:
+        """Legacy `/train` (Label Studio < 1.4.1): same as the Train button's START_TRAINING."""
+        data = _json_body()
+        model = registry.get(_project_key(data), data.get("label_config"))
+        result = model.fit(event="START_TRAINING", data=data)
+        return jsonify({"status": "ok", "action": "START_TRAINING", "result": result}), 201
+
     app.view_functions["_setup"] = setup
     app.view_functions["_predict"] = predict
     app.view_functions["webhook"] = webhook
+    app.view_functions["_train"] = train
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest) -> Any:

@@ -147,6 +147,10 @@ def test_webhook_events_reach_fit(backend: Backend) -> None:
         assert status == 201 and body["result"]["event"] == event, body
     status, body = backend.post("/webhook", {"action": "PROJECT_UPDATED", "project": project})
     assert status == 200 and body["status"] == "ignored"
+    status, body = backend.post(
+        "/train", {"project": "7.1", "label_config": project["label_config"], "annotations": []}
+    )
+    assert status == 201 and body["result"]["event"] == "START_TRAINING", body
     assert "收到事件 (event received): START_TRAINING, project 7" in backend.logs()
 
 
