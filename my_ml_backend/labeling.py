@@ -55,6 +55,8 @@ class Target:
 
     control: ControlTag
     sources: tuple[TextSource, ...]
+    # Taxonomy only: every selectable path from the root, e.g. ("动物", "猫").
+    paths: tuple[tuple[str, ...], ...] = ()
 
     @property
     def name(self) -> str:
@@ -94,13 +96,32 @@ def config_hash(label_config: str) -> str:
     return hashlib.sha256(label_config.encode("utf-8")).hexdigest()[:16]
 
 
+def taxonomy_paths(interface: LabelInterface, name: str) -> tuple[tuple[str, ...], ...]:
+    """All paths of a `<Taxonomy>`'s nested `<Choice>` tree (the SDK flattens its labels)."""
+    root = next((el for el in interface._tree.iter("Taxonomy") if el.get("name") == name), None)
+    paths: list[tuple[str, ...]] = []
+
+    def walk(element: Any, prefix: tuple[str, ...]) -> None:
+        for child in element:
+            if child.tag == "Choice" and child.get("value"):
+                path = (*prefix, child.get("value"))
+                paths.append(path)
+                walk(child, path)
+
+    if root is not None:
+        walk(root, ())
+    return tuple(paths)
+
+
 @lru_cache(maxsize=64)
-def parse_schema(label_config: str, supported_tags: frozenset[str]) -> LabelingSchema:
-    """Parse `label_config`; keep the controls of `supported_tags` that label text objects.
+def parse_schema(label_config: str, object_tags: frozenset[tuple[str, frozenset[str]]]) -> LabelingSchema:
+    """Parse `label_config`; keep the controls we answer: `object_tags` maps each supported
+    control tag to the object tags it may label (`controls.OBJECT_TAGS`).
 
     Controls of other types, `perRegion` controls and controls on non-text objects are
     left alone (they stay for the human annotator) and do not break the task.
     """
+    allowed_by_tag = dict(object_tags)
     interface = LabelInterface(label_config)
     sources: dict[str, TextSource] = {}
     for obj in _tags(interface.objects):
@@ -109,15 +130,19 @@ def parse_schema(label_config: str, supported_tags: frozenset[str]) -> LabelingS
             sources[src.name] = src
     targets = []
     for control in _tags(interface.controls):
-        if control.tag.lower() not in supported_tags:
+        if control.tag.lower() not in allowed_by_tag:
             logger.debug("Control %s (%s) is not pre-annotated", control.name, control.tag)
             continue
         if str(control.attr.get("perRegion", "")).lower() == "true":
             logger.debug("Control %s is perRegion: left to the annotator", control.name)
             continue
-        linked = tuple(sources[n] for n in control.to_name or [] if n in sources)
+        allowed_objects = allowed_by_tag[control.tag.lower()]
+        linked = tuple(
+            sources[n] for n in control.to_name or [] if n in sources and sources[n].tag.lower() in allowed_objects
+        )
         if linked:
-            targets.append(Target(control=control, sources=linked))
+            paths = taxonomy_paths(interface, control.name) if control.tag.lower() == "taxonomy" else ()
+            targets.append(Target(control=control, sources=linked, paths=paths))
     return LabelingSchema(
         interface=interface,
         sources=tuple(sources.values()),

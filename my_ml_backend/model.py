@@ -14,7 +14,7 @@ from typing import Any
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from .controls import SUPPORTED_TAGS
+from .controls import OBJECT_TAGS
 from .labeling import parse_schema
 from .llm_client import shared_client
 from .predictor import Predictor
@@ -46,7 +46,7 @@ class NewModel(LabelStudioMLBase):
     def setup(self) -> None:
         """Parse the config and fix this model's version; cheap and offline."""
         self.settings = load_settings()
-        self.schema = parse_schema(self.label_config or EMPTY_CONFIG, SUPPORTED_TAGS)
+        self.schema = parse_schema(self.label_config or EMPTY_CONFIG, OBJECT_TAGS)
         self.model_version = model_version(self.settings, self.schema.config_hash)
         self.predictor = Predictor(self.schema, self.settings, shared_client(self.settings), self.model_version)
         logger.debug(

@@ -28,7 +28,8 @@ def build_results(schema: LabelingSchema, answers: dict[str, Any], texts: dict[s
         if not to_names:
             continue
         regions = []
-        for value in HANDLERS[target.tag].to_values(target, answers[target.name]):
+        text = texts[to_names[0]]
+        for value in HANDLERS[target.tag].to_values(target, answers[target.name], text):
             region = {
                 "id": uuid.uuid4().hex[:10],
                 "from_name": target.name,

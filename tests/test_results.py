@@ -1,6 +1,6 @@
 from label_studio_sdk.label_interface import LabelInterface
 
-from my_ml_backend.controls import SUPPORTED_TAGS
+from my_ml_backend.controls import OBJECT_TAGS
 from my_ml_backend.labeling import parse_schema
 from my_ml_backend.prompts import build_prompt, read_texts
 from my_ml_backend.results import build_results
@@ -22,13 +22,13 @@ MIXED = """<View>
 
 
 def schema(cfg: str = MIXED):
-    return parse_schema(cfg, SUPPORTED_TAGS)
+    return parse_schema(cfg, OBJECT_TAGS)
 
 
 def test_schema_keeps_text_controls_only() -> None:
     s = schema()
     assert [src.data_key for src in s.sources] == ["text", "title"]
-    assert [t.name for t in s.targets] == ["topic", "mood", "note"]  # no Labels yet, no image, no perRegion
+    assert [t.name for t in s.targets] == ["topic", "mood", "note", "ner"]  # no image, no perRegion
 
 
 def test_prompt_has_one_part_per_pair_and_only_present_texts() -> None:

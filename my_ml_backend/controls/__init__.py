@@ -1,16 +1,32 @@
 """One small handler per Label Studio control: how to ask for it and how to read the answer.
 
-A handler is a prompt fragment plus a parser (the split spacy-llm uses), so adding a
-control type means adding one module here and registering it in `HANDLERS`.
+A handler is a prompt fragment, a JSON schema and a parser (the split spacy-llm
+uses), so adding a control type means adding one module here and registering it.
 """
 
 from __future__ import annotations
 
 from .base import ControlHandler
 from .choices import ChoicesHandler
+from .labels import LabelsHandler
+from .scalars import DateTimeHandler, NumberHandler, RatingHandler
+from .taxonomy import TaxonomyHandler
 from .textarea import TextAreaHandler
 
-HANDLERS: dict[str, ControlHandler] = {h.tag: h for h in (ChoicesHandler(), TextAreaHandler())}
+HANDLERS: dict[str, ControlHandler] = {
+    h.tag: h
+    for h in (
+        ChoicesHandler(),
+        TextAreaHandler(),
+        LabelsHandler(),
+        RatingHandler(),
+        NumberHandler(),
+        DateTimeHandler(),
+        TaxonomyHandler(),
+    )
+}
 SUPPORTED_TAGS: frozenset[str] = frozenset(HANDLERS)
+# Which object tags each control may pre-annotate (e.g. Labels spans only on <Text>).
+OBJECT_TAGS: frozenset[tuple[str, frozenset[str]]] = frozenset((t, h.object_tags) for t, h in HANDLERS.items())
 
-__all__ = ["HANDLERS", "SUPPORTED_TAGS", "ControlHandler"]
+__all__ = ["HANDLERS", "OBJECT_TAGS", "SUPPORTED_TAGS", "ControlHandler"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..labeling import Target
+from ..labeling import TEXT_OBJECT_TAGS, Target
 
 
 class ControlHandler(Protocol):
     """How one control type is asked for and how its answer becomes Label Studio results."""
 
     tag: str  # lower-case Label Studio tag name, e.g. "choices"
+    object_tags: frozenset[str]  # object tags (lower-case) this control can pre-annotate
 
     def instruction(self, target: Target) -> str:
         """The prompt part for this control (what to do, which values are allowed)."""
@@ -20,6 +21,13 @@ class ControlHandler(Protocol):
         """The JSON value shape expected under the control's key, shown in the prompt."""
         ...
 
-    def to_values(self, target: Target, answer: Any) -> list[dict[str, Any]]:
-        """Result `value` dicts for the answer; empty when the answer is unusable."""
+    def json_schema(self, target: Target) -> dict[str, Any]:
+        """A lean JSON Schema for the answer, for endpoints that enforce schemas."""
         ...
+
+    def to_values(self, target: Target, answer: Any, text: str) -> list[dict[str, Any]]:
+        """Result `value` dicts for the answer about `text`; empty when the answer is unusable."""
+        ...
+
+
+TEXT_OBJECTS = TEXT_OBJECT_TAGS

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from ..labeling import Target
+from .base import TEXT_OBJECTS
 from .matching import as_list, match_value
 
 _SPLIT = re.compile(r"[,，;；、|/\n]+")
@@ -22,6 +23,7 @@ def _multiple(target: Target) -> bool:
 
 class ChoicesHandler:
     tag = "choices"
+    object_tags = TEXT_OBJECTS
 
     def instruction(self, target: Target) -> str:
         allowed = json.dumps(_allowed(target), ensure_ascii=False)
@@ -32,7 +34,11 @@ class ChoicesHandler:
     def answer_format(self, target: Target) -> str:
         return '["<选项>", "..."]' if _multiple(target) else '"<选项>"'
 
-    def to_values(self, target: Target, answer: Any) -> list[dict[str, Any]]:
+    def json_schema(self, target: Target) -> dict[str, Any]:
+        item = {"type": "string", "enum": _allowed(target)}
+        return {"type": "array", "items": item} if _multiple(target) else item
+
+    def to_values(self, target: Target, answer: Any, text: str = "") -> list[dict[str, Any]]:
         allowed = _allowed(target)
         picked: list[str] = []
         for candidate in as_list(answer):

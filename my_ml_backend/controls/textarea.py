@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..labeling import Target
+from .base import TEXT_OBJECTS
 
 
 def _describe(target: Target) -> str:
@@ -18,6 +19,7 @@ def _describe(target: Target) -> str:
 
 class TextAreaHandler:
     tag = "textarea"
+    object_tags = TEXT_OBJECTS
 
     def instruction(self, target: Target) -> str:
         return f"生成文本 (generate text): {_describe(target)}"
@@ -25,7 +27,10 @@ class TextAreaHandler:
     def answer_format(self, target: Target) -> str:
         return '"<文本>"'
 
-    def to_values(self, target: Target, answer: Any) -> list[dict[str, Any]]:
+    def json_schema(self, target: Target) -> dict[str, Any]:
+        return {"type": "string"}
+
+    def to_values(self, target: Target, answer: Any, text: str = "") -> list[dict[str, Any]]:
         if answer is None:
             return []
         items = answer if isinstance(answer, list) else [answer]

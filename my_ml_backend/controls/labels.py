@@ -1,0 +1,88 @@
+"""`<Labels>` on a Text object: named entities and spans, offsets computed by us."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..labeling import Target
+from .matching import match_value
+from .spans import Span, locate, resolve_overlaps
+
+
+def _allowed(target: Target) -> list[str]:
+    return list(target.control.labels or [])
+
+
+def _hints(target: Target) -> str:
+    attrs = target.control.labels_attrs or {}
+    notes = [f"{name}: {tag.attr['hint']}" for name, tag in attrs.items() if tag.attr.get("hint")]
+    return f" 标签说明 (label notes): {'; '.join(notes)}" if notes else ""
+
+
+def _entities(answer: Any) -> list[dict[str, Any]]:
+    """Accept [{"text", "label"}], {"PER": ["张三"]}, or [["张三", "PER"]] shapes."""
+    if isinstance(answer, dict):
+        if "text" in answer or "entity" in answer:
+            return [answer]
+        out = []
+        for label, mentions in answer.items():
+            for mention in mentions if isinstance(mentions, list) else [mentions]:
+                out.append({"text": mention, "label": label})
+        return out
+    if isinstance(answer, list):
+        out = []
+        for item in answer:
+            if isinstance(item, dict):
+                out.append(item)
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                out.append({"text": item[0], "label": item[1]})
+        return out
+    return []
+
+
+def _hint(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+class LabelsHandler:
+    tag = "labels"
+    object_tags = frozenset({"text"})  # HyperText/Paragraphs spans use other offset shapes
+
+    def instruction(self, target: Target) -> str:
+        allowed = json.dumps(_allowed(target), ensure_ascii=False)
+        return (
+            "实体/片段抽取：逐字摘录原文中的片段并标注类别，每处提及都列出，没有则返回空列表 "
+            f"(extract spans verbatim from the text, with a label from): {allowed}.{_hints(target)}"
+        )
+
+    def answer_format(self, target: Target) -> str:
+        return '[{"text": "<原文片段>", "label": "<标签>"}]'
+
+    def json_schema(self, target: Target) -> dict[str, Any]:
+        item = {
+            "type": "object",
+            "properties": {"text": {"type": "string"}, "label": {"type": "string", "enum": _allowed(target)}},
+            "required": ["text", "label"],
+        }
+        return {"type": "array", "items": item}
+
+    def to_values(self, target: Target, answer: Any, text: str) -> list[dict[str, Any]]:
+        allowed = _allowed(target)
+        spans: list[Span] = []
+        for entity in _entities(answer):
+            mention = entity.get("text") or entity.get("entity") or entity.get("span")
+            raw_label = entity.get("label") or entity.get("labels") or entity.get("type")
+            if isinstance(raw_label, list):
+                raw_label = raw_label[0] if raw_label else None
+            label = match_value(str(raw_label), allowed) if raw_label is not None else None
+            if not isinstance(mention, str) or label is None:
+                continue
+            spans.extend(locate(text, mention, label, _hint(entity.get("start"))))
+        return [
+            {"start": s.start, "end": s.end, "text": s.text_in(text), "labels": [s.label]}
+            for s in resolve_overlaps(spans)
+        ]

@@ -1,0 +1,52 @@
+"""`<Taxonomy>`: hierarchical classification; answers are full paths from the root."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..labeling import Target
+from .base import TEXT_OBJECTS
+from .matching import as_list, match_value
+
+SEPARATOR = " / "
+
+
+def _options(target: Target) -> dict[str, tuple[str, ...]]:
+    return {SEPARATOR.join(p): p for p in target.paths}
+
+
+def _multiple(target: Target) -> bool:
+    return str(target.control.attr.get("maxUsages", "")) != "1"
+
+
+class TaxonomyHandler:
+    tag = "taxonomy"
+    object_tags = TEXT_OBJECTS
+
+    def instruction(self, target: Target) -> str:
+        options = json.dumps(list(_options(target)), ensure_ascii=False)
+        return f"层级分类：从这些路径中选择最具体的 (hierarchical class, pick the most specific paths): {options}"
+
+    def answer_format(self, target: Target) -> str:
+        return '["<路径>"]'
+
+    def json_schema(self, target: Target) -> dict[str, Any]:
+        return {"type": "array", "items": {"type": "string", "enum": list(_options(target))}}
+
+    def to_values(self, target: Target, answer: Any, text: str = "") -> list[dict[str, Any]]:
+        options = _options(target)
+        leaves = {p[-1]: p for p in target.paths}
+        picked: list[list[str]] = []
+        for candidate in as_list(answer):
+            parts = [p.strip() for p in re.split(r"[/>›»]", candidate) if p.strip()]
+            key = match_value(SEPARATOR.join(parts), list(options))
+            path = options.get(key) if key else None
+            if path is None and parts and (leaf := match_value(parts[-1], list(leaves))):
+                path = leaves[leaf]  # the model named only the node: complete its path
+            if path and list(path) not in picked:
+                picked.append(list(path))
+        if not picked:
+            return []
+        return [{"taxonomy": picked if _multiple(target) else picked[:1]}]
