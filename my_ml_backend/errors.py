@@ -87,6 +87,10 @@ class _Context:
     timeout: float
 
 
+# How ModelScope and other OpenAI-compatible servers say "no such model".
+_MODEL_MARKERS = ("has no provider", "invalid model", "model not found", "model_not_found", "does not exist")
+
+
 def server_message(exc: openai.APIStatusError) -> str:
     """The server's own error text, whether it sits under `error`, `errors` or `message`."""
     body = exc.body
@@ -175,7 +179,7 @@ def _classify_status(exc: openai.APIStatusError, model: str) -> PredictionError:
             "❌ 请求过于频繁，重试后仍被限流，请稍后再试 (rate limited, still throttled after retries)",
             detail,
         )
-    if status == 404 or "model" in lowered and ("provider" in lowered or "invalid" in lowered or "not" in lowered):
+    if status == 404 or any(marker in lowered for marker in _MODEL_MARKERS):
         return PredictionError(
             ErrorKind.MODEL_UNAVAILABLE,
             f"❌ 模型不可用：{model}，请检查 MODELSCOPE_MODEL 是否为 API-Inference 支持的模型 "

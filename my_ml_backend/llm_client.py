@@ -18,7 +18,17 @@ from typing import Any
 
 import openai
 
-from .errors import QUOTA_HEADERS, bad_response, classify, is_quota_exhausted, is_thinking_refusal, missing_key
+from .errors import (
+    QUOTA_HEADERS,
+    ErrorKind,
+    bad_response,
+    classify,
+    is_quota_exhausted,
+    is_thinking_refusal,
+    missing_key,
+    server_message,
+)
+from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,9 +46,15 @@ class ChatReply:
 
     text: str
     usage: Usage = field(default_factory=Usage)
-    # Mean token probability of the answer, when the endpoint returned logprobs.
-    token_confidence: float | None = None
+    # (token, logprob) pairs of the answer, when the endpoint returned logprobs.
+    tokens: list[tuple[str, float]] = field(default_factory=list)
     quota_remaining: int | None = None
+    mode: str = "text"
+
+    @property
+    def token_confidence(self) -> float | None:
+        """Geometric-mean token probability of the whole answer."""
+        return mean_probability([lp for _, lp in self.tokens])
 
 
 @dataclass
@@ -69,6 +85,8 @@ class LLMClient:
         self.settings = settings
         self.counter = CallCounter()
         self._extra_body: dict[str, Any] = {}
+        self.mode = initial_mode(settings.base_url, settings.output_mode)
+        self.logprobs = settings.logprobs if settings.logprobs is not None else not is_alibaba_host(settings.base_url)
         self._client: openai.OpenAI | None = None
         if settings.has_api_key:
             http_client = openai.DefaultHttpxClient(
@@ -82,32 +100,54 @@ class LLMClient:
                 http_client=http_client,
             )
 
-    def chat(self, messages: list[dict[str, str]]) -> ChatReply:
-        """Send one chat completion; raise `PredictionError` with a user-facing message on failure."""
+    def chat(self, messages: list[dict[str, str]], schema: dict[str, Any] | None = None) -> ChatReply:
+        """Send one chat completion; raise `PredictionError` with a user-facing message on failure.
+
+        With a `schema`, the answer is requested as JSON in the best mode the endpoint
+        accepts. A refusal of an optional feature (a response format, logprobs,
+        thinking mode) is learned and the call repeated without it, at most once each.
+        """
         if self._client is None:
             raise missing_key()
-        try:
-            return self._create(messages)
-        except openai.BadRequestError as exc:
-            if not is_thinking_refusal(exc) or self._extra_body.get("enable_thinking") is False:
-                raise self._classify(exc) from None
-            logger.info("模型要求关闭思考模式，改为发送 enable_thinking=false (model needs enable_thinking=false)")
+        for _ in range(len(LADDER) + 2):
+            mode = self.mode if schema is not None else OutputMode.TEXT
+            try:
+                return self._create(messages, mode, schema)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
+                if not self._adapt(exc, mode):
+                    raise self._classify(exc) from None
+        raise bad_response("endpoint refused every output mode")
+
+    def _adapt(self, exc: BaseException, mode: OutputMode) -> bool:
+        """Drop the feature `exc` refused, if any; True when the call is worth repeating."""
+        if is_thinking_refusal(exc) and self._extra_body.get("enable_thinking") is not False:
+            logger.info("模型要求关闭思考模式，改为发送 enable_thinking=false (sending enable_thinking=false)")
             self._extra_body = {**self._extra_body, "enable_thinking": False}
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
-            raise self._classify(exc) from None
-        try:
-            return self._create(messages)
-        except Exception as exc:  # noqa: BLE001
-            raise self._classify(exc) from None
+            return True
+        if isinstance(exc, openai.BadRequestError) and self.logprobs and "logprob" in server_message(exc).lower():
+            logger.info("端点不支持 logprobs，已关闭 (endpoint refused logprobs: disabled)")
+            self.logprobs = False
+            return True
+        kind = self._classify(exc).kind
+        lower = step_down(mode)
+        if kind in (ErrorKind.BAD_REQUEST, ErrorKind.BAD_RESPONSE) and lower is not None and mode == self.mode:
+            logger.info("端点不接受输出模式 %s，改用 %s (endpoint refused %s, using %s)", mode, lower, mode, lower)
+            self.mode = lower
+            return True
+        return False
 
     def _classify(self, exc: BaseException):  # noqa: ANN202
         s = self.settings
         return classify(exc, model=s.model, base_url=s.base_url, timeout=s.timeout)
 
-    def _create(self, messages: list[dict[str, str]]) -> ChatReply:
+    def _create(self, messages: list[dict[str, str]], mode: OutputMode, schema: dict[str, Any] | None) -> ChatReply:
         s = self.settings
         assert self._client is not None
         params: dict[str, Any] = {"model": s.model, "messages": messages, "temperature": s.temperature}
+        if (fmt := response_format(mode, schema)) is not None:
+            params["response_format"] = fmt
+        if self.logprobs:
+            params["logprobs"] = True
         if s.max_tokens:
             params["max_tokens"] = s.max_tokens
         if s.top_p is not None:
@@ -128,7 +168,7 @@ class LLMClient:
         usage = Usage()
         if completion.usage is not None:
             usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
-        return ChatReply(text=text, usage=usage, token_confidence=_token_confidence(choices[0]), quota_remaining=quota)
+        return ChatReply(text=text, usage=usage, tokens=_tokens(choices[0]), quota_remaining=quota, mode=str(mode))
 
 
 def _quota_remaining(headers: Any) -> int | None:
@@ -137,15 +177,14 @@ def _quota_remaining(headers: Any) -> int | None:
     return min(numbers) if numbers else None
 
 
-def _token_confidence(choice: Any) -> float | None:
-    """Geometric-mean token probability of the answer, if the endpoint sent logprobs."""
-    content = getattr(getattr(choice, "logprobs", None), "content", None)
-    if not content:
-        return None
-    logprobs = [t.logprob for t in content if getattr(t, "logprob", None) is not None]
-    if not logprobs:
-        return None
-    return math.exp(sum(logprobs) / len(logprobs))
+def _tokens(choice: Any) -> list[tuple[str, float]]:
+    content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+    return [(t.token, t.logprob) for t in content if getattr(t, "logprob", None) is not None]
+
+
+def mean_probability(logprobs: list[float]) -> float | None:
+    """exp(mean logprob): the geometric-mean probability of a run of tokens."""
+    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else None
 
 
 @lru_cache(maxsize=8)

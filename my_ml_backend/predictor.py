@@ -17,9 +17,10 @@ from typing import Any
 from .errors import PredictionError, no_text
 from .labeling import LabelingSchema
 from .llm_client import LLMClient, Usage
-from .prompts import build_prompt, read_texts
+from .prompts import CONFIDENCE_KEY, answer_schema, build_prompt, read_texts, wanted_targets
 from .reply_parser import parse_reply
 from .results import build_results
+from .scoring import prediction_score, region_confidence
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,10 @@ class Predictor:
                 task.get("id"), name, self.settings.max_input_chars,
             )
         messages = build_prompt(self.schema, texts)
+        wanted = wanted_targets(self.schema, texts)
         logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
         logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
-        reply = self.client.chat(messages)
+        reply = self.client.chat(messages, answer_schema(self.schema, texts))
         logger.debug(
             "Task %s reply (%d prompt + %d completion tokens):\n%s",
             task.get("id"), reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.text,
@@ -87,16 +89,14 @@ class Predictor:
         if stats is not None:
             stats.usage.prompt_tokens += reply.usage.prompt_tokens
             stats.usage.completion_tokens += reply.usage.completion_tokens
-        answers = parse_reply(reply.text, [t.name for t in self.schema.targets])
-        results, answered = build_results(self.schema, answers, texts)
-        wanted = sum(1 for t in self.schema.targets if any(s.name in texts for s in t.sources))
+        answers = parse_reply(reply.text, [t.name for t in wanted], extras=(CONFIDENCE_KEY,))
+        results, answered = build_results(self.schema, answers, texts, lambda v: region_confidence(reply, v))
         if not results:
             logger.debug("Task %s: no valid answer in reply", task.get("id"))
-        # Score: the endpoint's token confidence when it sends logprobs; otherwise the
-        # share of the task's controls that got a valid answer (see README, "score").
-        coverage = answered / wanted if wanted else 0.0
-        score = reply.token_confidence * coverage if reply.token_confidence is not None else coverage
-        prediction = {"result": results, "score": round(score, 4), "model_version": self.model_version}
+        coverage = answered / len(wanted) if wanted else 0.0
+        region_scores = [r["score"] for r in results if "score" in r]
+        score = prediction_score(reply, region_scores, coverage, answers)
+        prediction = {"result": results, "score": score, "model_version": self.model_version}
         logger.debug("Task %s result: %s", task.get("id"), prediction)
         return prediction
 

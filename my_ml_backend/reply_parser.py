@@ -63,8 +63,8 @@ def _loads(candidate: str) -> dict[str, Any] | None:
     return None
 
 
-def parse_reply(text: str, control_names: list[str]) -> dict[str, Any]:
-    """Answers keyed by control name; unknown keys are ignored, missing ones absent.
+def parse_reply(text: str, control_names: list[str], extras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Answers keyed by control name (and `extras` keys); unknown keys are ignored, missing ones absent.
 
     With a single control, a reply that is not JSON is taken as that control's answer
     (plain-text mode), so a model that ignores the format still yields a label.
@@ -78,7 +78,7 @@ def parse_reply(text: str, control_names: list[str]) -> dict[str, Any]:
             obj = {control_names[0]: next(iter(obj.values()))}  # {"label": "x"} for a lone control
         answers = {k: v for k, v in obj.items() if k in control_names}
         if answers:
-            return answers
+            return answers | {k: obj[k] for k in extras if k in obj}
         lowered = {k.casefold().strip(): v for k, v in obj.items() if isinstance(k, str)}
         answers = {n: lowered[n.casefold()] for n in control_names if n.casefold() in lowered}
         if answers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from .controls import HANDLERS
@@ -17,8 +18,16 @@ from .labeling import LabelingSchema
 logger = logging.getLogger(__name__)
 
 
-def build_results(schema: LabelingSchema, answers: dict[str, Any], texts: dict[str, str]) -> tuple[list[dict], int]:
-    """Results for the answered targets, and how many targets got at least one valid region."""
+def build_results(
+    schema: LabelingSchema,
+    answers: dict[str, Any],
+    texts: dict[str, str],
+    score: Callable[[dict[str, Any]], float | None] | None = None,
+) -> tuple[list[dict], int]:
+    """Results for the answered targets, and how many targets got at least one valid region.
+
+    `score(value)`, when given, supplies a per-region score (see `scoring`).
+    """
     results: list[dict] = []
     answered = 0
     for target in schema.targets:
@@ -41,6 +50,8 @@ def build_results(schema: LabelingSchema, answers: dict[str, Any], texts: dict[s
             if errors:
                 logger.debug("Dropped invalid region for %s: %s", target.name, errors)
                 continue
+            if score is not None and (value_score := score(value)) is not None:
+                region["score"] = round(value_score, 4)
             regions.append(region)
         if regions:
             answered += 1

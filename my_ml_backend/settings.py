@@ -62,6 +62,18 @@ def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     return raw in {"1", "true", "yes", "on", "y"}
 
 
+def _optional_bool(env: Mapping[str, str], name: str) -> bool | None:
+    """None for unset or "auto" (let the backend decide), else the boolean."""
+    return None if env.get(name, "").strip().lower() in ("", "auto") else _bool(env, name)
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or allowed[0]
+    if raw not in allowed:
+        raise ValueError(f"环境变量 {name} 只能是 ({name} must be one of) {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Immutable backend configuration; see README for each environment variable."""
@@ -78,6 +90,8 @@ class Settings:
     debug: bool = False
     log_dir: Path = BACKEND_DIR.parent / "logs"
     data_dir: Path = BACKEND_DIR / "data"
+    output_mode: str = "auto"  # auto | json_schema | json_object | text
+    logprobs: bool | None = None  # None: on, except for ModelScope/DashScope
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
 
@@ -114,6 +128,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         debug=_bool(env, "DEBUG") or env.get("LOG_LEVEL", "").strip().upper() == "DEBUG",
         log_dir=Path(env.get("LOG_DIR", "").strip() or BACKEND_DIR.parent / "logs"),
         data_dir=Path(env.get("DATA_DIR", "").strip() or BACKEND_DIR / "data"),
+        output_mode=_choice(env, "LLM_OUTPUT_MODE", ("auto", "json_schema", "json_object", "text")),
+        logprobs=_optional_bool(env, "LLM_LOGPROBS"),
         basic_auth_user=env.get("BASIC_AUTH_USER", "").strip() or None,
         basic_auth_pass=env.get("BASIC_AUTH_PASS", "") or None,
     )

@@ -54,6 +54,7 @@ class Backend:
     """Our backend started as Label Studio users start it (`python my_ml_backend/_wsgi.py`)."""
 
     def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = tmp / "logs"

@@ -1,0 +1,53 @@
+"""How to ask an endpoint for JSON: the strongest mode it accepts, learned once.
+
+Endpoints differ (facts from public reports): vLLM, Ollama and llama.cpp enforce a
+`json_schema` response format; ModelScope accepts `json_object` but answers
+`json_schema` with a 200 whose `choices` is null; DashScope's `json_object` needs
+the word "json" in the messages (our system prompt has it). We start from the best
+mode we expect for the host and step down (schema -> json_object -> plain text) when
+the endpoint refuses; the client remembers the mode so a refusal is paid only once.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlparse
+
+
+class OutputMode(StrEnum):
+    JSON_SCHEMA = "json_schema"
+    JSON_OBJECT = "json_object"
+    TEXT = "text"
+
+
+LADDER = (OutputMode.JSON_SCHEMA, OutputMode.JSON_OBJECT, OutputMode.TEXT)
+
+# Hosts known to mishandle json_schema, and hosts where a refused feature costs quota.
+_ALIBABA_HOSTS = ("modelscope.cn", "modelscope.ai", "dashscope.aliyuncs.com", "aliyuncs.com")
+
+
+def is_alibaba_host(base_url: str) -> bool:
+    host = urlparse(base_url).hostname or ""
+    return any(host == h or host.endswith("." + h) for h in _ALIBABA_HOSTS)
+
+
+def initial_mode(base_url: str, configured: str = "auto") -> OutputMode:
+    """`LLM_OUTPUT_MODE` if set, else json_object for ModelScope/DashScope, json_schema elsewhere."""
+    if configured and configured != "auto":
+        return OutputMode(configured)
+    return OutputMode.JSON_OBJECT if is_alibaba_host(base_url) else OutputMode.JSON_SCHEMA
+
+
+def step_down(mode: OutputMode) -> OutputMode | None:
+    index = LADDER.index(mode)
+    return LADDER[index + 1] if index + 1 < len(LADDER) else None
+
+
+def response_format(mode: OutputMode, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The `response_format` request parameter for `mode` (None: send nothing)."""
+    if mode is OutputMode.JSON_SCHEMA and schema is not None:
+        return {"type": "json_schema", "json_schema": {"name": "annotation", "schema": schema, "strict": False}}
+    if mode in (OutputMode.JSON_SCHEMA, OutputMode.JSON_OBJECT):
+        return {"type": "json_object"}
+    return None

@@ -1,0 +1,72 @@
+"""Scores that mean something: token probabilities when the endpoint gives them.
+
+- Region score: with logprobs, the geometric-mean probability of the tokens that
+  spell that region's answer in the reply (the chosen label, the entity text …).
+- Prediction score: with logprobs, the mean region score (or, failing that, the
+  whole reply's token probability) times coverage; without logprobs, the model's own
+  `_confidence` (0–1, asked for in the prompt) times coverage; if it gave none,
+  coverage alone. Coverage is the share of the task's controls that got a valid
+  answer, so an unanswered control always lowers the score.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .llm_client import ChatReply, mean_probability
+from .prompts import CONFIDENCE_KEY
+
+
+def answer_text(value: dict[str, Any]) -> str | None:
+    """The text that spells a region's answer in the reply."""
+    if "labels" in value and "text" in value:
+        return str(value["text"])
+    for key in ("choices", "text", "taxonomy"):
+        items = value.get(key)
+        while isinstance(items, list) and items:
+            items = items[-1] if key == "taxonomy" else items[0]
+        if isinstance(items, str) and items:
+            return items[:60]
+    for key in ("rating", "number", "datetime"):
+        if key in value:
+            return str(value[key])
+    return None
+
+
+def region_confidence(reply: ChatReply, value: dict[str, Any]) -> float | None:
+    """Token probability of the answer's own tokens, or None without logprobs or a match."""
+    needle = answer_text(value)
+    if not reply.tokens or not needle:
+        return None
+    joined = "".join(token for token, _ in reply.tokens)
+    start = joined.find(needle)
+    if start < 0:
+        start = joined.find(json.dumps(needle, ensure_ascii=False)[1:-1])
+    if start < 0:
+        return None
+    end, offset, picked = start + len(needle), 0, []
+    for token, logprob in reply.tokens:
+        if offset < end and offset + len(token) > start:
+            picked.append(logprob)
+        offset += len(token)
+    return mean_probability(picked)
+
+
+def self_reported(answers: dict[str, Any]) -> float | None:
+    value = answers.get(CONFIDENCE_KEY)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if number > 1 and number <= 100:  # "85" meaning 85 %
+        number /= 100
+    return number if 0 <= number <= 1 else None
+
+
+def prediction_score(reply: ChatReply, region_scores: list[float], coverage: float, answers: dict[str, Any]) -> float:
+    if reply.tokens:
+        base = sum(region_scores) / len(region_scores) if region_scores else reply.token_confidence
+    else:
+        base = self_reported(answers)
+    return round((base if base is not None else 1.0) * coverage, 4)

@@ -1,0 +1,149 @@
+"""Output modes (json_schema -> json_object -> text), learned per endpoint, and scores."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from label_studio_sdk.label_interface import LabelInterface
+
+from my_ml_backend.llm_client import LLMClient
+from my_ml_backend.output_modes import OutputMode, initial_mode
+from my_ml_backend.settings import Settings, load_settings
+from tests.conftest import TEST_KEY, Backend, config
+from tests.fake_llm import server as fake
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def client(llm: fake.FakeLLMServer, **kw: object) -> LLMClient:
+    return LLMClient(Settings(api_key=TEST_KEY, base_url=llm.base_url, max_retries=0, **kw))  # type: ignore[arg-type]
+
+
+def fmt(request: dict) -> str:
+    return ((request["body"] or {}).get("response_format") or {}).get("type", "text")
+
+
+def modelscope_like(body: dict) -> fake.Reply:
+    """ModelScope: json_schema gives a 200 with choices null; json_object works."""
+    kind = (body.get("response_format") or {}).get("type")
+    return fake.null_choices() if kind == "json_schema" else fake.chat('{"a": "ok"}')
+
+
+def strict_text_only(body: dict) -> fake.Reply:
+    """An endpoint that rejects every response_format (400) and logprobs."""
+    if body.get("response_format"):
+        return fake.error(400, "response_format is not supported")
+    if body.get("logprobs"):
+        return fake.error(400, "logprobs is not supported by this model")
+    return fake.chat('Sure! ```json\n{"a": "ok"}\n```')
+
+
+def test_initial_mode_per_host() -> None:
+    assert initial_mode("https://api-inference.modelscope.cn/v1") == OutputMode.JSON_OBJECT
+    assert initial_mode("https://dashscope.aliyuncs.com/compatible-mode/v1") == OutputMode.JSON_OBJECT
+    assert initial_mode("http://localhost:8000/v1") == OutputMode.JSON_SCHEMA
+    assert initial_mode("http://localhost:8000/v1", "text") == OutputMode.TEXT
+    s = load_settings({"MODELSCOPE_API_KEY": "k"})
+    assert LLMClient(s).logprobs is False  # no paid refusal on ModelScope
+    assert load_settings({"LLM_LOGPROBS": "true"}).logprobs is True
+
+
+def test_schema_mode_sends_the_schema(llm: fake.FakeLLMServer) -> None:
+    llm.enqueue(fake.chat('{"a": "x"}'))
+    reply = client(llm).chat(MESSAGES, SCHEMA)
+    sent = llm.requests[0]["body"]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == SCHEMA
+    assert reply.mode == "json_schema" and llm.requests[0]["body"]["logprobs"] is True
+
+
+def test_null_choices_for_json_schema_steps_down_once(llm: fake.FakeLLMServer) -> None:
+    llm.set_responder(modelscope_like)
+    c = client(llm)
+    assert c.chat(MESSAGES, SCHEMA).text == '{"a": "ok"}'
+    assert c.chat(MESSAGES, SCHEMA).text == '{"a": "ok"}'
+    assert [fmt(r) for r in llm.requests] == ["json_schema", "json_object", "json_object"]  # refusal paid once
+
+
+def test_refusals_step_down_to_text_and_drop_logprobs(llm: fake.FakeLLMServer) -> None:
+    llm.set_responder(strict_text_only)
+    c = client(llm)
+    assert "ok" in c.chat(MESSAGES, SCHEMA).text
+    assert c.mode == OutputMode.TEXT and c.logprobs is False
+    calls = llm.chat_calls
+    c.chat(MESSAGES, SCHEMA)
+    assert llm.chat_calls == calls + 1  # remembered
+
+
+def test_real_errors_are_not_mistaken_for_refusals(llm: fake.FakeLLMServer) -> None:
+    llm.set_default(fake.model_unavailable("Qwen/X"))
+    c = client(llm)
+    try:
+        c.chat(MESSAGES, SCHEMA)
+    except Exception as exc:  # noqa: BLE001
+        assert "模型不可用" in str(exc)
+    assert llm.chat_calls == 1 and c.mode == OutputMode.JSON_SCHEMA
+
+
+ANALYSIS = config("text_analysis")
+ANSWER = {"category": ["技术", "市场"], "analysis": "延迟下降，计划出海。"}
+
+
+def test_predict_in_each_output_mode(llm: fake.FakeLLMServer, tmp_path) -> None:
+    responders = {
+        "json_schema": lambda body: fake.chat(json.dumps(ANSWER, ensure_ascii=False)),
+        "json_object": modelscope_like_for(ANSWER),
+        "text": text_only_for(ANSWER),
+    }
+    for expected_mode, responder in responders.items():
+        llm.reset()
+        llm.set_responder(responder)
+        b = Backend({"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url}, tmp_path / expected_mode)
+        try:
+            preds = b.predict(ANALYSIS, [{"id": i, "data": {"text": "新版本延迟降低"}} for i in range(3)])
+        finally:
+            b.stop()
+        for p in preds:
+            assert LabelInterface(ANALYSIS).validate_prediction(p, return_errors=True) == []
+            assert {r["from_name"] for r in p["result"]} == {"category", "analysis"}, expected_mode
+        assert fmt(llm.requests[-1]) == ("text" if expected_mode == "text" else expected_mode)
+
+
+def modelscope_like_for(answer: dict):  # noqa: ANN201
+    def respond(body: dict) -> fake.Reply:
+        if (body.get("response_format") or {}).get("type") == "json_schema":
+            return fake.null_choices()
+        return fake.chat(json.dumps(answer, ensure_ascii=False))
+
+    return respond
+
+
+def text_only_for(answer: dict):  # noqa: ANN201
+    def respond(body: dict) -> fake.Reply:
+        if body.get("response_format"):
+            return fake.error(400, "response_format unsupported")
+        return fake.chat("好的，结果如下：\n```json\n" + json.dumps(answer, ensure_ascii=False) + "\n```")
+
+    return respond
+
+
+def test_scores_from_logprobs_per_region(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    cfg = config("text_classification")
+    tokens = [('{"sentiment": "', -0.01), ("正面", -0.5), ('"}', -0.01)]
+    llm.enqueue(fake.chat('{"sentiment": "正面"}', logprobs=tokens))
+    [pred] = backend.predict(cfg, [{"id": 1, "data": {"text": "好"}}])
+    assert math.isclose(pred["result"][0]["score"], math.exp(-0.5), abs_tol=1e-3)
+    assert math.isclose(pred["score"], math.exp(-0.5), abs_tol=1e-3)
+
+
+def test_scores_without_logprobs_use_self_reported_confidence_and_coverage(
+    backend: Backend, llm: fake.FakeLLMServer
+) -> None:
+    cfg = config("error_debugging")
+    llm.enqueue(fake.chat('{"error_type": "依赖问题", "diagnosis": "装 requests", "_confidence": 0.8}'))
+    llm.enqueue(fake.chat('{"error_type": "不存在的类别", "diagnosis": "装 requests", "_confidence": 0.8}'))
+    llm.enqueue(fake.chat('{"error_type": "依赖问题", "diagnosis": "x"}'))
+    preds = backend.predict(cfg, [{"id": i, "data": {"error_log": "ModuleNotFoundError"}} for i in range(3)])
+    assert [p["score"] for p in preds] == [0.8, 0.4, 1.0]
+    assert all("score" not in r for p in preds for r in p["result"])
