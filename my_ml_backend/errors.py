@@ -31,6 +31,7 @@ class ErrorKind(StrEnum):
     BAD_RESPONSE = "bad_response"
     BAD_REQUEST = "bad_request"
     NO_TEXT = "no_text"
+    DEADLINE = "deadline"
     UNKNOWN = "unknown"
 
 
@@ -70,6 +71,18 @@ def no_text(keys: list[str]) -> PredictionError:
         ErrorKind.NO_TEXT,
         f"未找到文本内容 (no text found): 任务数据中没有 {wanted} (task data has no {wanted})",
     )
+
+
+def deadline_reached() -> PredictionError:
+    return PredictionError(
+        ErrorKind.DEADLINE,
+        "⏱ 本批次接近 Label Studio 的预测时限，此任务未完成；再次点击 Retrieve predictions 即可继续 "
+        "(batch deadline reached before this task finished: retrieve predictions again to continue)",
+    )
+
+
+def unexpected_error() -> PredictionError:
+    return PredictionError(ErrorKind.UNKNOWN, "❌ 预测时发生内部错误，详见后端日志 (internal error, see the log)")
 
 
 def bad_response(detail: str = "") -> PredictionError:

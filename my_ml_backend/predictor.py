@@ -9,12 +9,14 @@ would repeat for every task (no key, bad key, quota used up …) stop further ca
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PredictionError, no_text
+from .errors import PredictionError, deadline_reached, no_text, unexpected_error
 from .labeling import LabelingSchema
 from .llm_client import LLMClient, Usage
 from .prompts import CONFIDENCE_KEY, answer_schema, build_prompt, read_texts, wanted_targets
@@ -28,12 +30,26 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BatchStats:
-    """What one batch cost and how it went; logged once per batch."""
+    """What one batch cost and how it went; logged once per batch. Updated from worker threads."""
 
     tasks: int = 0
     succeeded: int = 0
     usage: Usage = field(default_factory=Usage)
     errors: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_success(self) -> None:
+        with self._lock:
+            self.succeeded += 1
+
+    def count_error(self, err: PredictionError) -> None:
+        with self._lock:
+            self.errors[str(err)] += 1
+
+    def add_usage(self, usage: Usage) -> None:
+        with self._lock:
+            self.usage.prompt_tokens += usage.prompt_tokens
+            self.usage.completion_tokens += usage.completion_tokens
 
 
 class Predictor:
@@ -46,25 +62,63 @@ class Predictor:
         self.model_version = model_version
 
     def predict_batch(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One prediction per task, in order; never raises for a task's failure."""
+        """One prediction per task, in order; never raises for a task's failure.
+
+        Tasks run concurrently (`LLM_CONCURRENCY`). Label Studio drops the whole reply
+        after `ML_TIMEOUT_PREDICT` seconds, so tasks not finished before our deadline
+        (10 s earlier) get a failed item now rather than the batch getting nothing.
+        """
         started = time.monotonic()
+        deadline = started + self.settings.batch_deadline
         stats = BatchStats(tasks=len(tasks))
-        fatal: PredictionError | None = None
-        predictions = []
-        for task in tasks:
+        fatal: list[PredictionError] = []  # the first error that would repeat for every task
+
+        def run(task: dict[str, Any]) -> dict[str, Any]:
+            if fatal:
+                raise fatal[0]
+            if time.monotonic() > deadline:
+                raise deadline_reached()
             try:
-                if fatal is not None:
-                    raise fatal
-                predictions.append(self.predict_task(task, stats))
-                stats.succeeded += 1
+                return self.predict_task(task, stats)
             except PredictionError as err:
                 if err.fatal:
-                    fatal = err
-                stats.errors[str(err)] += 1
-                logger.debug("Task %s failed: %s", task.get("id"), err)
-                predictions.append(self.failed_prediction(err))
+                    fatal.append(err)  # seen by workers before they start their next task
+                raise
+
+        predictions: list[dict[str, Any] | None] = [None] * len(tasks)
+        workers = max(1, min(self.settings.concurrency, len(tasks)))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
+        futures = {pool.submit(run, task): i for i, task in enumerate(tasks)}
+        try:
+            for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
+                i = futures[future]
+                predictions[i] = self._outcome(future, tasks[i], stats)
+        except TimeoutError:
+            logger.warning("批次接近时限，未完成的任务返回空预测 (batch deadline reached)")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        for i, prediction in enumerate(predictions):
+            if prediction is None:
+                err = deadline_reached()
+                stats.count_error(err)
+                predictions[i] = self.failed_prediction(err)
         self._log_batch(stats, time.monotonic() - started)
-        return predictions
+        return [p for p in predictions if p is not None]
+
+    def _outcome(self, future: Future, task: dict[str, Any], stats: BatchStats) -> dict[str, Any]:
+        try:
+            prediction = future.result()
+        except PredictionError as exc:
+            err = exc
+        except Exception:  # a bug must cost one task, not the batch
+            logger.exception("Task %s: unexpected error", task.get("id"))
+            err = unexpected_error()
+        else:
+            stats.count_success()
+            return prediction
+        stats.count_error(err)
+        logger.debug("Task %s failed: %s", task.get("id"), err)
+        return self.failed_prediction(err)
 
     def predict_task(self, task: dict[str, Any], stats: BatchStats | None = None) -> dict[str, Any]:
         """The prediction for one task; raises `PredictionError` when it cannot be made."""
@@ -87,8 +141,7 @@ class Predictor:
             task.get("id"), reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.text,
         )
         if stats is not None:
-            stats.usage.prompt_tokens += reply.usage.prompt_tokens
-            stats.usage.completion_tokens += reply.usage.completion_tokens
+            stats.add_usage(reply.usage)
         answers = parse_reply(reply.text, [t.name for t in wanted], extras=(CONFIDENCE_KEY,))
         results, answered = build_results(self.schema, answers, texts, lambda v: region_confidence(reply, v))
         if not results:

@@ -90,6 +90,8 @@ class Settings:
     debug: bool = False
     log_dir: Path = BACKEND_DIR.parent / "logs"
     data_dir: Path = BACKEND_DIR / "data"
+    concurrency: int = 1  # ModelScope's free tier allows about one request at a time
+    batch_deadline: float = 90.0  # Label Studio's ML_TIMEOUT_PREDICT (100 s) minus a margin
     output_mode: str = "auto"  # auto | json_schema | json_object | text
     logprobs: bool | None = None  # None: on, except for ModelScope/DashScope
     basic_auth_user: str | None = None
@@ -128,6 +130,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         debug=_bool(env, "DEBUG") or env.get("LOG_LEVEL", "").strip().upper() == "DEBUG",
         log_dir=Path(env.get("LOG_DIR", "").strip() or BACKEND_DIR.parent / "logs"),
         data_dir=Path(env.get("DATA_DIR", "").strip() or BACKEND_DIR / "data"),
+        concurrency=max(1, _int(env, "LLM_CONCURRENCY", 1)),
+        batch_deadline=max(1.0, (_float(env, "ML_TIMEOUT_PREDICT", 100.0) or 100.0) - 10.0),
         output_mode=_choice(env, "LLM_OUTPUT_MODE", ("auto", "json_schema", "json_object", "text")),
         logprobs=_optional_bool(env, "LLM_LOGPROBS"),
         basic_auth_user=env.get("BASIC_AUTH_USER", "").strip() or None,
