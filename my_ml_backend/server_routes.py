@@ -93,6 +93,12 @@ def require_basic_auth(app: Flask, user: str, password: str) -> None:
         given = (str(auth.username or "").encode(), str(auth.password or "").encode()) if auth else (b"", b"")
         if hmac.compare_digest(given[0], expected[0]) & hmac.compare_digest(given[1], expected[1]):
             return None
+        if request.path.rstrip("/") == "/webhook" and auth is None:
+            # Rejected on purpose (events may feed learning), but say how to let them in.
+            logger.warning(
+                "标注事件 webhook 未带认证：请在 Label Studio 的 Webhooks 设置中为它添加 Authorization 头 "
+                "(annotation webhook without credentials: add an Authorization header to the project's webhook)"
+            )
         response = jsonify({"status": 401, "detail": "需要认证 (authentication required)"})
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
