@@ -14,17 +14,10 @@ from typing import Any
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from .controls import OBJECT_TAGS
-from .labeling import parse_schema
-from .llm_client import shared_client
-from .predictor import Predictor
+from .engine import build_predictor
 from .settings import load_settings
-from .versioning import model_version
 
 logger = logging.getLogger(__name__)
-
-EMPTY_CONFIG = "<View></View>"
-
 
 class NewModel(LabelStudioMLBase):
     """LLM pre-annotation for Text/HyperText/Paragraphs objects."""
@@ -46,9 +39,9 @@ class NewModel(LabelStudioMLBase):
     def setup(self) -> None:
         """Parse the config and fix this model's version; cheap and offline."""
         self.settings = load_settings()
-        self.schema = parse_schema(self.label_config or EMPTY_CONFIG, OBJECT_TAGS)
-        self.model_version = model_version(self.settings, self.schema.config_hash)
-        self.predictor = Predictor(self.schema, self.settings, shared_client(self.settings), self.model_version)
+        self.predictor = build_predictor(self.label_config, self.settings)
+        self.schema = self.predictor.schema
+        self.model_version = self.predictor.model_version
         logger.debug(
             "Setup: model=%s url=%s version=%s texts=%s controls=%s",
             self.settings.model,
