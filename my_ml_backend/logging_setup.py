@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from .settings import Settings
 
@@ -59,15 +60,24 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(settings: Settings, secrets: list[str] | None = None) -> None:
-    """Install console and file handlers on the root logger (idempotent)."""
+def configure_logging(
+    settings: Settings, secrets: list[str] | None = None, console: TextIO | None = None, quiet: bool = False
+) -> None:
+    """Install console and file handlers on the root logger (idempotent).
+
+    Command-line tools pass `console=sys.stderr, quiet=True`: their output is on stdout,
+    and per-chunk INFO lines would break the progress bar (the log file keeps them).
+    """
     level = logging.DEBUG if settings.debug else logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_ml_backend", False):
             root.removeHandler(handler)
     redactor = RedactSecrets([settings.api_key or "", *(secrets or [])])
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    stream = logging.StreamHandler(console or sys.stdout)
+    if quiet and not settings.debug:
+        stream.setLevel(logging.WARNING)
+    handlers: list[logging.Handler] = [stream]
     try:
         log_dir = Path(settings.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)

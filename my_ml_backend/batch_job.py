@@ -1,0 +1,207 @@
+"""Pre-annotate a whole Label Studio project from the command line.
+
+Label Studio gives one `/predict` 100 s, so "Retrieve predictions" on thousands of
+tasks cannot finish; its maintainers advise a batch job that posts predictions
+through the API instead. This is that job, with the backend's own engine:
+- the same `model_version` as the backend reports for the project's config, so
+  tasks predicted by either are skipped by both;
+- tasks that already hold a prediction of that version are skipped, and each
+  prediction is posted as soon as its chunk is done, so an interrupted run resumes
+  where it stopped (and the response cache makes redone calls free);
+- failed tasks are reported and left without a prediction for the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+from tqdm import tqdm
+
+from .engine import build_predictor
+from .logging_setup import configure_logging, mask
+from .predictor import Predictor
+from .settings import load_env_file, load_settings
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 100
+STOP_AFTER_FAILED_CHUNKS = 2  # whole chunks failing in a row: a bad key or a dead endpoint, not bad tasks
+CHUNK_DEADLINE = 24 * 3600.0  # no Label Studio timeout here; the LLM client's own timeout still applies
+
+
+@dataclass
+class Summary:
+    """What one run did; printed at the end, also after an interruption."""
+
+    project: int = 0
+    model_version: str = ""
+    total: int = 0
+    skipped: int = 0
+    predicted: int = 0
+    posted: int = 0
+    failed: int = 0
+    api_calls: int = 0
+    seconds: float = 0.0
+    stopped: str = ""
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"项目 (project) {self.project}, model_version {self.model_version}",
+            f"任务 (tasks): {self.total}; 已有预测跳过 (skipped, already predicted): {self.skipped}",
+            f"预测 (predicted): {self.predicted}; 已写入 (posted): {self.posted}; 失败 (failed): {self.failed}",
+            f"API 调用 (API calls): {self.api_calls}; 用时 (time): {self.seconds:.1f} s",
+        ]
+        out += [f"  {message} × {count}" for message, count in self.errors.most_common()]
+        if self.stopped:
+            out.append(f"已停止 (stopped): {self.stopped}. 重新运行同一命令即可继续 (rerun the same command to resume)")
+        return out
+
+
+class BatchJob:
+    """Predict the not-yet-predicted tasks of one project and post the predictions."""
+
+    def __init__(self, client: LabelStudio, project: int, predictor: Predictor, chunk_size: int) -> None:
+        self.client = client
+        self.project = project
+        self.predictor = predictor
+        self.chunk_size = max(1, chunk_size)
+
+    def done_task_ids(self) -> set[int]:
+        """Tasks that already hold a prediction of our model_version (from the backend or an earlier run)."""
+        version = self.predictor.model_version
+        predictions = self.client.predictions.list(project=self.project)
+        return {p.task for p in predictions if p.model_version == version and p.task is not None}
+
+    def pending(self, done: set[int], summary: Summary) -> Iterator[dict[str, Any]]:
+        for task in self.client.tasks.list(project=self.project, page_size=PAGE_SIZE):
+            summary.total += 1
+            if task.id in done:
+                summary.skipped += 1
+                continue
+            yield {"id": task.id, "data": task.data or {}}
+
+    def run(self, limit: int | None = None, progress: bool = True) -> Summary:
+        started = time.monotonic()
+        summary = Summary(project=self.project, model_version=self.predictor.model_version)
+        calls_before = self.predictor.client.counter.requests
+        done = self.done_task_ids()
+        expected = self.client.projects.get(id=self.project).task_number or None
+        bar = tqdm(total=expected, unit="task", disable=not progress, file=sys.stderr, desc="pre-annotating")
+        bar.update(len(done))
+        failed_chunks = 0
+        pending = self.pending(done, summary)
+        try:
+            for chunk in chunks(pending, self.chunk_size, limit):
+                succeeded = self._predict_and_post(chunk, summary)
+                bar.update(len(chunk))
+                bar.set_postfix(failed=summary.failed, calls=self.predictor.client.counter.requests - calls_before)
+                failed_chunks = 0 if succeeded else failed_chunks + 1
+                if failed_chunks >= STOP_AFTER_FAILED_CHUNKS:
+                    summary.stopped = "连续多批全部失败 (every task of the last chunks failed)"
+                    break
+            else:
+                if limit is not None and next(pending, None) is not None:
+                    summary.stopped = f"已达到 --limit {limit}，还有未预测的任务 (reached --limit, tasks remain)"
+        except KeyboardInterrupt:
+            summary.stopped = "被中断 (interrupted)"
+        finally:
+            bar.close()
+            summary.api_calls = self.predictor.client.counter.requests - calls_before
+            summary.seconds = time.monotonic() - started
+            summary.total = max(summary.total, expected or 0)
+        return summary
+
+    def _predict_and_post(self, chunk: list[dict[str, Any]], summary: Summary) -> int:
+        """Predict one chunk and post its successful predictions; returns how many were posted."""
+        posted = 0
+        for task, prediction in zip(chunk, self.predictor.predict_batch(chunk), strict=True):
+            if "result" not in prediction:
+                summary.failed += 1
+                summary.errors[prediction.get("error", "unknown error")] += 1
+                continue
+            summary.predicted += 1
+            try:
+                self.client.predictions.create(
+                    task=task["id"],
+                    result=prediction["result"],
+                    score=prediction.get("score"),
+                    model_version=prediction["model_version"],
+                )
+            except Exception as exc:  # noqa: BLE001 - one refused post must not stop the project
+                summary.failed += 1
+                summary.errors[f"写入预测失败 (posting the prediction failed): {type(exc).__name__}"] += 1
+                logger.debug("Task %s: posting failed: %s", task["id"], exc)
+                continue
+            summary.posted += 1
+            posted += 1
+        return posted
+
+
+def chunks(items: Iterator[dict[str, Any]], size: int, limit: int | None) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive lists of at most `size` items, `limit` items in all."""
+    chunk: list[dict[str, Any]] = []
+    for count, item in enumerate(items, start=1):
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+        if limit is not None and count >= limit:
+            break
+    if chunk:
+        yield chunk
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="batch_predict.py",
+        description="为整个 Label Studio 项目生成预标注 (pre-annotate a whole Label Studio project)",
+    )
+    parser.add_argument("--project", type=int, required=True, help="Label Studio project ID")
+    parser.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL", "http://localhost:8080"),
+                        help="Label Studio URL (env LABEL_STUDIO_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
+                        help="Label Studio API key or personal access token (env LABEL_STUDIO_API_KEY)")
+    parser.add_argument("--chunk-size", type=int, default=0,
+                        help="tasks per chunk (default: 4 x LLM_CONCURRENCY, at least 8)")
+    parser.add_argument("--limit", type=int, default=None, help="predict at most this many tasks in this run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when every task has a prediction, 1 when some failed or the run stopped early, 2 on bad usage."""
+    load_env_file()
+    args = parse_args(argv)
+    settings = dataclasses.replace(load_settings(), batch_deadline=CHUNK_DEADLINE)
+    configure_logging(settings, secrets=[args.api_key or ""], console=sys.stderr, quiet=True)
+    if not args.api_key:
+        print("缺少 Label Studio API key：设置 LABEL_STUDIO_API_KEY 或 --api-key (missing Label Studio API key)",
+              file=sys.stderr)
+        return 2
+    if not settings.has_api_key:
+        print("缺少 MODELSCOPE_API_KEY (missing the LLM API key)", file=sys.stderr)
+        return 2
+    client = LabelStudio(base_url=args.url.rstrip("/"), api_key=args.api_key)
+    try:
+        label_config = client.projects.get(id=args.project).label_config
+    except Exception as exc:  # noqa: BLE001 - the user needs the reason, not a traceback
+        print(f"无法读取项目 {args.project} (cannot read project) at {args.url} "
+              f"with key {mask(args.api_key)}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+        return 2
+    predictor = build_predictor(label_config, settings)
+    chunk_size = args.chunk_size or max(8, 4 * settings.concurrency)
+    summary = BatchJob(client, args.project, predictor, chunk_size).run(args.limit, progress=not args.no_progress)
+    for line in summary.lines():
+        print(line)
+    return 0 if not summary.failed and not summary.stopped else 1
