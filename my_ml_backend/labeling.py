@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 # Object tags whose task data is text we can put in a prompt.
 TEXT_OBJECT_TAGS = frozenset({"text", "hypertext", "paragraphs"})
+# A TextArea with one of these names holds the annotator's instruction for interactive
+# pre-annotation (Label Studio's own LLM example calls it `prompt`): input, not output.
+PROMPT_CONTROL_NAMES = frozenset({"prompt", "instruction", "instructions"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class LabelingSchema:
     sources: tuple[TextSource, ...]
     targets: tuple[Target, ...]
     config_hash: str
+    # `<Header value>` texts of the config: the project's own words about the task.
+    headers: tuple[str, ...] = ()
+    # Controls the annotator fills in to steer interactive pre-annotation (never predicted).
+    prompt_controls: tuple[str, ...] = ()
 
     @property
     def data_keys(self) -> list[str]:
@@ -129,7 +136,11 @@ def parse_schema(label_config: str, object_tags: frozenset[tuple[str, frozenset[
         if src:
             sources[src.name] = src
     targets = []
+    prompt_controls = []
     for control in _tags(interface.controls):
+        if control.tag.lower() == "textarea" and control.name.lower() in PROMPT_CONTROL_NAMES:
+            prompt_controls.append(control.name)  # the annotator's instruction, as in Label Studio's LLM example
+            continue
         if control.tag.lower() not in allowed_by_tag:
             logger.debug("Control %s (%s) is not pre-annotated", control.name, control.tag)
             continue
@@ -148,4 +159,6 @@ def parse_schema(label_config: str, object_tags: frozenset[tuple[str, frozenset[
         sources=tuple(sources.values()),
         targets=tuple(targets),
         config_hash=config_hash(label_config),
+        headers=tuple(h for h in (el.get("value", "").strip() for el in interface._tree.iter("Header")) if h),
+        prompt_controls=tuple(prompt_controls),
     )

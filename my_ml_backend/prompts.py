@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .controls import HANDLERS
@@ -19,7 +20,32 @@ CONFIDENCE_KEY = "_confidence"
 logger = logging.getLogger(__name__)
 
 # Bump when the wording changes: it is part of model_version, so Label Studio re-predicts.
-PROMPT_VERSION = "2"
+PROMPT_VERSION = "3"
+
+
+@dataclass(frozen=True)
+class PromptGuidance:
+    """What the project adds to the generic prompt: its instructions and output language.
+
+    Set per project (Label Studio's ML "extra params"), by environment or prompt file;
+    an interactive request may add the annotator's own instruction.
+    """
+
+    instructions: str = ""
+    language: str = ""
+
+    def fingerprint(self) -> str:
+        """Part of `model_version`: other guidance, other answers."""
+        if not (self.instructions or self.language):
+            return ""
+        return json.dumps([self.instructions, self.language], ensure_ascii=False)
+
+    def with_instruction(self, extra: str) -> PromptGuidance:
+        extra = extra.strip()
+        if not extra:
+            return self
+        joined = f"{self.instructions}\n{extra}" if self.instructions else extra
+        return replace(self, instructions=joined)
 
 SYSTEM_PROMPT = (
     "你是一个专业、严谨的数据标注助手，为 Label Studio 做预标注。"
@@ -60,23 +86,70 @@ def answer_schema(schema: LabelingSchema, texts: dict[str, str]) -> dict[str, An
     return {"type": "object", "properties": properties, "required": [t.name for t in targets]}
 
 
-def build_prompt(schema: LabelingSchema, texts: dict[str, str]) -> list[dict[str, str]]:
-    """Messages asking for every target of `schema` whose texts are present in `texts`."""
+def describe_target(target: Target) -> str:
+    """The config's own descriptions of a control: its `hint` and its labels' hints.
+
+    Label names alone are often ambiguous ("其他", "P1"); the project's descriptions are
+    the cheapest accuracy gain there is.
+    """
+    notes = []
+    if hint := str(target.control.attr.get("hint") or "").strip():
+        notes.append(hint)
+    labels = target.control.labels_attrs or {}
+    hints = {value: str(tag.attr.get("hint") or "").strip() for value, tag in labels.items()}
+    described = [f"{value}：{hint}" for value, hint in hints.items() if hint]
+    if described:
+        notes.append("选项说明 (label descriptions)：" + "；".join(described))
+    return "\n   ".join(notes)
+
+
+def _guidance_blocks(schema: LabelingSchema, guidance: PromptGuidance) -> list[str]:
+    blocks = []
+    if schema.headers:
+        blocks += ["## 任务说明 (task description)", "\n".join(schema.headers)]
+    if guidance.instructions:
+        blocks += ["## 项目要求 (project instructions)", guidance.instructions]
+    return blocks
+
+
+def build_prompt(
+    schema: LabelingSchema,
+    texts: dict[str, str],
+    guidance: PromptGuidance | None = None,
+    examples: str = "",
+) -> list[dict[str, str]]:
+    """Messages asking for every target of `schema` whose texts are present in `texts`.
+
+    `examples` is the rendered few-shot block (`fewshot.render_examples`), shown before
+    the task so the model sees how this project's annotators answer.
+    """
+    guidance = guidance or PromptGuidance()
     used = [s for s in schema.sources if s.name in texts]
     parts = []
     answer_shape = []
     for n, target in enumerate(wanted_targets(schema, texts)):
         handler = HANDLERS[target.tag]
         on = "、".join(s.name for s in target.sources if s.name in texts)
-        parts.append(f'{n + 1}. "{target.name}"（针对文本 {on}）：{handler.instruction(target)}')
+        part = f'{n + 1}. "{target.name}"（针对文本 {on}）：{handler.instruction(target)}'
+        if description := describe_target(target):
+            part += f"\n   {description}"
+        parts.append(part)
         answer_shape.append(f"{json.dumps(target.name, ensure_ascii=False)}: {handler.answer_format(target)}")
+    language = (
+        [f"文字类答案使用{guidance.language}书写 (write free-text answers in {guidance.language})。"]
+        if guidance.language
+        else []
+    )
     user = "\n\n".join(
         [
+            *_guidance_blocks(schema, guidance),
+            *(["## 已标注的示例 (annotated examples)", examples] if examples else []),
             "## 待标注内容 (content)",
             *(_text_block(s, texts[s.name]) for s in used),
             "## 标注任务 (tasks)",
             "\n".join(parts),
             "## 输出格式 (output format)",
+            *language,
             f'"{CONFIDENCE_KEY}" 是你对整体答案的把握程度，0 到 1 (your confidence in the whole answer, 0-1)。',
             "只输出如下 JSON 对象 (reply with this json object only):\n{"
             + ", ".join([*answer_shape, f'"{CONFIDENCE_KEY}": <0-1>'])

@@ -29,5 +29,13 @@ class ControlHandler(Protocol):
         """Result `value` dicts for the answer about `text`; empty when the answer is unusable."""
         ...
 
+    def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
+        """The reverse: a human's result values as the answer we ask the model for.
+
+        Used to show annotated tasks as few-shot examples and to score predictions
+        against annotations; None when the values hold no answer.
+        """
+        ...
+
 
 TEXT_OBJECTS = TEXT_OBJECT_TAGS

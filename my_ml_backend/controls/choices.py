@@ -52,3 +52,9 @@ class ChoicesHandler:
         if not _multiple(target):
             picked = picked[:1]
         return [{"choices": picked}]
+
+    def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
+        picked = [c for v in values for c in v.get("choices") or []]
+        if not picked:
+            return None
+        return picked if _multiple(target) else picked[0]

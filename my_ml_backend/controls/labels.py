@@ -86,3 +86,7 @@ class LabelsHandler:
             {"start": s.start, "end": s.end, "text": s.text_in(text), "labels": [s.label]}
             for s in resolve_overlaps(spans)
         ]
+
+    def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
+        ordered = sorted(values, key=lambda v: (v.get("start") or 0, v.get("end") or 0))
+        return [{"text": v["text"], "label": v["labels"][0]} for v in ordered if v.get("text") and v.get("labels")]

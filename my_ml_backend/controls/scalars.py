@@ -57,6 +57,9 @@ class RatingHandler:
             return []
         return [{"rating": int(value)}]
 
+    def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
+        return next((v["rating"] for v in values if "rating" in v), None)
+
 
 class NumberHandler:
     tag = "number"
@@ -83,6 +86,9 @@ class NumberHandler:
         if value is None or (low is not None and value < low) or (high is not None and value > high):
             return []
         return [{"number": int(value) if value == int(value) else value}]
+
+    def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
+        return next((v["number"] for v in values if "number" in v), None)
 
 
 _FORMATS = {"date": "%Y-%m-%d", "time": "%H:%M", "month": "%Y-%m", "year": "%Y"}
@@ -117,3 +123,6 @@ class DateTimeHandler:
                 continue
             return [{"datetime": parsed.strftime(self._format(target))}]
         return []
+
+    def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
+        return next((v["datetime"] for v in values if v.get("datetime")), None)

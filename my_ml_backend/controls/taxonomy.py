@@ -50,3 +50,7 @@ class TaxonomyHandler:
         if not picked:
             return []
         return [{"taxonomy": picked if _multiple(target) else picked[:1]}]
+
+    def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
+        paths = [SEPARATOR.join(path) for v in values for path in v.get("taxonomy") or [] if path]
+        return paths or None

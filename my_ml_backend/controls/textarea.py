@@ -40,3 +40,7 @@ class TextAreaHandler:
             if text.strip():
                 texts.append(text.strip())
         return [{"text": texts}] if texts else []
+
+    def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
+        texts = [str(t) for v in values for t in v.get("text") or [] if str(t).strip()]
+        return "\n".join(texts) if texts else None

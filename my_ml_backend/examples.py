@@ -1,0 +1,60 @@
+"""Annotated tasks as examples: the human's answers in the shape we ask the model for.
+
+An annotation is a list of Label Studio results; the model answers a JSON object
+keyed by control name. Converting one into the other (each control handler's
+`to_answer`) lets a human's work be shown to the model as a few-shot example, and
+lets predictions be scored against annotations control by control.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .controls import HANDLERS
+from .labeling import LabelingSchema
+from .prompts import read_texts
+
+
+@dataclass(frozen=True)
+class Example:
+    """One annotated task: its texts (per object name) and the human's answer per control."""
+
+    task_id: int
+    texts: dict[str, str]
+    answers: dict[str, Any]
+    annotation_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Example:
+        return cls(int(data["task_id"]), dict(data["texts"]), dict(data["answers"]), data.get("annotation_id"))
+
+
+def answers_from_results(schema: LabelingSchema, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Control name -> answer, for the controls we predict that the results fill in."""
+    values: dict[str, list[dict[str, Any]]] = {}
+    for result in results or []:
+        if isinstance(result, dict) and isinstance(result.get("value"), dict):
+            values.setdefault(str(result.get("from_name")), []).append(result["value"])
+    answers = {}
+    for target in schema.targets:
+        if target.name in values:
+            answer = HANDLERS[target.tag].to_answer(target, values[target.name])
+            if answer is not None:
+                answers[target.name] = answer
+    return answers
+
+
+def example_from_annotation(
+    schema: LabelingSchema, task: dict[str, Any], results: list[dict[str, Any]], max_chars: int
+) -> Example | None:
+    """The example an annotation makes, or None (cancelled/empty, or no text to show)."""
+    texts, _ = read_texts(schema, task.get("data") or {}, max_chars)
+    answers = answers_from_results(schema, results)
+    if not texts or not answers or task.get("id") is None:
+        return None
+    return Example(task_id=int(task["id"]), texts=texts, answers=answers)
