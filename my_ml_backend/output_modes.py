@@ -1,11 +1,14 @@
 """How to ask an endpoint for JSON: the strongest mode it accepts, learned once.
 
-Endpoints differ (facts from public reports): vLLM, Ollama and llama.cpp enforce a
-`json_schema` response format; ModelScope accepts `json_object` but answers
+Endpoints differ (facts from public reports): vLLM, Ollama and llama.cpp's C++ server
+enforce a `json_schema` response format; ModelScope accepts `json_object` but answers
 `json_schema` with a 200 whose `choices` is null; DashScope's `json_object` needs
-the word "json" in the messages (our system prompt has it). We start from the best
-mode we expect for the host and step down (schema -> json_object -> plain text) when
-the endpoint refuses; the client remembers the mode so a refusal is paid only once.
+the word "json" in the messages (our system prompt has it). llama-cpp-python's server
+(measured on 0.3.36, see tests/real_model) refuses `json_schema` with an HTTP 500 but
+enforces a `schema` sent inside `json_object`, hence the second rung. We start from
+the best mode we expect for the host and step down (json_schema -> json_object with
+the schema -> json_object -> plain text) when the endpoint refuses; the client
+remembers the mode so a refusal is paid only once.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from urllib.parse import urlparse
 
 class OutputMode(StrEnum):
     JSON_SCHEMA = "json_schema"
+    # `{"type": "json_object", "schema": ...}`: llama-cpp-python's (and Anyscale's) way of
+    # asking for schema-constrained JSON. Reached only by stepping down from json_schema,
+    # so that hosts starting at json_object (ModelScope) never see the extra key.
+    JSON_OBJECT_SCHEMA = "json_object_schema"
     JSON_OBJECT = "json_object"
     TEXT = "text"
 
 
-LADDER = (OutputMode.JSON_SCHEMA, OutputMode.JSON_OBJECT, OutputMode.TEXT)
+LADDER = (OutputMode.JSON_SCHEMA, OutputMode.JSON_OBJECT_SCHEMA, OutputMode.JSON_OBJECT, OutputMode.TEXT)
 
 # Hosts known to mishandle json_schema, and hosts where a refused feature costs quota.
 _ALIBABA_HOSTS = ("modelscope.cn", "modelscope.ai", "dashscope.aliyuncs.com", "aliyuncs.com")
@@ -48,6 +55,8 @@ def response_format(mode: OutputMode, schema: dict[str, Any] | None) -> dict[str
     """The `response_format` request parameter for `mode` (None: send nothing)."""
     if mode is OutputMode.JSON_SCHEMA and schema is not None:
         return {"type": "json_schema", "json_schema": {"name": "annotation", "schema": schema, "strict": False}}
-    if mode in (OutputMode.JSON_SCHEMA, OutputMode.JSON_OBJECT):
+    if mode is OutputMode.JSON_OBJECT_SCHEMA and schema is not None:
+        return {"type": "json_object", "schema": schema}
+    if mode is not OutputMode.TEXT:
         return {"type": "json_object"}
     return None

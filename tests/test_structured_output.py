@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
+from my_ml_backend.errors import ErrorKind, PredictionError
 from my_ml_backend.llm_client import LLMClient
-from my_ml_backend.output_modes import OutputMode, initial_mode
+from my_ml_backend.output_modes import LADDER, OutputMode, initial_mode, response_format, step_down
 from my_ml_backend.settings import Settings, load_settings
 from tests.conftest import TEST_KEY, Backend, config
 from tests.fake_llm import server as fake
@@ -74,6 +76,55 @@ def test_refusals_step_down_to_text_and_drop_logprobs(llm: fake.FakeLLMServer) -
     calls = llm.chat_calls
     c.chat(MESSAGES, SCHEMA)
     assert llm.chat_calls == calls + 1  # remembered
+
+
+# llama-cpp-python 0.3.36's server, as measured in tests/real_model: an unknown response_format
+# type fails its request validation, reported as a 500 naming the field.
+LLAMA_CPP_REFUSAL = (
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+    "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}"
+)
+
+
+def llama_cpp_like(body: dict) -> fake.Reply:
+    """llama_cpp.server: json_schema is a 500; a schema inside json_object is honoured."""
+    kind = (body.get("response_format") or {}).get("type")
+    return fake.error(500, LLAMA_CPP_REFUSAL) if kind == "json_schema" else fake.chat('{"a": "ok"}')
+
+
+def test_the_ladder_and_what_each_rung_sends() -> None:
+    assert [step_down(m) for m in LADDER] == [
+        OutputMode.JSON_OBJECT_SCHEMA,
+        OutputMode.JSON_OBJECT,
+        OutputMode.TEXT,
+        None,
+    ]
+    assert response_format(OutputMode.JSON_OBJECT_SCHEMA, SCHEMA) == {"type": "json_object", "schema": SCHEMA}
+    assert response_format(OutputMode.JSON_OBJECT, SCHEMA) == {"type": "json_object"}
+    assert response_format(OutputMode.TEXT, SCHEMA) is None
+    # ModelScope starts below the schema rungs: it never sees a key it does not document.
+    modelscope = initial_mode("https://api-inference.modelscope.cn/v1")
+    assert response_format(modelscope, SCHEMA) == {"type": "json_object"}
+
+
+def test_llama_cpp_500_for_json_schema_steps_down_to_json_object_with_schema(llm: fake.FakeLLMServer) -> None:
+    llm.set_responder(llama_cpp_like)
+    c = client(llm)
+    assert c.chat(MESSAGES, SCHEMA).text == '{"a": "ok"}'
+    assert c.chat(MESSAGES, SCHEMA).mode == "json_object_schema"
+    sent = [r["body"]["response_format"] for r in llm.requests]
+    assert [f["type"] for f in sent] == ["json_schema", "json_object", "json_object"]  # refusal paid once
+    assert sent[1]["schema"] == SCHEMA and sent[2]["schema"] == SCHEMA
+    assert c.mode == OutputMode.JSON_OBJECT_SCHEMA
+
+
+def test_a_plain_server_error_is_not_a_refusal(llm: fake.FakeLLMServer) -> None:
+    llm.set_default(fake.error(500, "upstream model crashed"))
+    c = client(llm)
+    with pytest.raises(PredictionError) as caught:
+        c.chat(MESSAGES, SCHEMA)
+    assert caught.value.kind == ErrorKind.SERVER
+    assert llm.chat_calls == 1 and c.mode == OutputMode.JSON_SCHEMA
 
 
 def test_real_errors_are_not_mistaken_for_refusals(llm: fake.FakeLLMServer) -> None:
