@@ -1,10 +1,16 @@
 """One chat call to an OpenAI-compatible endpoint, with ModelScope's quirks handled.
 
-The `openai` client does the heavy lifting (HTTP, timeouts, retries with exponential
-backoff and jitter honouring `Retry-After`/`retry-after-ms`). We add only what it
-cannot know: an exhausted ModelScope quota must not be retried (it spends nothing but
-time), and Qwen3 "thinking" models refuse non-streamed calls unless told
-`enable_thinking: false`, which we learn once per client and then always send.
+The `openai` client does the HTTP and timeouts; retries are ours (`pacing`), because
+they must know what the client's own loop cannot: the batch deadline (no retry that
+cannot finish before Label Studio gives up), the other workers (a 429 lowers the
+concurrency of all of them, a `Retry-After` pauses all of them) and an exhausted
+ModelScope quota (never retried: it spends nothing but time). Qwen3 "thinking" models
+refuse non-streamed calls unless told `enable_thinking: false`, which we learn once
+per client and then always send.
+
+Answers go through the response cache (`response_cache`): a request already answered
+costs no API call. Every request, retry, cache lookup and token is counted in
+`metrics.METRICS` and in the tally of the batch that asked.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -23,12 +31,25 @@ from .errors import (
     ErrorKind,
     bad_response,
     classify,
-    is_quota_exhausted,
+    deadline_reached,
     is_thinking_refusal,
     missing_key,
     server_message,
 )
+from .metrics import (
+    API_REQUESTS,
+    API_RETRIES,
+    API_THROTTLED,
+    CACHE_HITS,
+    CACHE_MISSES,
+    COMPLETION_TOKENS,
+    METRICS,
+    PROMPT_TOKENS,
+    Tally,
+)
 from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
+from .pacing import MAX_RETRY_AFTER, AdaptiveLimiter, is_throttle, retry_after, retry_delay
+from .response_cache import CachedAnswer, ResponseCache, cache_key, open_cache
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,6 +71,7 @@ class ChatReply:
     tokens: list[tuple[str, float]] = field(default_factory=list)
     quota_remaining: int | None = None
     mode: str = "text"
+    cached: bool = False  # served from the response cache: no request, no tokens paid
 
     @property
     def token_confidence(self) -> float | None:
@@ -69,80 +91,141 @@ class CallCounter:
             self.requests += 1
 
 
-def _mark_quota_not_retryable(response: Any) -> None:
-    """Response hook (an httpx response): tell the openai client not to retry an exhausted quota."""
-    if response.status_code != 429:
-        return
-    response.read()
-    if is_quota_exhausted(429, response.text, response.headers):
-        response.headers["x-should-retry"] = "false"
-
-
 class LLMClient:
     """Thread-safe chat client shared by all predictions of one backend process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cache: ResponseCache | None = None) -> None:
         self.settings = settings
         self.counter = CallCounter()
+        self.cache = cache
+        self.limiter = AdaptiveLimiter(settings.concurrency, name=settings.model)
+        self._local = threading.local()  # the tally of the batch the current thread works for
         self._extra_body: dict[str, Any] = {}
         self.mode = initial_mode(settings.base_url, settings.output_mode)
         self.logprobs = settings.logprobs if settings.logprobs is not None else not is_alibaba_host(settings.base_url)
         self._client: openai.OpenAI | None = None
         if settings.has_api_key:
-            http_client = openai.DefaultHttpxClient(
-                event_hooks={"request": [lambda _request: self.counter.add()], "response": [_mark_quota_not_retryable]}
-            )
+            http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
             self._client = openai.OpenAI(
                 api_key=settings.api_key,
                 base_url=settings.base_url,
                 timeout=settings.timeout,
-                max_retries=settings.max_retries,
+                max_retries=0,  # retried in `_send`, which knows the deadline and the other workers
                 http_client=http_client,
             )
 
-    def chat(self, messages: list[dict[str, str]], schema: dict[str, Any] | None = None) -> ChatReply:
+    def _on_request(self, _request: Any) -> None:
+        """httpx request hook: runs for every request really sent, in the calling thread."""
+        self.counter.add()
+        self._count(API_REQUESTS)
+
+    def _count(self, name: str, value: float = 1) -> None:
+        METRICS.inc(name, value)
+        tally: Tally | None = getattr(self._local, "tally", None)
+        if tally is not None:
+            tally.inc(name, value)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
+        accept: Callable[[ChatReply], bool] | None = None,
+        tally: Tally | None = None,
+    ) -> ChatReply:
         """Send one chat completion; raise `PredictionError` with a user-facing message on failure.
 
         With a `schema`, the answer is requested as JSON in the best mode the endpoint
         accepts. A refusal of an optional feature (a response format, logprobs,
-        thinking mode) is learned and the call repeated without it, at most once each.
+        thinking mode) is learned and the call repeated without it.
+        `deadline` (monotonic): no request or retry starts after it.
+        `accept`: whether a reply is good enough to cache (e.g. it parses); others are
+        returned but asked again next time. `tally`: the batch's counters.
         """
         if self._client is None:
             raise missing_key()
-        for _ in range(len(LADDER) + 2):
-            mode = self.mode if schema is not None else OutputMode.TEXT
-            try:
-                return self._create(messages, mode, schema)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
-                if not self._adapt(exc, mode):
-                    raise self._classify(exc) from None
-        raise bad_response("endpoint refused every output mode")
+        self._local.tally = tally
+        try:
+            return self._chat(messages, schema, deadline, accept)
+        finally:
+            self._local.tally = None
 
-    def _adapt(self, exc: BaseException, mode: OutputMode) -> bool:
-        """Drop the feature `exc` refused, if any; True when the call is worth repeating."""
-        if is_thinking_refusal(exc) and self._extra_body.get("enable_thinking") is not False:
-            logger.info("模型要求关闭思考模式，改为发送 enable_thinking=false (sending enable_thinking=false)")
-            self._extra_body = {**self._extra_body, "enable_thinking": False}
-            return True
-        if isinstance(exc, openai.BadRequestError) and self.logprobs and "logprob" in server_message(exc).lower():
-            logger.info("端点不支持 logprobs，已关闭 (endpoint refused logprobs: disabled)")
-            self.logprobs = False
+    def _chat(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any] | None,
+        deadline: float | None,
+        accept: Callable[[ChatReply], bool] | None,
+    ) -> ChatReply:
+        adaptations = 0
+        while True:
+            mode = self.mode if schema is not None else OutputMode.TEXT
+            params = self._params(messages, mode, schema)
+            key = cache_key(self.settings.base_url, params) if self.cache is not None else None
+            if key is not None:
+                assert self.cache is not None
+                claimed = self.cache.claim(key, deadline)
+                if isinstance(claimed, CachedAnswer):
+                    self._count(CACHE_HITS)
+                    return _reply_from_cache(claimed)
+                if claimed is False:  # another thread asked the same and got no answer worth keeping
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise deadline_reached()
+                    continue  # look again, with what the client has learned meanwhile
+                self._count(CACHE_MISSES)
+            try:
+                reply = self._create(params, mode, deadline)
+                if key is not None and self.cache is not None and (accept is None or accept(reply)):
+                    self.cache.put(key, _cache_entry(reply))
+                return reply
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
+                if adaptations <= len(LADDER) + 2 and self._adapt(exc, mode, params):
+                    adaptations += 1
+                    continue
+                raise self._classify(exc) from None
+            finally:
+                if key is not None and self.cache is not None:
+                    self.cache.release(key)
+
+    def _adapt(self, exc: BaseException, mode: OutputMode, params: dict[str, Any]) -> bool:
+        """Drop the feature `exc` refused, if any; True when the call is worth repeating.
+
+        Workers run concurrently: when another one already learned the same lesson,
+        the call is simply repeated with what the client now knows.
+        """
+        if is_thinking_refusal(exc):
+            if self._extra_body.get("enable_thinking") is not False:
+                logger.info("模型要求关闭思考模式，改为发送 enable_thinking=false (sending enable_thinking=false)")
+                self._extra_body = {**self._extra_body, "enable_thinking": False}
+            return (params.get("extra_body") or {}).get("enable_thinking") is not False
+        refused_logprobs = isinstance(exc, openai.BadRequestError) and "logprob" in server_message(exc).lower()
+        if refused_logprobs and "logprobs" in params:
+            if self.logprobs:
+                logger.info("端点不支持 logprobs，已关闭 (endpoint refused logprobs: disabled)")
+                self.logprobs = False
             return True
         kind = self._classify(exc).kind
-        lower = step_down(mode)
-        if kind in (ErrorKind.BAD_REQUEST, ErrorKind.BAD_RESPONSE) and lower is not None and mode == self.mode:
-            logger.info("端点不接受输出模式 %s，改用 %s (endpoint refused %s, using %s)", mode, lower, mode, lower)
-            self.mode = lower
+        if kind not in (ErrorKind.BAD_REQUEST, ErrorKind.BAD_RESPONSE) or "response_format" not in params:
+            return False
+        if mode != self.mode:
             return True
-        return False
+        lower = step_down(mode)
+        if lower is None:
+            return False
+        logger.info("端点不接受输出模式 %s，改用 %s (endpoint refused %s, using %s)", mode, lower, mode, lower)
+        self.mode = lower
+        return True
 
     def _classify(self, exc: BaseException):  # noqa: ANN202
         s = self.settings
         return classify(exc, model=s.model, base_url=s.base_url, timeout=s.timeout)
 
-    def _create(self, messages: list[dict[str, str]], mode: OutputMode, schema: dict[str, Any] | None) -> ChatReply:
+    def _params(
+        self, messages: list[dict[str, str]], mode: OutputMode, schema: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The request body: everything that decides the answer, hence also the cache key."""
         s = self.settings
-        assert self._client is not None
         params: dict[str, Any] = {"model": s.model, "messages": messages, "temperature": s.temperature}
         if (fmt := response_format(mode, schema)) is not None:
             params["response_format"] = fmt
@@ -154,21 +237,59 @@ class LLMClient:
             params["top_p"] = s.top_p
         if self._extra_body:
             params["extra_body"] = dict(self._extra_body)
-        raw = self._client.chat.completions.with_raw_response.create(**params)
+        return params
+
+    def _create(self, params: dict[str, Any], mode: OutputMode, deadline: float | None = None) -> ChatReply:
+        raw = self._send(params, deadline)
         completion = raw.parse()
         quota = _quota_remaining(raw.headers)
         if quota == 0:
             logger.warning("⚠️ ModelScope 配额即将用完：剩余 0 次 (quota remaining: 0)")
+        usage = Usage()
+        if getattr(completion, "usage", None) is not None:
+            usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
+            self._count(PROMPT_TOKENS, usage.prompt_tokens)  # paid, whatever the content turns out to be
+            self._count(COMPLETION_TOKENS, usage.completion_tokens)
         choices = getattr(completion, "choices", None)
         if not choices or choices[0].message is None:
             raise bad_response("no choices in reply")
         text = choices[0].message.content or ""
         if not text.strip():
             raise bad_response("empty content")
-        usage = Usage()
-        if completion.usage is not None:
-            usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
         return ChatReply(text=text, usage=usage, tokens=_tokens(choices[0]), quota_remaining=quota, mode=str(mode))
+
+    def _send(self, params: dict[str, Any], deadline: float | None) -> Any:
+        """One request through the limiter, repeated while `pacing.retry_delay` says it is worth it.
+
+        A request already sent when the deadline passes is let finish (its answer
+        lands in the cache for the next retrieve); only new attempts are refused.
+        """
+        assert self._client is not None
+        retries = 0
+        while True:
+            if not self.limiter.acquire(deadline):
+                raise deadline_reached()
+            started = time.monotonic()
+            try:
+                raw = self._client.chat.completions.with_raw_response.create(**params)
+            except Exception as exc:
+                pause = None
+                throttled = is_throttle(exc)
+                if throttled:  # an APIStatusError: the whole endpoint waits as long as it asked
+                    self._count(API_THROTTLED)
+                    asked = retry_after(exc.response.headers)  # type: ignore[attr-defined]
+                    pause = min(asked, MAX_RETRY_AFTER) if asked else None
+                self.limiter.release(started, success=False, throttled=throttled, pause=pause)
+                delay = retry_delay(exc, retries, self.settings.max_retries, deadline)
+                if delay is None:
+                    raise
+                retries += 1
+                self._count(API_RETRIES)
+                logger.debug("Retry %d in %.2f s after %s", retries, delay, type(exc).__name__)
+                time.sleep(delay)
+                continue
+            self.limiter.release(started, success=True)
+            return raw
 
 
 def _quota_remaining(headers: Any) -> int | None:
@@ -187,7 +308,17 @@ def mean_probability(logprobs: list[float]) -> float | None:
     return math.exp(sum(logprobs) / len(logprobs)) if logprobs else None
 
 
+def _reply_from_cache(answer: CachedAnswer) -> ChatReply:
+    usage = Usage(answer.prompt_tokens, answer.completion_tokens)
+    return ChatReply(text=answer.text, usage=usage, tokens=list(answer.tokens), mode=answer.mode, cached=True)
+
+
+def _cache_entry(reply: ChatReply) -> CachedAnswer:
+    usage = reply.usage
+    return CachedAnswer(reply.text, usage.prompt_tokens, usage.completion_tokens, tuple(reply.tokens), reply.mode)
+
+
 @lru_cache(maxsize=8)
 def shared_client(settings: Settings) -> LLMClient:
-    """One client (one connection pool, one learned `enable_thinking`) per settings."""
-    return LLMClient(settings)
+    """One client (one connection pool, one limiter, one learned `enable_thinking`) per settings."""
+    return LLMClient(settings, cache=open_cache(settings))

@@ -4,6 +4,7 @@ Label Studio sends all selected tasks in one `/predict` and keeps nothing from a
 malformed reply, so this returns exactly one prediction per task, in order, and a
 task that fails gets an empty prediction instead of failing its batch. Errors that
 would repeat for every task (no key, bad key, quota used up …) stop further calls.
+What a batch cost (cache hits, requests, retries, tokens) is logged in one line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,21 @@ from typing import Any
 
 from .errors import PredictionError, deadline_reached, no_text, unexpected_error
 from .labeling import LabelingSchema
-from .llm_client import LLMClient, Usage
+from .llm_client import ChatReply, LLMClient
+from .metrics import (
+    API_REQUESTS,
+    API_RETRIES,
+    API_THROTTLED,
+    BATCHES,
+    CACHE_HITS,
+    CACHE_MISSES,
+    COMPLETION_TOKENS,
+    ERRORS,
+    METRICS,
+    PROMPT_TOKENS,
+    TASKS,
+    Tally,
+)
 from .prompts import CONFIDENCE_KEY, answer_schema, build_prompt, read_texts, wanted_targets
 from .reply_parser import parse_reply
 from .results import build_results
@@ -30,11 +45,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BatchStats:
-    """What one batch cost and how it went; logged once per batch. Updated from worker threads."""
+    """What one batch cost and how it went; logged once per batch. Updated from worker threads.
+
+    `calls` is filled by the LLM client (cache hits and misses, requests, retries,
+    tokens paid); calls still running after the deadline keep adding to it.
+    """
 
     tasks: int = 0
     succeeded: int = 0
-    usage: Usage = field(default_factory=Usage)
+    calls: Tally = field(default_factory=Tally)
     errors: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -43,13 +62,9 @@ class BatchStats:
             self.succeeded += 1
 
     def count_error(self, err: PredictionError) -> None:
+        METRICS.inc(ERRORS, kind=str(err.kind))
         with self._lock:
             self.errors[str(err)] += 1
-
-    def add_usage(self, usage: Usage) -> None:
-        with self._lock:
-            self.usage.prompt_tokens += usage.prompt_tokens
-            self.usage.completion_tokens += usage.completion_tokens
 
 
 class Predictor:
@@ -71,6 +86,8 @@ class Predictor:
         started = time.monotonic()
         deadline = started + self.settings.batch_deadline
         stats = BatchStats(tasks=len(tasks))
+        METRICS.inc(BATCHES)
+        METRICS.inc(TASKS, len(tasks))
         fatal: list[PredictionError] = []  # the first error that would repeat for every task
 
         def run(task: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +96,7 @@ class Predictor:
             if time.monotonic() > deadline:
                 raise deadline_reached()
             try:
-                return self.predict_task(task, stats)
+                return self.predict_task(task, stats, deadline)
             except PredictionError as err:
                 if err.fatal:
                     fatal.append(err)  # seen by workers before they start their next task
@@ -120,8 +137,14 @@ class Predictor:
         logger.debug("Task %s failed: %s", task.get("id"), err)
         return self.failed_prediction(err)
 
-    def predict_task(self, task: dict[str, Any], stats: BatchStats | None = None) -> dict[str, Any]:
-        """The prediction for one task; raises `PredictionError` when it cannot be made."""
+    def predict_task(
+        self, task: dict[str, Any], stats: BatchStats | None = None, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """The prediction for one task; raises `PredictionError` when it cannot be made.
+
+        No request starts after `deadline`; a request already sent finishes even after
+        it, so its answer reaches the cache and the next retrieve gets it for free.
+        """
         data = task.get("data") or {}
         texts, truncated = read_texts(self.schema, data, self.settings.max_input_chars)
         if not texts:
@@ -135,14 +158,26 @@ class Predictor:
         wanted = wanted_targets(self.schema, texts)
         logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
         logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
-        reply = self.client.chat(messages, answer_schema(self.schema, texts))
-        logger.debug(
-            "Task %s reply (%d prompt + %d completion tokens):\n%s",
-            task.get("id"), reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.text,
+        names = [t.name for t in wanted]
+
+        def worth_caching(reply: ChatReply) -> bool:
+            """Keep only a reply that gives at least one valid result; another try may do better."""
+            results, _ = build_results(self.schema, parse_reply(reply.text, names), texts)
+            return bool(results)
+
+        reply = self.client.chat(
+            messages,
+            answer_schema(self.schema, texts),
+            deadline=deadline,
+            accept=worth_caching,
+            tally=stats.calls if stats is not None else None,
         )
-        if stats is not None:
-            stats.add_usage(reply.usage)
-        answers = parse_reply(reply.text, [t.name for t in wanted], extras=(CONFIDENCE_KEY,))
+        logger.debug(
+            "Task %s reply (%d prompt + %d completion tokens%s):\n%s",
+            task.get("id"), reply.usage.prompt_tokens, reply.usage.completion_tokens,
+            ", cached" if reply.cached else "", reply.text,
+        )
+        answers = parse_reply(reply.text, names, extras=(CONFIDENCE_KEY,))
         results, answered = build_results(self.schema, answers, texts, lambda v: region_confidence(reply, v))
         if not results:
             logger.debug("Task %s: no valid answer in reply", task.get("id"))
@@ -165,10 +200,15 @@ class Predictor:
 
     def _log_batch(self, stats: BatchStats, seconds: float) -> None:
         failed = stats.tasks - stats.succeeded
+        calls = stats.calls
         logger.info(
-            "批次完成 (batch done): %d 个任务, %d 成功, %d 失败, tokens %d+%d, %.2f s",
+            "批次完成 (batch done): %d 个任务, %d 成功, %d 失败, 缓存命中 %d/未命中 %d (cache hits/misses), "
+            "API 请求 %d (requests), 重试 %d (retries), 429 × %d, 并发上限 %d (concurrency limit), "
+            "tokens %d+%d, %.2f s",
             stats.tasks, stats.succeeded, failed,
-            stats.usage.prompt_tokens, stats.usage.completion_tokens, seconds,
+            calls.get(CACHE_HITS), calls.get(CACHE_MISSES), calls.get(API_REQUESTS), calls.get(API_RETRIES),
+            calls.get(API_THROTTLED), self.client.limiter.limit,
+            calls.get(PROMPT_TOKENS), calls.get(COMPLETION_TOKENS), seconds,
         )
         for message, count in stats.errors.items():
             logger.warning("%s × %d", message, count)

@@ -96,6 +96,10 @@ class Settings:
     logprobs: bool | None = None  # None: on, except for ModelScope/DashScope
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
+    cache_enabled: bool = True  # LLM_CACHE
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    cache_ttl: float = 30 * 86400.0  # seconds; 0: entries never expire
+    cache_max_entries: int = 100_000  # SQLite only; 0: unbounded
 
     @property
     def has_api_key(self) -> bool:
@@ -136,4 +140,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         logprobs=_optional_bool(env, "LLM_LOGPROBS"),
         basic_auth_user=env.get("BASIC_AUTH_USER", "").strip() or None,
         basic_auth_pass=env.get("BASIC_AUTH_PASS", "") or None,
+        cache_enabled=env.get("LLM_CACHE", "").strip().lower() not in ("off", "0", "false", "no", "none", "disabled"),
+        redis_url=env.get("REDIS_URL", "").strip() or None,
+        cache_ttl=max(0.0, _float(env, "LLM_CACHE_TTL_DAYS", 30.0) or 0.0) * 86400.0,
+        cache_max_entries=max(0, _int(env, "LLM_CACHE_MAX_ENTRIES", 100_000)),
     )

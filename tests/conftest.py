@@ -146,6 +146,7 @@ def backend(llm_server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory)
         "LLM_TIMEOUT": "1",
         "LLM_MAX_RETRIES": "2",
         "DEBUG": "true",
+        "LLM_CACHE": "off",  # its tests script one reply per request, often for the same task text
     }
     b = Backend(env, tmp_path_factory.mktemp("backend"))
     yield b

@@ -24,7 +24,8 @@ def test_concurrent_batch_keeps_task_order(llm: fake.FakeLLMServer, tmp_path) ->
     b = Backend(env, tmp_path)
     try:
         labels = ["正面", "负面", "中性"] * 4
-        preds = b.predict(CFG, [{"id": i, "data": {"text": label}} for i, label in enumerate(labels)])
+        # Distinct texts: identical ones would be asked once (response cache).
+        preds = b.predict(CFG, [{"id": i, "data": {"text": f"{label} #{i}"}} for i, label in enumerate(labels)])
     finally:
         b.stop()
     assert [p["result"][0]["value"]["choices"][0] for p in preds] == labels
@@ -40,7 +41,7 @@ def test_deadline_returns_unfinished_tasks_promptly(llm: fake.FakeLLMServer, tmp
     b = Backend(env, tmp_path)  # deadline = 12 - 10 = 2 s, one call at a time
     try:
         started = time.monotonic()
-        preds = b.predict(CFG, [{"id": i, "data": {"text": "好"}} for i in range(5)])
+        preds = b.predict(CFG, [{"id": i, "data": {"text": f"好 {i}"}} for i in range(5)])
         elapsed = time.monotonic() - started
     finally:
         b.stop()

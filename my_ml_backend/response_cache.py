@@ -1,0 +1,284 @@
+"""Response cache: the same request to the same model is paid for once.
+
+Label Studio asks again for tasks it already asked about: a second "Retrieve
+predictions" after a batch hit the deadline, a task re-opened in the labeling view,
+a restarted backend. The key is a digest of everything that decides the answer —
+endpoint, model and the full request body (messages, temperature, max_tokens, top_p,
+response_format, logprobs, extra flags) — so a change of model, prompt or parameters
+is a miss and never serves a stale answer. Only valid, successful answers are stored.
+
+Stores (both behind `CacheStore`):
+- `SQLiteStore`, the default: one file in `DATA_DIR`, WAL journal and a busy timeout,
+  so several gunicorn workers (processes) and their threads share it safely;
+- `RedisStore` when `REDIS_URL` is set: the shared store for several replicas.
+
+A store that fails (disk full, Redis down) costs a warning and a miss, never a task.
+Identical requests in flight at once in one process are sent once (`claim`): a
+second retrieve arriving while the first one's late calls are still running waits
+for them instead of paying again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from .metrics import CACHE_ERRORS, METRICS
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+KEY_VERSION = 1  # bump when the key payload or the stored entry changes shape
+SQLITE_FILE = "llm_cache.sqlite3"
+REDIS_PREFIX = "llm-preannotation:response:"
+PRUNE_EVERY = 500  # SQLite writes between two size/TTL prunes (per process)
+
+
+def cache_key(base_url: str, params: dict[str, Any]) -> str:
+    """Digest of the endpoint and the request body: equal exactly when the request is."""
+    payload = json.dumps(
+        {"v": KEY_VERSION, "base_url": base_url.rstrip("/"), "request": params},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """What is kept of a reply: enough to rebuild the prediction and its scores."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens: tuple[tuple[str, float], ...] = ()
+    mode: str = "text"
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "text": self.text,
+                "usage": [self.prompt_tokens, self.completion_tokens],
+                "tokens": [list(t) for t in self.tokens],
+                "mode": self.mode,
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> CachedAnswer | None:
+        """None for anything that is not an entry we wrote (treated as a miss)."""
+        try:
+            data = json.loads(raw)
+            text = data["text"]
+            prompt, completion = data.get("usage") or (0, 0)
+            tokens = tuple((str(t), float(lp)) for t, lp in data.get("tokens") or ())
+            if not isinstance(text, str) or not text.strip():
+                return None
+            return cls(text, int(prompt), int(completion), tokens, str(data.get("mode") or "text"))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+class CacheStore(Protocol):
+    """A key-value store for serialized answers; implementations must be thread-safe."""
+
+    description: str
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str) -> None: ...
+
+
+class SQLiteStore:
+    """One SQLite file shared by every process and thread of the backend.
+
+    WAL lets readers proceed during a write and a busy timeout makes concurrent
+    writers from other processes wait instead of failing. Within a process one
+    connection is shared under a lock: SQLite serializes writes anyway, and a cache
+    read takes well under a millisecond next to a model call of seconds.
+    """
+
+    def __init__(self, path: Path, ttl: float | None = None, max_entries: int | None = None) -> None:
+        self.path = Path(path)
+        self.ttl = ttl or None
+        self.max_entries = max_entries or None
+        self.description = f"SQLite {self.path}"
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._writes = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._connection()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():  # never reuse a connection across fork
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS responses"
+                " (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS responses_created ON responses (created)")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._connection().execute("SELECT value, created FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None or (self.ttl and row[1] < time.time() - self.ttl):
+            return None
+        return row[0]
+
+    def set(self, key: str, value: str) -> None:
+        with self._lock:
+            conn = self._connection()
+            conn.execute(
+                "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)", (key, value, time.time())
+            )
+            self._writes += 1
+            if self._writes % PRUNE_EVERY == 0:
+                self._prune(conn)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """Drop expired entries, then the oldest beyond `max_entries`."""
+        if self.ttl:
+            conn.execute("DELETE FROM responses WHERE created < ?", (time.time() - self.ttl,))
+        if self.max_entries:
+            (count,) = conn.execute("SELECT COUNT(*) FROM responses").fetchone()
+            if count > self.max_entries:
+                conn.execute(
+                    "DELETE FROM responses WHERE key IN (SELECT key FROM responses ORDER BY created LIMIT ?)",
+                    (count - self.max_entries,),
+                )
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class RedisStore:
+    """Entries as Redis strings with an expiry; one store for several replicas.
+
+    Size is left to Redis itself (`maxmemory` with an `allkeys-lru` or `volatile-lru`
+    policy): every entry has a TTL, so either policy can evict it.
+    """
+
+    def __init__(self, url: str, ttl: float | None = None, prefix: str = REDIS_PREFIX) -> None:
+        import redis  # imported here: only deployments that set REDIS_URL need a server
+
+        self.ttl = ttl or None
+        self.prefix = prefix
+        parsed = urlparse(url)
+        self.description = f"Redis {parsed.hostname or '?'}:{parsed.port or 6379}{parsed.path or ''}"  # no password
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    def get(self, key: str) -> str | None:
+        value = self._redis.get(self.prefix + key)
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+
+    def set(self, key: str, value: str) -> None:
+        self._redis.set(self.prefix + key, value, ex=int(self.ttl) if self.ttl else None)
+
+
+class ResponseCache:
+    """Cached answers by key over any `CacheStore`, plus a per-process in-flight registry."""
+
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+        self._inflight: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._last_warning = 0.0
+
+    def get(self, key: str) -> CachedAnswer | None:
+        try:
+            raw = self.store.get(key)
+        except Exception as exc:  # noqa: BLE001 - a broken store must cost a miss, not a task
+            self._store_failed("read", exc)
+            return None
+        return CachedAnswer.loads(raw) if raw is not None else None
+
+    def put(self, key: str, answer: CachedAnswer) -> None:
+        try:
+            self.store.set(key, answer.dumps())
+        except Exception as exc:  # noqa: BLE001
+            self._store_failed("write", exc)
+
+    def claim(self, key: str, deadline: float | None = None) -> CachedAnswer | bool:
+        """The cached answer, or True: the caller must compute it and call `release(key)`.
+
+        When another thread of this process is already computing the same key, wait for
+        it (never past `deadline`) and return what it stored; False when the deadline
+        came first or it stored nothing (the caller may look again and claim).
+        """
+        answer = self.get(key)
+        if answer is not None:
+            return answer
+        with self._lock:
+            event = self._inflight.get(key)
+            if event is None:
+                self._inflight[key] = threading.Event()
+                return True
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        event.wait(timeout)
+        return self.get(key) or False
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            event = self._inflight.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def _store_failed(self, action: str, exc: BaseException) -> None:
+        METRICS.inc(CACHE_ERRORS)
+        now = time.monotonic()
+        if now - self._last_warning > 60:  # once a minute, not once per task
+            self._last_warning = now
+            logger.warning(
+                "响应缓存%s失败，按未命中处理 (response cache %s failed, treated as a miss): %s: %s",
+                "读取" if action == "read" else "写入", action, type(exc).__name__, exc,
+            )
+
+
+def open_cache(settings: Settings) -> ResponseCache | None:
+    """The cache `settings` ask for (None when `LLM_CACHE=off` or the store cannot be opened)."""
+    if not settings.cache_enabled:
+        logger.info("响应缓存已关闭 (response cache off: LLM_CACHE=off)")
+        return None
+    ttl = settings.cache_ttl or None
+    if settings.redis_url:
+        return _shared_cache("redis", settings.redis_url, ttl, None)
+    return _shared_cache("sqlite", str(settings.data_dir / SQLITE_FILE), ttl, settings.cache_max_entries or None)
+
+
+@lru_cache(maxsize=8)
+def _shared_cache(kind: str, where: str, ttl: float | None, max_entries: int | None) -> ResponseCache | None:
+    """One cache per store location in a process, so its in-flight registry covers every client."""
+    try:
+        store: CacheStore = RedisStore(where, ttl) if kind == "redis" else SQLiteStore(Path(where), ttl, max_entries)
+    except Exception as exc:  # noqa: BLE001 - predictions still work without a cache
+        logger.warning("无法打开响应缓存，继续但不缓存 (cannot open the response cache, running without): %s", exc)
+        return None
+    logger.info("响应缓存 (response cache): %s", store.description)
+    return ResponseCache(store)

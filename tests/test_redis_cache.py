@@ -1,0 +1,119 @@
+"""The Redis store against a real `redis-server` started on 127.0.0.1 by the tests.
+
+Skipped when the binary is missing locally (`apt-get install redis-server`); under
+CI=true a missing binary is a failure, so the store is never silently untested.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from my_ml_backend.llm_client import LLMClient
+from my_ml_backend.metrics import CACHE_ERRORS, METRICS
+from my_ml_backend.response_cache import REDIS_PREFIX, CachedAnswer, RedisStore, ResponseCache, open_cache
+from my_ml_backend.settings import Settings, load_settings
+from tests.conftest import TEST_KEY, Backend, config, free_port
+from tests.fake_llm import server as fake
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (scripts/run_tests.sh installs it under CI=true as root)")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def redis_db(redis_url: str) -> Iterator[str]:
+    redis.Redis.from_url(redis_url).flushdb()
+    yield redis_url
+
+
+def client(llm: fake.FakeLLMServer, url: str, **kw: object) -> LLMClient:
+    params: dict = {"api_key": TEST_KEY, "base_url": llm.base_url, "model": "Qwen/A", "max_retries": 0}
+    params.update(kw)
+    return LLMClient(Settings(**params), cache=ResponseCache(RedisStore(url, ttl=3600)))
+
+
+def test_store_round_trip_with_ttl_and_prefix(redis_db: str) -> None:
+    store = RedisStore(redis_db, ttl=3600)
+    assert store.get("k") is None
+    store.set("k", CachedAnswer("答案").dumps())
+    assert CachedAnswer.loads(store.get("k") or "") == CachedAnswer("答案")
+    raw = redis.Redis.from_url(redis_db)
+    assert raw.keys("*") == [(REDIS_PREFIX + "k").encode()]
+    assert 3500 < raw.ttl(REDIS_PREFIX + "k") <= 3600
+
+
+def test_replicas_share_answers_and_keys_still_discriminate(llm: fake.FakeLLMServer, redis_db: str) -> None:
+    client(llm, redis_db).chat(MESSAGES)
+    assert client(llm, redis_db).chat(MESSAGES).cached  # another replica: no call
+    assert not client(llm, redis_db, model="Qwen/B").chat(MESSAGES).cached
+    assert not client(llm, redis_db).chat([{"role": "user", "content": "hi!"}]).cached
+    assert llm.chat_calls == 3
+
+
+def test_redis_url_selects_redis_and_hides_the_password(redis_db: str, tmp_path: Path) -> None:
+    settings = load_settings({"REDIS_URL": redis_db.replace("//", "//:s3cret@"), "DATA_DIR": str(tmp_path)})
+    assert "s3cret" not in repr(settings)
+    cache = open_cache(settings)
+    assert cache is not None and isinstance(cache.store, RedisStore)
+    assert "s3cret" not in cache.store.description
+    assert not (tmp_path / "llm_cache.sqlite3").exists()
+
+
+def test_redis_down_costs_a_miss_not_a_task(llm: fake.FakeLLMServer) -> None:
+    errors = METRICS.get(CACHE_ERRORS)
+    c = client(llm, f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    assert c.chat(MESSAGES).text == fake.DEFAULT_CONTENT
+    assert METRICS.get(CACHE_ERRORS) >= errors + 2  # read and write both failed, the call did not
+
+
+def test_backend_replicas_share_the_redis_cache(llm: fake.FakeLLMServer, redis_db: str, tmp_path: Path) -> None:
+    cfg = config("text_classification")
+    llm.set_default(fake.chat('{"sentiment": "正面"}'))
+    env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "REDIS_URL": redis_db}
+    tasks = [{"id": i, "data": {"text": f"很好 {i}"}} for i in range(4)]
+    replicas = [Backend(env, tmp_path / "a"), Backend(env, tmp_path / "b")]  # separate DATA_DIRs
+    try:
+        replicas[0].predict(cfg, tasks)
+        assert llm.chat_calls == 4
+        preds = replicas[1].predict(cfg, tasks)
+        assert llm.chat_calls == 4 and all(p["result"] for p in preds)
+    finally:
+        for b in replicas:
+            b.stop()
+    assert not (tmp_path / "a" / "data" / "llm_cache.sqlite3").exists()
