@@ -1,0 +1,411 @@
+"""Our backend against a real small LLM: every control type comes back valid, one call per task.
+
+The model is Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) served by llama-cpp-python 0.3.36's
+OpenAI-compatible server (``scripts/local_model.sh``; fixtures in ``conftest.py``). These
+tests assert validity, not accuracy: every region validates with ``LabelInterface``, spans
+satisfy ``text == task_text[start:end]`` (code points), values respect the control's
+limits, and each task costs exactly one chat request. Accuracy figures come from
+``bench/real_model_bench.py``.
+
+What llama_cpp.server 0.3.36 does with what we send (checked by ``test_llama_cpp_server_facts``):
+
+- ``response_format={"type": "json_schema", ...}`` is refused with **HTTP 500** (not 400):
+  its request model only knows ``"text"`` and ``"json_object"``, and the validation error
+  comes back as ``internal_server_error`` with a message naming ``response_format``.
+  ``errors.classify`` therefore treats a 5xx naming ``response_format`` as a refusal, and the
+  client steps down instead of failing every task as a server error.
+- ``{"type": "json_object", "schema": {...}}`` is enforced: the schema is compiled to a
+  grammar, so enum values, required keys and types hold (an enum of nonsense words is
+  obeyed). Plain ``{"type": "json_object"}`` only guarantees some JSON object. Hence the
+  rung ``json_object_schema`` between ``json_schema`` and ``json_object`` in
+  ``output_modes.LADDER``: on this server ``auto`` pays one refused request per backend
+  process (1 + LLM_MAX_RETRIES requests, as the client retries a 500), then stays on
+  ``json_object_schema``.
+- ``logprobs: true`` alone is accepted and silently ignored (``choices[0].logprobs`` is
+  null: the server passes ``top_logprobs`` on as its ``logprobs`` count, and that is unset).
+  With ``top_logprobs`` (even 0) it returns per-token log-probabilities, at a price: a
+  13-token answer took 1.8-2.6 s instead of 0.35 s on 2 cores (a softmax over the 151k-token
+  vocabulary per token). We send ``logprobs: true`` only, so scores here fall back to the
+  model's self-reported ``_confidence`` times coverage (README, "预测结果").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pytest
+from label_studio_sdk.label_interface import LabelInterface
+
+from tests.conftest import config
+from tests.real_model.conftest import VALID_COUNTS, RealBackend, report
+from tests.real_model.local_model import LOOPBACK, LocalModelServer
+
+# Label Studio's DateTime formats per `only` value.
+DATETIME_FORMATS = {"date": "%Y-%m-%d", "time": "%H:%M", "month": "%Y-%m", "year": "%Y"}
+
+NER_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Labels name="ner" toName="text">
+    <Label value="人名"/>
+    <Label value="地名"/>
+    <Label value="组织"/>
+  </Labels>
+</View>"""
+
+RATING_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Rating name="stars" toName="text" maxRating="5"/>
+</View>"""
+
+NUMBER_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Number name="price" toName="text" min="0" max="100000"/>
+</View>"""
+
+DATETIME_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <DateTime name="date" toName="text" only="date"/>
+</View>"""
+
+TAXONOMY_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Taxonomy name="topic" toName="text">
+    <Choice value="科技">
+      <Choice value="人工智能"/>
+      <Choice value="手机"/>
+    </Choice>
+    <Choice value="体育">
+      <Choice value="足球"/>
+      <Choice value="篮球"/>
+    </Choice>
+  </Taxonomy>
+</View>"""
+
+# Several objects (two Text, one Paragraphs) and every control type at once, plus a perRegion
+# control that must be left to the annotator.
+MIXED_CONFIG = """<View>
+  <Header value="新闻稿审核"/>
+  <Text name="title" value="$title"/>
+  <Text name="body" value="$body"/>
+  <Paragraphs name="dialogue" value="$dialogue" layout="dialogue" nameKey="author" textKey="text"/>
+  <Choices name="tone" toName="title" choice="single">
+    <Choice value="正面"/>
+    <Choice value="负面"/>
+    <Choice value="中性"/>
+  </Choices>
+  <Labels name="entities" toName="body">
+    <Label value="人名"/>
+    <Label value="地名"/>
+    <Label value="组织"/>
+  </Labels>
+  <TextArea name="summary" toName="dialogue" rows="2" placeholder="用一句话总结对话"/>
+  <Rating name="quality" toName="body" maxRating="5"/>
+  <Number name="year" toName="body" min="1900" max="2100"/>
+  <DateTime name="published" toName="body" only="date"/>
+  <Taxonomy name="topic" toName="body">
+    <Choice value="科技">
+      <Choice value="人工智能"/>
+    </Choice>
+    <Choice value="经济"/>
+  </Taxonomy>
+  <TextArea name="region_note" toName="body" perRegion="true"/>
+</View>"""
+
+
+@dataclass
+class Case:
+    """One labeling config and a few tasks for it (distinct texts: no reply can be reused)."""
+
+    name: str
+    label_config: str
+    tasks: list[dict[str, Any]]
+    # Controls that must get at least one valid region over the case's tasks.
+    must_answer: tuple[str, ...]
+    # Controls that must never get a region (perRegion ones).
+    never: tuple[str, ...] = ()
+
+
+def _tasks(key: str, texts: list[str]) -> list[dict[str, Any]]:
+    return [{"id": 100 + i, "data": {key: text}} for i, text in enumerate(texts)]
+
+
+CASES = [
+    Case(
+        "choices_single",
+        config("text_classification"),
+        _tasks("text", ["这个耳机音质很好，续航也长，推荐购买。", "客服态度恶劣，退货拖了一个月。"]),
+        ("sentiment",),
+    ),
+    Case(
+        "choices_multiple_textarea",
+        config("text_analysis"),
+        _tasks(
+            "text",
+            ["新版推理服务把延迟降低了 40%，下季度将进入东南亚市场。", "公司发布了新款折叠屏手机，售价 7999 元。"],
+        ),
+        ("category", "analysis"),
+    ),
+    Case(
+        "labels",
+        NER_CONFIG,
+        # Chinese without spaces, emoji (astral code points) before entities, a repeated mention.
+        _tasks("text", ["马云在杭州创办了阿里巴巴。", "😀🎉 张三和李四去了北京，后来张三加入了腾讯。"]),
+        ("ner",),
+    ),
+    Case(
+        "textarea",
+        config("code_comments"),
+        _tasks("code", ["def add(a, b):\n    return a + b", "def is_even(n):\n    return n % 2 == 0"]),
+        ("comment",),
+    ),
+    Case(
+        "rating",
+        RATING_CONFIG,
+        _tasks("text", ["菜很好吃，服务周到，还会再来。", "用了一天就坏了，非常失望。"]),
+        ("stars",),
+    ),
+    Case(
+        "number", NUMBER_CONFIG, _tasks("text", ["这台笔记本电脑售价 5999 元。", "演唱会门票 880 元一张。"]), ("price",)
+    ),
+    Case(
+        "datetime",
+        DATETIME_CONFIG,
+        _tasks("text", ["会议定于 2024 年 3 月 15 日召开。", "发布日期：2023-11-02"]),
+        ("date",),
+    ),
+    Case(
+        "taxonomy",
+        TAXONOMY_CONFIG,
+        _tasks("text", ["新款大模型的推理速度提升了一倍。", "昨晚的足球比赛中主队 2:1 获胜。"]),
+        ("topic",),
+    ),
+    Case(
+        "mixed_objects_and_controls",
+        MIXED_CONFIG,
+        [
+            {
+                "id": 200,
+                "data": {
+                    "title": "国产大模型再获突破",
+                    "body": "2024年5月20日，李明在上海宣布，深度智能公司的新模型推理成本下降一半。",
+                    "dialogue": [
+                        {"author": "记者", "text": "新模型什么时候开放？"},
+                        {"author": "李明", "text": "下个月向所有开发者开放。"},
+                    ],
+                },
+            },
+            {
+                "id": 201,
+                "data": {
+                    "title": "暴雨导致多趟航班取消",
+                    "body": "2023年7月30日，北京首都机场因暴雨取消了120个航班，王芳等旅客滞留。",
+                    "dialogue": [
+                        {"author": "旅客", "text": "什么时候能起飞？"},
+                        {"author": "工作人员", "text": "要等雨停，请留意广播。"},
+                    ],
+                },
+            },
+        ],
+        # Not "entities": in this seven-control prompt the 0.5B model answers `[]` (no entity),
+        # a wrong answer but a valid one; spans are exercised by the "labels" case.
+        ("tone", "summary", "quality", "year", "published", "topic"),
+        never=("region_note",),
+    ),
+]
+
+
+@dataclass
+class ControlInfo:
+    """What a result for one control may contain, read from the config's XML."""
+
+    tag: str
+    to_names: tuple[str, ...]
+    attrs: dict[str, str]
+    values: frozenset[str] = frozenset()
+    paths: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
+
+
+def controls_of(label_config: str) -> dict[str, ControlInfo]:
+    """The config's controls by name: tag, targets, attributes, allowed values, taxonomy paths."""
+    root = ET.fromstring(label_config)
+    controls: dict[str, ControlInfo] = {}
+    for el in root.iter():
+        if el.tag not in {"Choices", "Labels", "TextArea", "Rating", "Number", "DateTime", "Taxonomy"}:
+            continue
+        paths: set[tuple[str, ...]] = set()
+
+        def walk(node: ET.Element, prefix: tuple[str, ...], paths: set[tuple[str, ...]] = paths) -> None:
+            for child in node:
+                if child.tag == "Choice":
+                    path = (*prefix, child.get("value", ""))
+                    paths.add(path)
+                    walk(child, path)
+
+        walk(el, ())
+        values = frozenset(c.get("value", "") for c in el.iter() if c.tag in {"Choice", "Label"})
+        controls[el.get("name", "")] = ControlInfo(
+            tag=el.tag.lower(),
+            to_names=tuple(el.get("toName", "").split(",")),
+            attrs=dict(el.attrib),
+            values=values,
+            paths=frozenset(paths),
+        )
+    return controls
+
+
+def object_text(label_config: str, data: dict[str, Any], object_name: str) -> str:
+    """The task text a span's offsets refer to (the Text object's data field, verbatim)."""
+    for el in ET.fromstring(label_config).iter():
+        if el.get("name") == object_name and el.get("value", "").startswith("$"):
+            return str(data[el.get("value", "")[1:]])
+    raise AssertionError(f"no object {object_name!r} in the config")
+
+
+def region_problems(region: dict[str, Any], info: ControlInfo, text: str) -> list[str]:
+    """What LabelInterface does not check but Label Studio users rely on; empty when fine."""
+    value, problems = region["value"], []
+    if region["to_name"] not in info.to_names:
+        problems.append(f"to_name {region['to_name']!r} is not one of {info.to_names}")
+    if info.tag == "labels":
+        start, end = value["start"], value["end"]
+        if not (0 <= start < end <= len(text)):
+            problems.append(f"span [{start}, {end}) outside the text ({len(text)} code points)")
+        if value.get("text") != text[start:end]:
+            problems.append(f"span text {value.get('text')!r} != task_text[{start}:{end}] {text[start:end]!r}")
+    elif info.tag == "textarea":
+        if not value["text"] or not all(isinstance(t, str) and t.strip() for t in value["text"]):
+            problems.append(f"empty TextArea value {value}")
+    elif info.tag == "rating":
+        if not isinstance(value["rating"], int) or not 1 <= value["rating"] <= int(info.attrs.get("maxRating", 5)):
+            problems.append(f"rating {value['rating']!r} outside 1..{info.attrs.get('maxRating', 5)}")
+    elif info.tag == "number":
+        number = value["number"]
+        low, high = float(info.attrs.get("min", "-inf")), float(info.attrs.get("max", "inf"))
+        if not isinstance(number, int | float) or not low <= number <= high:
+            problems.append(f"number {number!r} outside [{low}, {high}]")
+    elif info.tag == "datetime":
+        fmt = DATETIME_FORMATS[info.attrs.get("only", "date").split(",")[0]]
+        try:
+            datetime.strptime(value["datetime"], fmt)
+        except (TypeError, ValueError):
+            problems.append(f"datetime {value['datetime']!r} does not match {fmt}")
+    elif info.tag == "taxonomy":
+        bad = [p for p in value["taxonomy"] if tuple(p) not in info.paths]
+        if bad:
+            problems.append(f"taxonomy paths {bad} not in the tree")
+    elif info.tag == "choices":
+        if not set(value["choices"]) <= info.values:
+            problems.append(f"choices {value['choices']} not in {sorted(info.values)}")
+    return problems
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_every_control_type_gives_valid_results(real_backend: RealBackend, case: Case) -> None:
+    backend = real_backend.backend
+    model_version = backend.setup(case.label_config)
+    interface = LabelInterface(case.label_config)
+    controls = controls_of(case.label_config)
+    before = real_backend.chat_requests()
+    started = time.monotonic()
+    predictions = backend.predict(case.label_config, case.tasks)
+    seconds = time.monotonic() - started
+
+    assert real_backend.chat_requests() - before == Counter({200: len(case.tasks)}), "one chat call per task"
+    answered: Counter[str] = Counter()
+    for task, prediction in zip(case.tasks, predictions, strict=True):
+        assert "error" not in prediction and "result" in prediction, prediction
+        assert prediction["model_version"] == model_version
+        assert 0.0 <= prediction["score"] <= 1.0, prediction
+        assert interface.validate_prediction(prediction, return_errors=True) == [], prediction
+        for region in prediction["result"]:
+            info = controls[region["from_name"]]
+            assert region["type"] == info.tag, region
+            assert interface.validate_region(region, return_errors=True) == [], region
+            text = object_text(case.label_config, task["data"], region["to_name"]) if info.tag == "labels" else ""
+            assert region_problems(region, info, text) == [], region
+            assert 0.0 <= region.get("score", 0.0) <= 1.0, region
+        names = {r["from_name"] for r in prediction["result"]}
+        answered.update(names)
+        for name in case.never:
+            assert name not in names, f"{name} is perRegion: it must be left to the annotator"
+        for name, info in controls.items():
+            if name not in case.never:
+                VALID_COUNTS[info.tag]["tasks"] += 1
+                VALID_COUNTS[info.tag]["valid"] += name in names
+        for region in prediction["result"]:
+            VALID_COUNTS[controls[region["from_name"]].tag]["regions"] += 1
+
+    missing = [name for name in case.must_answer if not answered[name]]
+    assert not missing, f"no valid result at all for {missing}: {json.dumps(predictions, ensure_ascii=False)}"
+    report(
+        f"{case.name}: {len(case.tasks)} tasks in {seconds:.1f} s ({seconds / len(case.tasks):.1f} s/task), "
+        f"regions per control {dict(sorted(answered.items()))}"
+    )
+
+
+def test_output_mode_is_learned_once(real_backend: RealBackend) -> None:
+    """json_schema is refused once (HTTP 500), then json_object + schema is used for good."""
+    assert real_backend.warmup_statuses == Counter({500: 1, 200: 1}), real_backend.warmup_statuses
+    assert real_backend.warmup_prediction["result"], real_backend.warmup_prediction
+    assert "改用 json_object_schema" in real_backend.backend.logs()
+    # Later calls go straight to the learned mode: each case asserts exactly one 200 per task.
+
+
+def _post(server: LocalModelServer, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+    """A raw chat completion request: status, JSON body and seconds taken."""
+    request = urllib.request.Request(
+        f"{server.base_url}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    started = time.monotonic()
+    try:
+        with LOOPBACK.open(request, timeout=120) as resp:
+            return resp.status, json.load(resp), time.monotonic() - started
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}"), time.monotonic() - started
+
+
+def test_llama_cpp_server_facts(llama_server: LocalModelServer) -> None:
+    """What the module docstring (and README) say about llama_cpp.server 0.3.36, checked."""
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "enum": ["zq-alpha", "zq-beta"]}},
+        "required": ["code"],
+    }
+    base = {
+        "model": llama_server.model,
+        "messages": [{"role": "user", "content": "What is 2 + 2? Reply in json."}],
+        "temperature": 0,
+        "max_tokens": 40,
+    }
+    status, body, _ = _post(
+        llama_server,
+        {**base, "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}},
+    )
+    assert status == 500 and "response_format" in body["error"]["message"], (status, body)
+
+    status, body, _ = _post(llama_server, {**base, "response_format": {"type": "json_object", "schema": schema}})
+    assert status == 200, body
+    assert json.loads(body["choices"][0]["message"]["content"])["code"] in {"zq-alpha", "zq-beta"}, body
+
+    status, body, plain_seconds = _post(llama_server, {**base, "logprobs": True})
+    assert status == 200 and body["choices"][0]["logprobs"] is None, body
+
+    status, body, top_seconds = _post(llama_server, {**base, "logprobs": True, "top_logprobs": 1})
+    assert status == 200, body
+    tokens = body["choices"][0]["logprobs"]["content"]
+    assert tokens and all(isinstance(t["logprob"], float) for t in tokens), body
+    report(
+        f"logprobs: true alone -> null ({plain_seconds:.2f} s); with top_logprobs=1 -> {len(tokens)} tokens "
+        f"({top_seconds:.2f} s)"
+    )
