@@ -9,6 +9,7 @@ Flask's `view_functions`, the app stays the stock one) to views that:
 - report the model's own `model_version` everywhere,
 - answer malformed requests with a 400 and a message instead of a 500 traceback,
 - run `fit()` in-process for webhooks (no forked process, no job folder in the source tree).
+`/metrics` (stock: an empty JSON) serves our counters in Prometheus text format.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from label_studio_sdk.label_interface import LabelInterface
 
 from .labeling import config_hash
+from .metrics import CONTENT_TYPE, METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def require_basic_auth(app: Flask, user: str, password: str) -> None:
 
 
 def install(app: Flask, model_class: type, basic_auth: tuple[str, str] | None = None) -> ModelRegistry:
-    """Point the stock app's `/setup`, `/predict` and `/webhook` at our views."""
+    """Point the stock app's `/setup`, `/predict`, `/webhook` and `/metrics` at our views."""
     registry = ModelRegistry(model_class)
     if basic_auth:
         require_basic_auth(app, *basic_auth)
@@ -158,7 +160,16 @@ def install(app: Flask, model_class: type, basic_auth: tuple[str, str] | None = 
     app.view_functions["_setup"] = setup
     app.view_functions["_predict"] = predict
     app.view_functions["webhook"] = webhook
+    def metrics() -> Any:
+        """Cache hits, API requests, retries, tokens … of this worker process, for Prometheus.
+
+        Behind basic auth like every route when it is on: the numbers reveal usage,
+        and Prometheus scrape configs take `basic_auth` credentials.
+        """
+        return Response(METRICS.render(), content_type=CONTENT_TYPE)
+
     app.view_functions["_train"] = train
+    app.view_functions["metrics"] = metrics
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest) -> Any:
