@@ -1,0 +1,88 @@
+"""Annotation events kept as examples: stored, replaced, removed, persistent, concurrent-safe."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from my_ml_backend.controls import OBJECT_TAGS
+from my_ml_backend.example_store import SQLiteExampleStore
+from my_ml_backend.labeling import parse_schema
+from my_ml_backend.learning import example_pool, examples_bucket, record_event
+
+CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Choices name="sentiment" toName="text"><Choice value="正面"/><Choice value="负面"/></Choices>
+</View>"""
+SCHEMA = parse_schema(CONFIG, OBJECT_TAGS)
+
+
+def event(annotation_id: int, task_id: int, label: str, text: str = "", **annotation: object) -> dict:
+    result = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
+    return {
+        "annotation": {"id": annotation_id, "result": result, "task": task_id, **annotation},
+        "task": {"id": task_id, "data": {"text": text or f"任务 {task_id}", "unused": "x" * 100}},
+        "project": {"id": 1},
+    }
+
+
+def pool_of(store: SQLiteExampleStore) -> dict[int, object]:
+    return {e.task_id: e.answers["sentiment"] for e in example_pool(store, "1", SCHEMA, 4000)}
+
+
+def test_created_updated_cancelled_and_deleted_annotations(tmp_path: Path) -> None:
+    store = SQLiteExampleStore(tmp_path / "ex.sqlite3")
+    record_event(store, SCHEMA, "1", "ANNOTATION_CREATED", event(10, 1, "正面"))
+    record_event(store, SCHEMA, "1", "ANNOTATION_CREATED", event(11, 2, "负面"))
+    assert pool_of(store) == {1: "正面", 2: "负面"}
+    record_event(store, SCHEMA, "1", "ANNOTATION_UPDATED", event(10, 1, "负面"))
+    assert pool_of(store) == {1: "负面", 2: "负面"}
+    assert store.all("1")[0].data == {"text": "任务 1"}  # only the fields the config reads
+    record_event(store, SCHEMA, "1", "ANNOTATION_UPDATED", event(11, 2, "负面", was_cancelled=True))
+    assert pool_of(store) == {1: "负面"}
+    message = record_event(store, SCHEMA, "1", "ANNOTATIONS_DELETED", {"annotations": [{"id": 10}, {"id": 99}]})
+    assert message == "1 of 2 annotation(s) removed"
+    assert pool_of(store) == {}
+    assert example_pool(store, "2", SCHEMA, 4000) == []  # projects are separate
+
+
+def test_newest_annotation_of_a_task_wins_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "ex.sqlite3"
+    store = SQLiteExampleStore(path)
+    record_event(store, SCHEMA, "1", "ANNOTATION_CREATED", event(20, 5, "正面"))
+    record_event(store, SCHEMA, "1", "ANNOTATION_CREATED", event(21, 5, "负面"))  # a second annotator
+    store._conn.close()  # the process ends
+    reopened = SQLiteExampleStore(path)
+    assert pool_of(reopened) == {5: "负面"}
+    record_event(reopened, SCHEMA, "1", "ANNOTATIONS_DELETED", {"annotations": [{"id": 21}]})
+    assert pool_of(reopened) == {5: "正面"}  # the other annotator's answer remains
+
+
+def _write_many(path: str, start: int) -> None:
+    store = SQLiteExampleStore(Path(path))
+    for i in range(start, start + 100):
+        record_event(store, SCHEMA, "1", "ANNOTATION_CREATED", event(i, i, "正面"))
+
+
+def test_concurrent_webhooks_from_threads_and_processes_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ex.sqlite3"
+    store = SQLiteExampleStore(path)
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_write_many, args=(str(path), start)) for start in (10_000, 20_000)]
+    for proc in procs:
+        proc.start()
+
+    def webhook(i: int) -> str:
+        return record_event(store, SCHEMA, "1", "ANNOTATION_CREATED", event(i, i, "负面"))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(webhook, range(400)))
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    assert len(store.all("1")) == 600
+
+
+def test_version_bucket_changes_on_powers_of_two_only() -> None:
+    assert [examples_bucket(n) for n in (0, 1, 2, 3, 4, 7, 8, 100)] == [0, 1, 2, 2, 4, 4, 8, 64]
