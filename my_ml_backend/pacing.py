@@ -29,7 +29,7 @@ from typing import Any
 
 import openai
 
-from .errors import is_quota_exhausted
+from .errors import ErrorKind, classify, is_quota_exhausted
 from .metrics import CONCURRENCY_DECREASES, METRICS
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,15 @@ def is_throttle(exc: BaseException) -> bool:
     return not is_quota_exhausted(429, response.text, response.headers)
 
 
+def _is_outage(exc: openai.APIStatusError) -> bool:
+    """A 5xx the error table reads as a server fault, not as a refusal of the request.
+
+    llama-cpp-python answers a response_format it does not know with a 500: repeating
+    the same request would pay for the same refusal; the client steps down instead.
+    """
+    return classify(exc, model="", base_url="", timeout=0.0).kind is ErrorKind.SERVER
+
+
 def retry_delay(exc: BaseException, retries: int, max_retries: int, deadline: float | None) -> float | None:
     """Seconds to wait before repeating the request that raised `exc`, or None: do not repeat.
 
@@ -181,7 +190,7 @@ def retry_delay(exc: BaseException, retries: int, max_retries: int, deadline: fl
             return None
         if is_throttle(exc):
             budget = MAX_THROTTLE_RETRIES if deadline is not None else max_retries
-        elif status in (408, 409) or status >= 500:
+        elif status in (408, 409) or (status >= 500 and _is_outage(exc)):
             budget = max_retries
         else:
             return None

@@ -151,3 +151,14 @@ def test_client_without_deadline_keeps_the_retry_budget(llm: fake.FakeLLMServer)
     except Exception as exc:  # noqa: BLE001
         assert "限流" in str(exc)
     assert llm.chat_calls == 3
+
+
+def test_refusal_sent_as_a_500_is_not_retried(llm: fake.FakeLLMServer) -> None:
+    """llama-cpp-python refuses json_schema with a 500: step down at once, do not pay for it twice more."""
+    llm.enqueue(fake.error(500, "Input validation error: response_format.type json_schema not supported"))
+    llm.enqueue(fake.chat('{"a": "ok"}'))
+    c = LLMClient(Settings(api_key=TEST_KEY, base_url=llm.base_url, max_retries=2))
+    assert c.chat([{"role": "user", "content": "hi"}], {"type": "object"}).text == '{"a": "ok"}'
+    assert llm.chat_calls == 2
+    llm.enqueue(fake.server_error(502), fake.chat("ok"))
+    assert c.chat([{"role": "user", "content": "again"}]).text == "ok" and llm.chat_calls == 4  # an outage is retried
