@@ -1,24 +1,44 @@
 """Build the prediction engine for one labeling config.
 
-The backend's `/setup` and the command-line batch job must build it the same way:
-the batch job posts predictions under the `model_version` the backend would report,
-so Label Studio treats both as one model and never predicts a task twice.
+The backend's `/setup`, the batch job and the evaluation command must build it the
+same way: the batch job posts predictions under the `model_version` the backend would
+report, so Label Studio treats both as one model and never predicts a task twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from .controls import OBJECT_TAGS
-from .labeling import parse_schema
+from .examples import Example
+from .labeling import LabelingSchema, parse_schema
+from .learning import examples_bucket
 from .llm_client import shared_client
 from .predictor import Predictor
+from .prompts import PromptGuidance
 from .settings import Settings
 from .versioning import model_version
 
 EMPTY_CONFIG = "<View></View>"
 
 
-def build_predictor(label_config: str | None, settings: Settings) -> Predictor:
-    """Parse the config (offline, cached) and attach the process-wide LLM client."""
-    schema = parse_schema(label_config or EMPTY_CONFIG, OBJECT_TAGS)
-    version = model_version(settings, schema.config_hash)
-    return Predictor(schema, settings, shared_client(settings), version)
+def schema_for(label_config: str | None) -> LabelingSchema:
+    """The parsed config (cached per config text)."""
+    return parse_schema(label_config or EMPTY_CONFIG, OBJECT_TAGS)
+
+
+def build_predictor(
+    label_config: str | None,
+    settings: Settings,
+    guidance: PromptGuidance | None = None,
+    examples: Callable[[], Sequence[Example]] | None = None,
+) -> Predictor:
+    """Parse the config (offline, cached), fix the version, attach the process-wide LLM client.
+
+    The version counts the examples available now; the batch that follows uses them.
+    """
+    schema = schema_for(label_config)
+    guidance = guidance or PromptGuidance(settings.instructions, settings.output_language)
+    bucket = examples_bucket(len(examples())) if examples is not None and settings.fewshot_k else 0
+    version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket)
+    return Predictor(schema, settings, shared_client(settings), version, guidance, examples)

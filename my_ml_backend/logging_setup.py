@@ -73,7 +73,8 @@ def configure_logging(
     for handler in list(root.handlers):
         if getattr(handler, "_ml_backend", False):
             root.removeHandler(handler)
-    redactor = RedactSecrets([settings.api_key or "", *(secrets or [])])
+    known = [settings.api_key, settings.label_studio_api_key, settings.basic_auth_pass]
+    redactor = RedactSecrets([s or "" for s in known] + list(secrets or []))
     stream = logging.StreamHandler(console or sys.stdout)
     if quiet and not settings.debug:
         stream.setLevel(logging.WARNING)

@@ -1,26 +1,35 @@
 """The Label Studio ML backend: an LLM pre-annotates the text of each task.
 
 The story, in Label Studio's order:
-- setup: read the project's labeling config (no network call: Label Studio gives
-  `/setup` 3 s) and derive the `model_version` that identifies these predictions;
-- predict: one chat call per task, answers mapped to results valid for the config;
-- fit: receive annotation and training events (kept for the few-shot work to come).
+- setup: read the project's labeling config and its instructions (ML "extra params"),
+  count its annotated examples, and derive the `model_version` that identifies these
+  predictions; no network call (Label Studio gives `/setup` 3 s);
+- predict: one chat call per task, with the project's instructions and its most
+  relevant annotated examples, answers mapped to results valid for the config;
+- fit: keep annotations as examples (annotation webhooks), re-read them all on the
+  Train button.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from .engine import build_predictor
+from .engine import build_predictor, schema_for
+from .example_store import open_example_store
+from .examples import Example
+from .learning import example_pool, record_event, resync
+from .prompts import PromptGuidance, context_instruction, guidance_from_params
 from .settings import load_settings
 
 logger = logging.getLogger(__name__)
 
+
 class NewModel(LabelStudioMLBase):
-    """LLM pre-annotation for Text/HyperText/Paragraphs objects."""
+    """LLM pre-annotation for Text/HyperText/Paragraphs objects, one instance per (project, config)."""
 
     # label-studio-ml 1.0.9 lists neither START_TRAINING (the Train button) nor
     # ANNOTATIONS_DELETED (what Label Studio really sends); both must reach fit().
@@ -34,35 +43,81 @@ class NewModel(LabelStudioMLBase):
 
     def __init__(self, label_config: str | None = None, train_output: dict | None = None, **kwargs: Any) -> None:
         super().__init__(label_config=label_config, train_output=train_output, **kwargs)
+        self.project_id = str(kwargs.get("project_id") or "")
+        self.extra_params: Any = kwargs.get("extra_params")
         self.setup()
 
-    def setup(self) -> None:
-        """Parse the config and fix this model's version; cheap and offline."""
+    def setup(self, extra_params: Any = None) -> None:
+        """Parse the config, apply the project's instructions, fix this model's version; offline and cheap.
+
+        Called again on every `/setup`, so a new instruction or a grown example set
+        gives a new version and Label Studio predicts again.
+        """
+        if extra_params is not None:
+            self.extra_params = extra_params
         self.settings = load_settings()
-        self.predictor = build_predictor(self.label_config, self.settings)
-        self.schema = self.predictor.schema
+        self.schema = schema_for(self.label_config)
+        self.store = open_example_store(self.settings) if self.settings.fewshot_k and self.project_id else None
+        base = PromptGuidance(self.settings.instructions, self.settings.output_language)
+        self.guidance = guidance_from_params(base, self.extra_params)
+        examples = self.examples if self.store is not None else None
+        self.predictor = build_predictor(self.label_config, self.settings, self.guidance, examples)
         self.model_version = self.predictor.model_version
         logger.debug(
-            "Setup: model=%s url=%s version=%s texts=%s controls=%s",
+            "Setup: project=%s model=%s url=%s version=%s texts=%s controls=%s instructions=%d chars",
+            self.project_id,
             self.settings.model,
             self.settings.base_url,
             self.model_version,
             [f"{s.name}<-${s.data_key}" for s in self.schema.sources],
             [f"{t.name}:{t.tag}" for t in self.schema.targets],
+            len(self.guidance.instructions),
         )
 
+    def examples(self) -> list[Example]:
+        """The project's annotated examples for this config (read from the store)."""
+        return example_pool(self.store, self.project_id, self.schema, self.settings.max_input_chars)
+
     def predict(self, tasks: list[dict[str, Any]], context: dict | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-        """One prediction per task, in order (failed tasks carry an `error` and no result)."""
-        return self.predictor.predict_batch(tasks)
+        """One prediction per task, in order (failed tasks carry an `error` and no result).
+
+        In interactive mode the annotator's own instruction (a `prompt` TextArea) is
+        added to the project's for this request.
+        """
+        guidance = None
+        if instruction := context_instruction(self.schema, context):
+            guidance = self.guidance.with_instruction(instruction)
+            logger.info("交互式指令 (interactive instruction): %d chars", len(instruction))
+        return self.predictor.predict_batch(tasks, guidance)
 
     def fit(self, tasks: Any = (), workdir: str | None = None, event: str | None = None, **kwargs: Any) -> dict:
-        """Accept Label Studio's annotation and training webhooks.
+        """Keep annotations as examples; on START_TRAINING re-read them all from Label Studio.
 
-        Storing annotated examples for few-shot prompts is a later step; for now the
-        event is acknowledged so the Train button and annotation webhooks never fail.
+        Webhooks get 1 s, so the re-read runs in a background thread and the event is
+        acknowledged at once.
         """
         data = kwargs.get("data") or {}
         project = data.get("project") or {}
-        project_id = project.get("id") if isinstance(project, dict) else project
+        project_id = str(project.get("id") if isinstance(project, dict) else project or self.project_id)
         logger.info("收到事件 (event received): %s, project %s", event, project_id)
-        return {"event": event, "model_version": self.model_version}
+        if self.store is None:
+            return {"event": event, "model_version": self.model_version, "examples": "off"}
+        done = record_event(self.store, self.schema, project_id, str(event), data)
+        if event == "START_TRAINING":
+            done = self._start_resync(project_id)
+        logger.info("示例库 (examples): %s", done)
+        return {"event": event, "model_version": self.model_version, "examples": done}
+
+    def _start_resync(self, project_id: str) -> str:
+        url, key = self.settings.label_studio_url, self.settings.label_studio_api_key
+        if not (url and key):
+            return "no LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY: kept the examples from annotation webhooks"
+
+        def run() -> None:
+            try:
+                logger.info("示例库 (examples): %s", resync(self.store, self.schema, project_id, url, key))
+            except Exception as exc:  # noqa: BLE001 - a failed re-read keeps what the webhooks stored
+                logger.warning("从 Label Studio 重新读取标注失败 (re-reading annotations failed): %s", exc)
+
+        threading.Thread(target=run, name=f"resync-{project_id}", daemon=True).start()
+        return "re-reading all annotations from Label Studio in the background"

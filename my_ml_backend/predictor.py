@@ -13,11 +13,14 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import PredictionError, deadline_reached, no_text, unexpected_error
+from .examples import Example
+from .fewshot import render_examples, select_examples
 from .labeling import LabelingSchema
 from .llm_client import ChatReply, LLMClient
 from .metrics import (
@@ -34,7 +37,7 @@ from .metrics import (
     TASKS,
     Tally,
 )
-from .prompts import CONFIDENCE_KEY, answer_schema, build_prompt, read_texts, wanted_targets
+from .prompts import CONFIDENCE_KEY, PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
 from .reply_parser import parse_reply
 from .results import build_results
 from .scoring import prediction_score, region_confidence
@@ -67,16 +70,46 @@ class BatchStats:
             self.errors[str(err)] += 1
 
 
+@dataclass(frozen=True)
+class PromptInputs:
+    """What every prompt of a batch adds to its task's texts: guidance and the example pool."""
+
+    guidance: PromptGuidance = field(default_factory=PromptGuidance)
+    pool: tuple[Example, ...] = ()
+
+
 class Predictor:
     """Predicts tasks of one labeling config with one LLM client."""
 
-    def __init__(self, schema: LabelingSchema, settings: Settings, client: LLMClient, model_version: str) -> None:
+    def __init__(
+        self,
+        schema: LabelingSchema,
+        settings: Settings,
+        client: LLMClient,
+        model_version: str,
+        guidance: PromptGuidance | None = None,
+        examples: Callable[[], Sequence[Example]] | None = None,
+    ) -> None:
         self.schema = schema
         self.settings = settings
         self.client = client
         self.model_version = model_version
+        self.guidance = guidance or PromptGuidance()
+        self.examples = examples  # the project's annotated examples, read once per batch
 
-    def predict_batch(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def prompt_inputs(self, guidance: PromptGuidance | None = None) -> PromptInputs:
+        """Guidance (the request's own, else the project's) and the current example pool."""
+        pool: tuple[Example, ...] = ()
+        if self.examples is not None and self.settings.fewshot_k > 0:
+            try:
+                pool = tuple(self.examples())
+            except Exception as exc:  # noqa: BLE001 - without examples the task is still predicted
+                logger.warning("读取标注示例失败，本批不使用示例 (cannot read examples): %s", exc)
+        return PromptInputs(guidance or self.guidance, pool)
+
+    def predict_batch(
+        self, tasks: list[dict[str, Any]], guidance: PromptGuidance | None = None
+    ) -> list[dict[str, Any]]:
         """One prediction per task, in order; never raises for a task's failure.
 
         Tasks run concurrently (`LLM_CONCURRENCY`). Label Studio drops the whole reply
@@ -84,6 +117,7 @@ class Predictor:
         (10 s earlier) get a failed item now rather than the batch getting nothing.
         """
         started = time.monotonic()
+        inputs = self.prompt_inputs(guidance)
         deadline = started + self.settings.batch_deadline
         stats = BatchStats(tasks=len(tasks))
         METRICS.inc(BATCHES)
@@ -96,7 +130,7 @@ class Predictor:
             if time.monotonic() > deadline:
                 raise deadline_reached()
             try:
-                return self.predict_task(task, stats, deadline)
+                return self.predict_task(task, stats, deadline, inputs)
             except PredictionError as err:
                 if err.fatal:
                     fatal.append(err)  # seen by workers before they start their next task
@@ -138,7 +172,11 @@ class Predictor:
         return self.failed_prediction(err)
 
     def predict_task(
-        self, task: dict[str, Any], stats: BatchStats | None = None, deadline: float | None = None
+        self,
+        task: dict[str, Any],
+        stats: BatchStats | None = None,
+        deadline: float | None = None,
+        inputs: PromptInputs | None = None,
     ) -> dict[str, Any]:
         """The prediction for one task; raises `PredictionError` when it cannot be made.
 
@@ -154,7 +192,9 @@ class Predictor:
                 "任务 %s 的文本 %s 超过 %d 字符，已截断 (text truncated to MAX_INPUT_CHARS)",
                 task.get("id"), name, self.settings.max_input_chars,
             )
-        messages = build_prompt(self.schema, texts)
+        inputs = inputs or self.prompt_inputs()
+        shown = select_examples(inputs.pool, texts, self.settings.fewshot_k, self.settings.fewshot_max_chars)
+        messages = build_prompt(self.schema, texts, inputs.guidance, render_examples(shown))
         wanted = wanted_targets(self.schema, texts)
         logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
         logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])

@@ -54,6 +54,40 @@ SYSTEM_PROMPT = (
 )
 
 
+def guidance_from_params(base: PromptGuidance, extra_params: Any) -> PromptGuidance:
+    """The project's guidance: Label Studio's ML "extra params" on top of the global one.
+
+    Accepted: `{"instructions": "...", "language": "English"}` (also `prompt` and
+    `output_language`), or plain text, taken as instructions. Project instructions are
+    added after the global ones (LLM_INSTRUCTIONS / PROMPT_FILE); a project language
+    replaces the global one.
+    """
+    if isinstance(extra_params, str):
+        text = extra_params.strip()
+        try:
+            extra_params = json.loads(text) if text.startswith("{") else {"instructions": text}
+        except ValueError:
+            extra_params = {"instructions": text}
+    if not isinstance(extra_params, dict):
+        return base
+    instructions = extra_params.get("instructions") or extra_params.get("prompt") or ""
+    language = extra_params.get("language") or extra_params.get("output_language") or ""
+    guidance = base.with_instruction(str(instructions))
+    return replace(guidance, language=str(language).strip()) if str(language).strip() else guidance
+
+
+def context_instruction(schema: LabelingSchema, context: Any) -> str:
+    """The annotator's instruction in an interactive request (a `prompt` TextArea's text)."""
+    if not isinstance(context, dict) or not schema.prompt_controls:
+        return ""
+    texts = []
+    for result in context.get("result") or []:
+        if isinstance(result, dict) and result.get("from_name") in schema.prompt_controls:
+            value = result.get("value") or {}
+            texts += [str(t) for t in value.get("text") or [] if str(t).strip()]
+    return "\n".join(texts)
+
+
 def read_texts(schema: LabelingSchema, data: dict, max_chars: int) -> tuple[dict[str, str], list[str]]:
     """The task's text per object name (truncated to `max_chars`), and the names cut."""
     texts: dict[str, str] = {}

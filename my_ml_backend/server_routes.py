@@ -58,7 +58,7 @@ class ModelRegistry:
             LabelInterface(label_config)
         except Exception as exc:  # noqa: BLE001 - an unparsable config is the caller's error
             raise BadRequest(f"标注配置无法解析 (invalid labeling config): {exc}") from None
-        model = self.model_class(label_config=label_config)
+        model = self.model_class(label_config=label_config, project_id=project)
         with self._lock:
             self._models[key] = model
             self._configs[project] = label_config
@@ -119,6 +119,7 @@ def install(app: Flask, model_class: type, basic_auth: tuple[str, str] | None = 
         if not isinstance(schema, str) or not schema.strip():
             raise BadRequest("缺少 schema（标注配置）(missing 'schema': the labeling config)")
         model = registry.get(_project_key(data), schema)
+        model.setup(data.get("extra_params") or {})  # instructions and example count may have changed
         return jsonify({"model_version": model.model_version})
 
     def predict() -> Any:

@@ -100,6 +100,12 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     cache_ttl: float = 30 * 86400.0  # seconds; 0: entries never expire
     cache_max_entries: int = 100_000  # SQLite only; 0: unbounded
+    fewshot_k: int = 3  # FEWSHOT_EXAMPLES: annotated examples shown per task; 0 turns few-shot off
+    fewshot_max_chars: int = 1500  # FEWSHOT_MAX_CHARS: prompt budget for them (~1 token per CJK char)
+    instructions: str = ""  # LLM_INSTRUCTIONS or the PROMPT_FILE's text: added to every prompt
+    output_language: str = ""  # LLM_OUTPUT_LANGUAGE: language of free-text answers
+    label_studio_url: str | None = None  # LABEL_STUDIO_URL: lets START_TRAINING re-read annotations
+    label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY
 
     @property
     def has_api_key(self) -> bool:
@@ -144,4 +150,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=env.get("REDIS_URL", "").strip() or None,
         cache_ttl=max(0.0, _float(env, "LLM_CACHE_TTL_DAYS", 30.0) or 0.0) * 86400.0,
         cache_max_entries=max(0, _int(env, "LLM_CACHE_MAX_ENTRIES", 100_000)),
+        fewshot_k=max(0, _int(env, "FEWSHOT_EXAMPLES", 3)),
+        fewshot_max_chars=max(0, _int(env, "FEWSHOT_MAX_CHARS", 1500)),
+        instructions=_instructions(env),
+        output_language=env.get("LLM_OUTPUT_LANGUAGE", "").strip(),
+        label_studio_url=env.get("LABEL_STUDIO_URL", "").strip().rstrip("/") or None,
+        label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip() or None,
     )
+
+
+def _instructions(env: Mapping[str, str]) -> str:
+    """LLM_INSTRUCTIONS, then the PROMPT_FILE's text (a file is easier for long, multi-line rules)."""
+    parts = [env.get("LLM_INSTRUCTIONS", "").strip()]
+    if path := env.get("PROMPT_FILE", "").strip():
+        try:
+            parts.append(Path(path).expanduser().read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ValueError(f"无法读取 PROMPT_FILE (cannot read PROMPT_FILE) {path}: {exc.strerror}") from None
+    return "\n".join(p for p in parts if p)

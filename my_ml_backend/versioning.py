@@ -14,12 +14,22 @@ from .prompts import PROMPT_VERSION
 from .settings import Settings
 
 
-def model_version(settings: Settings, config_hash: str) -> str:
-    """E.g. `Qwen3-Coder-480B-A35B-Instruct-3f9a1c2e`: readable model name plus a digest."""
-    payload = json.dumps(
-        {"settings": settings.generation_fingerprint(), "prompt": PROMPT_VERSION, "config": config_hash},
-        sort_keys=True,
-    )
+def model_version(settings: Settings, config_hash: str, guidance: str = "", examples_bucket: int = 0) -> str:
+    """E.g. `Qwen3-Coder-480B-A35B-Instruct-3f9a1c2e`: readable model name plus a digest.
+
+    `guidance` is the project's instructions fingerprint; `examples_bucket` the size class
+    of its example set (see `learning.examples_bucket`): both change the answers.
+    """
+    fields: dict[str, object] = {
+        "settings": settings.generation_fingerprint(),
+        "prompt": PROMPT_VERSION,
+        "config": config_hash,
+    }
+    if guidance:
+        fields["guidance"] = guidance
+    if examples_bucket and settings.fewshot_k:
+        fields["examples"] = [examples_bucket, settings.fewshot_k, settings.fewshot_max_chars]
+    payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:8]
     name = settings.model.rsplit("/", 1)[-1][:60]
     return f"{name}-{digest}"
