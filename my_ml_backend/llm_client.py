@@ -275,7 +275,7 @@ class LLMClient:
             except Exception as exc:
                 pause = None
                 throttled = is_throttle(exc)
-                if throttled:  # an APIStatusError: the whole endpoint waits as long as it asked
+                if throttled:  # an APIStatusError; repeated, every worker waits as long as it asked
                     self._count(API_THROTTLED)
                     asked = retry_after(exc.response.headers)  # type: ignore[attr-defined]
                     pause = min(asked, MAX_RETRY_AFTER) if asked else None
