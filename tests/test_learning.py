@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from my_ml_backend.controls import OBJECT_TAGS
-from my_ml_backend.example_store import SQLiteExampleStore
+from my_ml_backend.example_store import RedisExampleStore, SQLiteExampleStore
 from my_ml_backend.labeling import parse_schema
 from my_ml_backend.learning import example_pool, examples_bucket, record_event
 
@@ -27,7 +27,7 @@ def event(annotation_id: int, task_id: int, label: str, text: str = "", **annota
     }
 
 
-def pool_of(store: SQLiteExampleStore) -> dict[int, object]:
+def pool_of(store: SQLiteExampleStore | RedisExampleStore) -> dict[int, object]:
     return {e.task_id: e.answers["sentiment"] for e in example_pool(store, "1", SCHEMA, 4000)}
 
 
@@ -86,3 +86,13 @@ def test_concurrent_webhooks_from_threads_and_processes_lose_nothing(tmp_path: P
 
 def test_version_bucket_changes_on_powers_of_two_only() -> None:
     assert [examples_bucket(n) for n in (0, 1, 2, 3, 4, 7, 8, 100)] == [0, 1, 2, 2, 4, 4, 8, 64]
+
+
+def test_redis_example_store_shares_examples_between_replicas(redis_db: str) -> None:
+    first, second = RedisExampleStore(redis_db), RedisExampleStore(redis_db)  # two backend replicas
+    record_event(first, SCHEMA, "1", "ANNOTATION_CREATED", event(30, 3, "正面"))
+    record_event(second, SCHEMA, "1", "ANNOTATION_CREATED", event(31, 4, "负面"))
+    assert pool_of(first) == pool_of(second) == {3: "正面", 4: "负面"}
+    record_event(second, SCHEMA, "1", "ANNOTATIONS_DELETED", {"annotations": [{"id": 30}]})
+    assert pool_of(first) == {4: "负面"}
+    assert example_pool(first, "2", SCHEMA, 4000) == []
