@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .settings import Settings
+from .sqlite_db import SharedSQLite
 
 logger = logging.getLogger(__name__)
 
@@ -66,28 +65,17 @@ class SQLiteExampleStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.description = f"SQLite {self.path}"
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            self._connection()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():  # never reuse a connection across fork
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(
+        self._db = SharedSQLite(
+            self.path,
+            [
                 "CREATE TABLE IF NOT EXISTS examples (project TEXT NOT NULL, annotation_id INTEGER NOT NULL,"
                 " payload TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (project, annotation_id))"
-            )
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+            ],
+        )
 
     def upsert(self, project: str, item: StoredAnnotation) -> None:
-        with self._lock:
-            self._connection().execute(
+        with self._db.connect() as conn:
+            conn.execute(
                 "INSERT OR REPLACE INTO examples (project, annotation_id, payload, updated) VALUES (?, ?, ?, ?)",
                 (project, item.annotation_id, item.dumps(), item.updated),
             )
@@ -96,18 +84,21 @@ class SQLiteExampleStore:
         if not annotation_ids:
             return 0
         marks = ",".join("?" * len(annotation_ids))
-        with self._lock:
-            cursor = self._connection().execute(
+        with self._db.connect() as conn:
+            cursor = conn.execute(
                 f"DELETE FROM examples WHERE project = ? AND annotation_id IN ({marks})", (project, *annotation_ids)
             )
             return cursor.rowcount
 
     def all(self, project: str) -> list[StoredAnnotation]:
-        with self._lock:
-            rows = self._connection().execute(
+        with self._db.connect() as conn:
+            rows = conn.execute(
                 "SELECT annotation_id, payload FROM examples WHERE project = ? ORDER BY annotation_id", (project,)
             ).fetchall()
         return [StoredAnnotation.loads(a, p) for a, p in rows]
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class RedisExampleStore:

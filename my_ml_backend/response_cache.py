@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -35,6 +34,7 @@ from urllib.parse import urlparse
 
 from .metrics import CACHE_ERRORS, METRICS
 from .settings import Settings
+from .sqlite_db import SharedSQLite
 
 logger = logging.getLogger(__name__)
 
@@ -103,51 +103,32 @@ class CacheStore(Protocol):
 
 
 class SQLiteStore:
-    """One SQLite file shared by every process and thread of the backend.
-
-    WAL lets readers proceed during a write and a busy timeout makes concurrent
-    writers from other processes wait instead of failing. Within a process one
-    connection is shared under a lock: SQLite serializes writes anyway, and a cache
-    read takes well under a millisecond next to a model call of seconds.
-    """
+    """Answers in one SQLite file shared by every process and thread (see `sqlite_db`)."""
 
     def __init__(self, path: Path, ttl: float | None = None, max_entries: int | None = None) -> None:
         self.path = Path(path)
         self.ttl = ttl or None
         self.max_entries = max_entries or None
         self.description = f"SQLite {self.path}"
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
         self._writes = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            self._connection()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():  # never reuse a connection across fork
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(
+        self._db = SharedSQLite(
+            self.path,
+            [
                 "CREATE TABLE IF NOT EXISTS responses"
-                " (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
-            )
-            conn.execute("CREATE INDEX IF NOT EXISTS responses_created ON responses (created)")
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+                " (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)",
+                "CREATE INDEX IF NOT EXISTS responses_created ON responses (created)",
+            ],
+        )
 
     def get(self, key: str) -> str | None:
-        with self._lock:
-            row = self._connection().execute("SELECT value, created FROM responses WHERE key = ?", (key,)).fetchone()
+        with self._db.connect() as conn:
+            row = conn.execute("SELECT value, created FROM responses WHERE key = ?", (key,)).fetchone()
         if row is None or (self.ttl and row[1] < time.time() - self.ttl):
             return None
         return row[0]
 
     def set(self, key: str, value: str) -> None:
-        with self._lock:
-            conn = self._connection()
+        with self._db.connect() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)", (key, value, time.time())
             )
@@ -168,14 +149,11 @@ class SQLiteStore:
                 )
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+        with self._db.connect() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
 
 class RedisStore:

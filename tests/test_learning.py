@@ -52,7 +52,7 @@ def test_newest_annotation_of_a_task_wins_and_survives_a_restart(tmp_path: Path)
     store = SQLiteExampleStore(path)
     record_event(store, SCHEMA, "1", "ANNOTATION_CREATED", event(20, 5, "正面"))
     record_event(store, SCHEMA, "1", "ANNOTATION_CREATED", event(21, 5, "负面"))  # a second annotator
-    store._conn.close()  # the process ends
+    store.close()  # the process ends
     reopened = SQLiteExampleStore(path)
     assert pool_of(reopened) == {5: "负面"}
     record_event(reopened, SCHEMA, "1", "ANNOTATIONS_DELETED", {"annotations": [{"id": 21}]})
