@@ -19,13 +19,11 @@ from tests.e2e.conftest import StartBackend, report
 from tests.e2e.label_studio import ROOT, LabelStudioClient, LabelStudioServer
 from tests.e2e.test_label_studio_e2e import (
     ANALYSIS,
-    analysis_tasks,
     by_task,
-    check_prediction,
+    check_each_once,
+    connected_project,
     failing_for,
     labeler,
-    task_markers,
-    version_for,
 )
 from tests.fake_llm import server as fake
 
@@ -62,13 +60,7 @@ def test_batch_job_skips_backend_predictions_resumes_and_retries_failures(
     llm: fake.FakeLLMServer,
     tmp_path: Path,
 ) -> None:
-    backend = start_backend()
-    project = ls.create_project("e2e batch job", ANALYSIS)
-    tasks = analysis_tasks(10)
-    task_ids = ls.import_tasks(project, tasks)
-    markers = task_markers(tasks, task_ids)
-    ls.add_ml_backend(project, backend.url)
-    version = version_for(backend, ls, project)
+    project, task_ids, markers, version = connected_project(ls, start_backend(), "e2e batch job", 10)
     broken = next(task_id for task_id, mark in markers.items() if mark == "T7")
 
     llm.set_responder(failing_for({"T7"}, fake.server_error))
@@ -99,9 +91,7 @@ def test_batch_job_skips_backend_predictions_resumes_and_retries_failures(
 
     stored = by_task(ls.predictions(project))
     assert sorted(stored) == sorted(task_ids)
-    for task_id, task_predictions in stored.items():
-        assert len(task_predictions) == 1, task_predictions  # no duplicates, one version
-        check_prediction(task_predictions[0], ANALYSIS, version, markers[task_id])
+    check_each_once(stored, ANALYSIS, version, markers)
     ls.retrieve_predictions(project)  # the backend skips them all: same model_version
     assert len(ls.predictions(project)) == 10 and llm.chat_calls == calls + 1
 

@@ -136,6 +136,24 @@ def version_for(backend: Backend, ls: LabelStudioClient, project: int) -> str:
     return backend.setup(ls.project(project)["label_config"], project=f"{project}.1")
 
 
+def connected_project(
+    ls: LabelStudioClient, backend: Backend, title: str, count: int
+) -> tuple[int, list[int], dict[int, str], str]:
+    """A text-analysis project with `count` tasks, connected to `backend`: id, task ids, markers, version."""
+    project = ls.create_project(title, ANALYSIS)
+    tasks = analysis_tasks(count)
+    task_ids = ls.import_tasks(project, tasks)
+    ls.add_ml_backend(project, backend.url)
+    return project, task_ids, task_markers(tasks, task_ids), version_for(backend, ls, project)
+
+
+def check_each_once(stored: dict[int, list[dict]], label_config: str, version: str, markers: dict[int, str]) -> None:
+    """Every task holds exactly one valid prediction of `version`, made for that task."""
+    for task_id, task_predictions in stored.items():
+        assert len(task_predictions) == 1, task_predictions
+        check_prediction(task_predictions[0], label_config, version, markers[task_id])
+
+
 def timed_retrieve(ls: LabelStudioClient, project: int) -> float:
     started = time.monotonic()
     answer = ls.retrieve_predictions(project)
@@ -255,13 +273,7 @@ def test_retrieve_predicts_each_task_once_per_model_version(
 def test_failed_task_is_not_stored_and_next_retrieve_completes_it(
     ls: LabelStudioClient, start_backend: StartBackend, llm: fake.FakeLLMServer
 ) -> None:
-    backend = start_backend()
-    project = ls.create_project("e2e failure", ANALYSIS)
-    tasks = analysis_tasks(6)
-    task_ids = ls.import_tasks(project, tasks)
-    markers = task_markers(tasks, task_ids)
-    ls.add_ml_backend(project, backend.url)
-    version = version_for(backend, ls, project)
+    project, task_ids, markers, version = connected_project(ls, start_backend(), "e2e failure", 6)
     broken = next(task_id for task_id, mark in markers.items() if mark == "T3")
 
     llm.set_responder(failing_for({"T3"}, fake.server_error))  # 500 on every attempt for T3
@@ -270,9 +282,7 @@ def test_failed_task_is_not_stored_and_next_retrieve_completes_it(
     report(f"retrieve, T3 failing (HTTP 500): 6 tasks, {len(stored)} stored, {llm.chat_calls} calls, {seconds:.2f} s")
     assert broken not in stored
     assert sorted(stored) == sorted(set(task_ids) - {broken})
-    for task_id, task_predictions in stored.items():
-        assert len(task_predictions) == 1
-        check_prediction(task_predictions[0], ANALYSIS, version, markers[task_id])
+    check_each_once(stored, ANALYSIS, version, markers)
 
     llm.reset()
     llm.set_responder(labeler)  # the fault clears
@@ -289,12 +299,7 @@ def test_auth_error_stores_nothing_and_retrieve_after_fix_stores_all(
     ls: LabelStudioClient, start_backend: StartBackend, llm: fake.FakeLLMServer
 ) -> None:
     backend = start_backend()
-    project = ls.create_project("e2e auth error", ANALYSIS)
-    tasks = analysis_tasks(4)
-    task_ids = ls.import_tasks(project, tasks)
-    markers = task_markers(tasks, task_ids)
-    ls.add_ml_backend(project, backend.url)
-    version = version_for(backend, ls, project)
+    project, task_ids, markers, version = connected_project(ls, backend, "e2e auth error", 4)
 
     llm.set_responder(lambda _body: fake.auth_failed())  # a wrong key fails every task alike
     seconds = timed_retrieve(ls, project)
@@ -306,9 +311,7 @@ def test_auth_error_stores_nothing_and_retrieve_after_fix_stores_all(
     timed_retrieve(ls, project)
     stored = by_task(ls.predictions(project))
     assert sorted(stored) == sorted(task_ids)
-    for task_id, task_predictions in stored.items():
-        assert len(task_predictions) == 1
-        check_prediction(task_predictions[0], ANALYSIS, version, markers[task_id])
+    check_each_once(stored, ANALYSIS, version, markers)
 
 
 # -- c. the labeling view: opening a task, interactive pre-annotation -----------------------
@@ -374,9 +377,7 @@ def test_two_projects_on_one_backend_keep_their_configs_when_interleaved(
         for name, (project, label_config, markers, version) in projects.items():
             stored = by_task(ls.predictions(project))
             assert sorted(stored) == sorted(markers), (name, round_name)
-            for task_id, task_predictions in stored.items():
-                assert len(task_predictions) == 1, (name, task_predictions)
-                check_prediction(task_predictions[0], label_config, version, markers[task_id])
+            check_each_once(stored, label_config, version, markers)
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -490,9 +491,7 @@ def test_basic_auth_backend_works_with_label_studio(
     report(f"retrieve through basic auth: 3 tasks, {sum(map(len, stored.values()))} stored, {seconds:.2f} s")
     assert sorted(stored) == sorted(task_ids)
     version = stored[task_ids[0]][0]["model_version"]
-    for task_id, task_predictions in stored.items():
-        assert len(task_predictions) == 1
-        check_prediction(task_predictions[0], ANALYSIS, version, markers[task_id])
+    check_each_once(stored, ANALYSIS, version, markers)
 
     ls.train(ml["id"])  # the Train button goes through Label Studio's authenticated client
     assert wait_for(lambda: event_logged(backend, "START_TRAINING", project)), backend.logs()[-3000:]
