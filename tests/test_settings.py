@@ -55,3 +55,29 @@ def test_key_never_in_repr() -> None:
 def test_bad_number_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="LLM_TIMEOUT"):
         load_settings({"LLM_TIMEOUT": "soon"})
+
+
+def test_learning_and_prompt_settings(tmp_path: Path) -> None:
+    defaults = load_settings({})
+    assert (defaults.fewshot_k, defaults.fewshot_max_chars, defaults.instructions) == (3, 1500, "")
+    rules = tmp_path / "rules.txt"
+    rules.write_text("  规则：反讽算负面。\n", encoding="utf-8")
+    s = load_settings(
+        {
+            "FEWSHOT_EXAMPLES": "0",
+            "FEWSHOT_MAX_CHARS": "800",
+            "LLM_INSTRUCTIONS": "电商评论",
+            "PROMPT_FILE": str(rules),
+            "LLM_OUTPUT_LANGUAGE": "English",
+            "LABEL_STUDIO_URL": "http://ls:8080/",
+            "LABEL_STUDIO_API_KEY": "ls-secret-token",
+        }
+    )
+    assert (s.fewshot_k, s.fewshot_max_chars, s.output_language) == (0, 800, "English")
+    assert s.instructions == "电商评论\n规则：反讽算负面。"
+    assert s.label_studio_url == "http://ls:8080" and "ls-secret-token" not in repr(s)
+
+
+def test_missing_prompt_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="PROMPT_FILE"):
+        load_settings({"PROMPT_FILE": str(tmp_path / "missing.txt")})
