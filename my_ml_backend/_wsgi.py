@@ -24,7 +24,10 @@ from my_ml_backend.model import NewModel  # noqa: E402
 from my_ml_backend.settings import load_env_file, load_settings  # noqa: E402
 
 load_env_file()
-settings = load_settings()
+try:
+    settings = load_settings()
+except ValueError as exc:  # a wrong setting: its message, not a traceback
+    sys.exit(f"配置错误 (configuration error): {exc}")
 configure_logging(settings)
 logger = logging.getLogger("my_ml_backend")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 from tests.conftest import TEST_KEY, Backend, config, example_tasks
@@ -205,3 +206,9 @@ def test_basic_auth(llm: fake.FakeLLMServer, tmp_path) -> None:
         assert "s3cret-pass" not in b.logs()
     finally:
         b.stop()
+
+
+def test_a_wrong_setting_stops_the_backend_with_its_message(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match=r"configuration error\): .*LLM_TIMEOUT") as info:
+        Backend({"LLM_TIMEOUT": "soon"}, tmp_path)
+    assert "Traceback" not in str(info.value)
