@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .engine import build_predictor
 from .logging_setup import configure_logging, mask
+from .metrics import API_REQUESTS, CACHE_HITS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS
 from .predictor import Predictor
 from .settings import load_env_file, load_settings
 
@@ -51,6 +52,9 @@ class Summary:
     posted: int = 0
     failed: int = 0
     api_calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     seconds: float = 0.0
     stopped: str = ""
     errors: Counter[str] = field(default_factory=Counter)
@@ -60,7 +64,8 @@ class Summary:
             f"项目 (project) {self.project}, model_version {self.model_version}",
             f"任务 (tasks): {self.total}; 已有预测跳过 (skipped, already predicted): {self.skipped}",
             f"预测 (predicted): {self.predicted}; 已写入 (posted): {self.posted}; 失败 (failed): {self.failed}",
-            f"API 调用 (API calls): {self.api_calls}; 用时 (time): {self.seconds:.1f} s",
+            f"API 调用 (API calls): {self.api_calls}; 缓存命中 (cache hits): {self.cache_hits}; "
+            f"tokens: {self.prompt_tokens} + {self.completion_tokens}; 用时 (time): {self.seconds:.1f} s",
         ]
         out += [f"  {message} × {count}" for message, count in self.errors.most_common()]
         if self.stopped:
@@ -94,7 +99,7 @@ class BatchJob:
     def run(self, limit: int | None = None, progress: bool = True) -> Summary:
         started = time.monotonic()
         summary = Summary(project=self.project, model_version=self.predictor.model_version)
-        calls_before = self.predictor.client.counter.requests
+        before = counters()
         done = self.done_task_ids()
         expected = self.client.projects.get(id=self.project).task_number or None
         bar = tqdm(total=expected, unit="task", disable=not progress, file=sys.stderr, desc="pre-annotating")
@@ -105,7 +110,7 @@ class BatchJob:
             for chunk in chunks(pending, self.chunk_size, limit):
                 succeeded = self._predict_and_post(chunk, summary)
                 bar.update(len(chunk))
-                bar.set_postfix(failed=summary.failed, calls=self.predictor.client.counter.requests - calls_before)
+                bar.set_postfix(failed=summary.failed, calls=int(counters()[API_REQUESTS] - before[API_REQUESTS]))
                 failed_chunks = 0 if succeeded else failed_chunks + 1
                 if failed_chunks >= STOP_AFTER_FAILED_CHUNKS:
                     summary.stopped = "连续多批全部失败 (every task of the last chunks failed)"
@@ -117,7 +122,9 @@ class BatchJob:
             summary.stopped = "被中断 (interrupted)"
         finally:
             bar.close()
-            summary.api_calls = self.predictor.client.counter.requests - calls_before
+            spent = {name: int(value - before[name]) for name, value in counters().items()}
+            summary.api_calls, summary.cache_hits = spent[API_REQUESTS], spent[CACHE_HITS]
+            summary.prompt_tokens, summary.completion_tokens = spent[PROMPT_TOKENS], spent[COMPLETION_TOKENS]
             summary.seconds = time.monotonic() - started
             summary.total = max(summary.total, expected or 0)
         return summary
@@ -146,6 +153,11 @@ class BatchJob:
             summary.posted += 1
             posted += 1
         return posted
+
+
+def counters() -> dict[str, float]:
+    """This process's API requests, cache hits and tokens so far (the summary shows the difference)."""
+    return {name: METRICS.get(name) for name in (API_REQUESTS, CACHE_HITS, PROMPT_TOKENS, COMPLETION_TOKENS)}
 
 
 def chunks(items: Iterator[dict[str, Any]], size: int, limit: int | None) -> Iterator[list[dict[str, Any]]]:

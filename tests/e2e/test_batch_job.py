@@ -71,6 +71,7 @@ def test_batch_job_skips_backend_predictions_resumes_and_retries_failures(
     partial = run_batch(label_studio, llm, tmp_path, "--project", str(project), "--limit", "3")
     assert partial.returncode == 1, partial.stdout + partial.stderr  # tasks remain
     assert "reached --limit" in partial.stdout
+    assert "API 调用 (API calls): 3;" in partial.stdout and "tokens: 0 + 0" not in partial.stdout
     assert len(ls.predictions(project)) == 5 and llm.chat_calls == 5
 
     full = run_batch(label_studio, llm, tmp_path, "--project", str(project))
