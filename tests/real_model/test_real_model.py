@@ -19,8 +19,8 @@ What llama_cpp.server 0.3.36 does with what we send (checked by ``test_llama_cpp
   obeyed). Plain ``{"type": "json_object"}`` only guarantees some JSON object. Hence the
   rung ``json_object_schema`` between ``json_schema`` and ``json_object`` in
   ``output_modes.LADDER``: on this server ``auto`` pays one refused request per backend
-  process (1 + LLM_MAX_RETRIES requests, as the client retries a 500), then stays on
-  ``json_object_schema``.
+  process (``pacing`` does not retry a 5xx that ``errors`` reads as a refusal), then stays
+  on ``json_object_schema``.
 - ``logprobs: true`` alone is accepted and silently ignored (``choices[0].logprobs`` is
   null: the server passes ``top_logprobs`` on as its ``logprobs`` count, and that is unset).
   With ``top_logprobs`` (even 0) it returns per-token log-probabilities, at a price: a
@@ -35,89 +35,25 @@ import json
 import time
 import urllib.error
 import urllib.request
-import xml.etree.ElementTree as ET
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from label_studio_sdk.label_interface import LabelInterface
 
 from tests.conftest import config
 from tests.real_model.conftest import VALID_COUNTS, RealBackend, report
 from tests.real_model.local_model import LOOPBACK, LocalModelServer
-
-# Label Studio's DateTime formats per `only` value.
-DATETIME_FORMATS = {"date": "%Y-%m-%d", "time": "%H:%M", "month": "%Y-%m", "year": "%Y"}
-
-NER_CONFIG = """<View>
-  <Text name="text" value="$text"/>
-  <Labels name="ner" toName="text">
-    <Label value="人名"/>
-    <Label value="地名"/>
-    <Label value="组织"/>
-  </Labels>
-</View>"""
-
-RATING_CONFIG = """<View>
-  <Text name="text" value="$text"/>
-  <Rating name="stars" toName="text" maxRating="5"/>
-</View>"""
-
-NUMBER_CONFIG = """<View>
-  <Text name="text" value="$text"/>
-  <Number name="price" toName="text" min="0" max="100000"/>
-</View>"""
-
-DATETIME_CONFIG = """<View>
-  <Text name="text" value="$text"/>
-  <DateTime name="date" toName="text" only="date"/>
-</View>"""
-
-TAXONOMY_CONFIG = """<View>
-  <Text name="text" value="$text"/>
-  <Taxonomy name="topic" toName="text">
-    <Choice value="科技">
-      <Choice value="人工智能"/>
-      <Choice value="手机"/>
-    </Choice>
-    <Choice value="体育">
-      <Choice value="足球"/>
-      <Choice value="篮球"/>
-    </Choice>
-  </Taxonomy>
-</View>"""
-
-# Several objects (two Text, one Paragraphs) and every control type at once, plus a perRegion
-# control that must be left to the annotator.
-MIXED_CONFIG = """<View>
-  <Header value="新闻稿审核"/>
-  <Text name="title" value="$title"/>
-  <Text name="body" value="$body"/>
-  <Paragraphs name="dialogue" value="$dialogue" layout="dialogue" nameKey="author" textKey="text"/>
-  <Choices name="tone" toName="title" choice="single">
-    <Choice value="正面"/>
-    <Choice value="负面"/>
-    <Choice value="中性"/>
-  </Choices>
-  <Labels name="entities" toName="body">
-    <Label value="人名"/>
-    <Label value="地名"/>
-    <Label value="组织"/>
-  </Labels>
-  <TextArea name="summary" toName="dialogue" rows="2" placeholder="用一句话总结对话"/>
-  <Rating name="quality" toName="body" maxRating="5"/>
-  <Number name="year" toName="body" min="1900" max="2100"/>
-  <DateTime name="published" toName="body" only="date"/>
-  <Taxonomy name="topic" toName="body">
-    <Choice value="科技">
-      <Choice value="人工智能"/>
-    </Choice>
-    <Choice value="经济"/>
-  </Taxonomy>
-  <TextArea name="region_note" toName="body" perRegion="true"/>
-</View>"""
+from tests.real_model.validity import (
+    DATETIME_CONFIG,
+    MIXED_CONFIG,
+    NER_CONFIG,
+    NUMBER_CONFIG,
+    RATING_CONFIG,
+    TAXONOMY_CONFIG,
+    controls_of,
+    prediction_problems,
+)
 
 
 @dataclass
@@ -222,116 +158,23 @@ CASES = [
 ]
 
 
-@dataclass
-class ControlInfo:
-    """What a result for one control may contain, read from the config's XML."""
-
-    tag: str
-    to_names: tuple[str, ...]
-    attrs: dict[str, str]
-    values: frozenset[str] = frozenset()
-    paths: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
-
-
-def controls_of(label_config: str) -> dict[str, ControlInfo]:
-    """The config's controls by name: tag, targets, attributes, allowed values, taxonomy paths."""
-    root = ET.fromstring(label_config)
-    controls: dict[str, ControlInfo] = {}
-    for el in root.iter():
-        if el.tag not in {"Choices", "Labels", "TextArea", "Rating", "Number", "DateTime", "Taxonomy"}:
-            continue
-        paths: set[tuple[str, ...]] = set()
-
-        def walk(node: ET.Element, prefix: tuple[str, ...], paths: set[tuple[str, ...]] = paths) -> None:
-            for child in node:
-                if child.tag == "Choice":
-                    path = (*prefix, child.get("value", ""))
-                    paths.add(path)
-                    walk(child, path)
-
-        walk(el, ())
-        values = frozenset(c.get("value", "") for c in el.iter() if c.tag in {"Choice", "Label"})
-        controls[el.get("name", "")] = ControlInfo(
-            tag=el.tag.lower(),
-            to_names=tuple(el.get("toName", "").split(",")),
-            attrs=dict(el.attrib),
-            values=values,
-            paths=frozenset(paths),
-        )
-    return controls
-
-
-def object_text(label_config: str, data: dict[str, Any], object_name: str) -> str:
-    """The task text a span's offsets refer to (the Text object's data field, verbatim)."""
-    for el in ET.fromstring(label_config).iter():
-        if el.get("name") == object_name and el.get("value", "").startswith("$"):
-            return str(data[el.get("value", "")[1:]])
-    raise AssertionError(f"no object {object_name!r} in the config")
-
-
-def region_problems(region: dict[str, Any], info: ControlInfo, text: str) -> list[str]:
-    """What LabelInterface does not check but Label Studio users rely on; empty when fine."""
-    value, problems = region["value"], []
-    if region["to_name"] not in info.to_names:
-        problems.append(f"to_name {region['to_name']!r} is not one of {info.to_names}")
-    if info.tag == "labels":
-        start, end = value["start"], value["end"]
-        if not (0 <= start < end <= len(text)):
-            problems.append(f"span [{start}, {end}) outside the text ({len(text)} code points)")
-        if value.get("text") != text[start:end]:
-            problems.append(f"span text {value.get('text')!r} != task_text[{start}:{end}] {text[start:end]!r}")
-    elif info.tag == "textarea":
-        if not value["text"] or not all(isinstance(t, str) and t.strip() for t in value["text"]):
-            problems.append(f"empty TextArea value {value}")
-    elif info.tag == "rating":
-        if not isinstance(value["rating"], int) or not 1 <= value["rating"] <= int(info.attrs.get("maxRating", 5)):
-            problems.append(f"rating {value['rating']!r} outside 1..{info.attrs.get('maxRating', 5)}")
-    elif info.tag == "number":
-        number = value["number"]
-        low, high = float(info.attrs.get("min", "-inf")), float(info.attrs.get("max", "inf"))
-        if not isinstance(number, int | float) or not low <= number <= high:
-            problems.append(f"number {number!r} outside [{low}, {high}]")
-    elif info.tag == "datetime":
-        fmt = DATETIME_FORMATS[info.attrs.get("only", "date").split(",")[0]]
-        try:
-            datetime.strptime(value["datetime"], fmt)
-        except (TypeError, ValueError):
-            problems.append(f"datetime {value['datetime']!r} does not match {fmt}")
-    elif info.tag == "taxonomy":
-        bad = [p for p in value["taxonomy"] if tuple(p) not in info.paths]
-        if bad:
-            problems.append(f"taxonomy paths {bad} not in the tree")
-    elif info.tag == "choices":
-        if not set(value["choices"]) <= info.values:
-            problems.append(f"choices {value['choices']} not in {sorted(info.values)}")
-    return problems
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_every_control_type_gives_valid_results(real_backend: RealBackend, case: Case) -> None:
     backend = real_backend.backend
     model_version = backend.setup(case.label_config)
-    interface = LabelInterface(case.label_config)
     controls = controls_of(case.label_config)
     before = real_backend.chat_requests()
     started = time.monotonic()
-    predictions = backend.predict(case.label_config, case.tasks)
+    predictions = real_backend.predict(case.label_config, case.tasks)
     seconds = time.monotonic() - started
 
     assert real_backend.chat_requests() - before == Counter({200: len(case.tasks)}), "one chat call per task"
     answered: Counter[str] = Counter()
     for task, prediction in zip(case.tasks, predictions, strict=True):
-        assert "error" not in prediction and "result" in prediction, prediction
+        assert "error" not in prediction, prediction
         assert prediction["model_version"] == model_version
-        assert 0.0 <= prediction["score"] <= 1.0, prediction
-        assert interface.validate_prediction(prediction, return_errors=True) == [], prediction
-        for region in prediction["result"]:
-            info = controls[region["from_name"]]
-            assert region["type"] == info.tag, region
-            assert interface.validate_region(region, return_errors=True) == [], region
-            text = object_text(case.label_config, task["data"], region["to_name"]) if info.tag == "labels" else ""
-            assert region_problems(region, info, text) == [], region
-            assert 0.0 <= region.get("score", 0.0) <= 1.0, region
+        problems = prediction_problems(case.label_config, task, prediction)
+        assert problems == [], f"{problems}\n{json.dumps(prediction, ensure_ascii=False)}"
         names = {r["from_name"] for r in prediction["result"]}
         answered.update(names)
         for name in case.never:
@@ -352,7 +195,7 @@ def test_every_control_type_gives_valid_results(real_backend: RealBackend, case:
 
 
 def test_output_mode_is_learned_once(real_backend: RealBackend) -> None:
-    """json_schema is refused once (HTTP 500), then json_object + schema is used for good."""
+    """json_schema is refused once (one HTTP 500, not retried), then json_object + schema is used for good."""
     assert real_backend.warmup_statuses == Counter({500: 1, 200: 1}), real_backend.warmup_statuses
     assert real_backend.warmup_prediction["result"], real_backend.warmup_prediction
     assert "改用 json_object_schema" in real_backend.backend.logs()
