@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .engine import build_predictor
+from .engine import build_predictor, schema_for
 from .evaluation import Evaluation, write_chart
 from .examples import Example, example_from_annotation
-from .labeling import parse_schema
 from .logging_setup import configure_logging
 from .settings import load_env_file, load_settings
 
@@ -49,12 +48,12 @@ def stored_prediction(task: dict[str, Any], model_version: str | None) -> list[d
     return newest.get("result") or []
 
 
-def load_export(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+def load_export(path: Path) -> list[dict[str, Any]]:
     """Tasks of a Label Studio JSON export (the config is not in it: pass --config)."""
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of tasks (Label Studio's JSON export)")
-    return data, None
+    return data
 
 
 def load_project(url: str, api_key: str, project: int) -> tuple[list[dict[str, Any]], str]:
@@ -70,7 +69,7 @@ def load_project(url: str, api_key: str, project: int) -> tuple[list[dict[str, A
 
 
 def evaluate_stored(label_config: str, tasks: Sequence[dict[str, Any]], model_version: str | None) -> Evaluation:
-    evaluation = Evaluation(parse_schema_for(label_config))
+    evaluation = Evaluation(schema_for(label_config))
     for task in tasks:
         if (gold := latest_annotation(task)) is not None:
             evaluation.add(gold, stored_prediction(task, model_version))
@@ -80,7 +79,7 @@ def evaluate_stored(label_config: str, tasks: Sequence[dict[str, Any]], model_ve
 def evaluate_fresh(label_config: str, tasks: Sequence[dict[str, Any]], k: int) -> Evaluation:
     """Predict every annotated task now, with `k` few-shot examples from the other annotated tasks."""
     settings = dataclasses.replace(load_settings(), fewshot_k=k, batch_deadline=24 * 3600.0)
-    schema = parse_schema_for(label_config)
+    schema = schema_for(label_config)
     annotated = [(t, gold) for t in tasks if (gold := latest_annotation(t)) is not None]
     pool: list[Example] = [
         e for t, gold in annotated if (e := example_from_annotation(schema, t, gold, settings.max_input_chars))
@@ -91,12 +90,6 @@ def evaluate_fresh(label_config: str, tasks: Sequence[dict[str, Any]], k: int) -
     for (_, gold), prediction in zip(annotated, predictions, strict=True):
         evaluation.add(gold, prediction.get("result") or [])
     return evaluation
-
-
-def parse_schema_for(label_config: str):  # noqa: ANN201 - LabelingSchema
-    from .controls import OBJECT_TAGS
-
-    return parse_schema(label_config, OBJECT_TAGS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.config:
             print("--export 需要 --config 标注配置文件 (--export needs --config)", file=sys.stderr)
             return 2
-        tasks, _ = load_export(args.export)
+        tasks = load_export(args.export)
         label_config = args.config.read_text(encoding="utf-8")
     else:
         if not args.api_key:

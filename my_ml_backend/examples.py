@@ -8,7 +8,6 @@ lets predictions be scored against annotations control by control.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +23,6 @@ class Example:
     task_id: int
     texts: dict[str, str]
     answers: dict[str, Any]
-    annotation_id: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Example:
-        return cls(int(data["task_id"]), dict(data["texts"]), dict(data["answers"]), data.get("annotation_id"))
 
 
 def answers_from_results(schema: LabelingSchema, results: list[dict[str, Any]]) -> dict[str, Any]:

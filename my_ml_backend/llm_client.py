@@ -79,24 +79,11 @@ class ChatReply:
         return mean_probability([lp for _, lp in self.tokens])
 
 
-@dataclass
-class CallCounter:
-    """HTTP requests actually sent (retries included), counted from the transport hook."""
-
-    requests: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self) -> None:
-        with self._lock:
-            self.requests += 1
-
-
 class LLMClient:
     """Thread-safe chat client shared by all predictions of one backend process."""
 
     def __init__(self, settings: Settings, cache: ResponseCache | None = None) -> None:
         self.settings = settings
-        self.counter = CallCounter()
         self.cache = cache
         self.limiter = AdaptiveLimiter(settings.concurrency, name=settings.model)
         self._local = threading.local()  # the tally of the batch the current thread works for
@@ -116,7 +103,6 @@ class LLMClient:
 
     def _on_request(self, _request: Any) -> None:
         """httpx request hook: runs for every request really sent, in the calling thread."""
-        self.counter.add()
         self._count(API_REQUESTS)
 
     def _count(self, name: str, value: float = 1) -> None:
