@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from my_ml_backend.batch_job import main
-from my_ml_backend.diagnostics import force_utf8_stdout
+from my_ml_backend.jobs.batch import main
+from my_ml_backend.jobs.diagnostics import force_utf8_stdout
 
 if __name__ == "__main__":
     force_utf8_stdout()

@@ -14,8 +14,8 @@ import importlib.metadata
 import sys
 from urllib.parse import urlparse
 
-from my_ml_backend.diagnostics import Report, describe, force_utf8_stdout, settings_from_env
-from my_ml_backend.logging_setup import mask
+from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, settings_from_env
+from my_ml_backend.telemetry.logs import mask
 
 PACKAGES = {
     "label_studio_ml": "label-studio-ml",
@@ -63,7 +63,7 @@ def check_env(report: Report, settings) -> None:  # noqa: ANN001
 def check_endpoint(report: Report, settings) -> None:  # noqa: ANN001
     import openai
 
-    from my_ml_backend.errors import classify
+    from my_ml_backend.llm.errors import classify
 
     timeout = min(settings.timeout, 15)
     client = openai.OpenAI(

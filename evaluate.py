@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from my_ml_backend.diagnostics import force_utf8_stdout
-from my_ml_backend.evaluate_job import main
+from my_ml_backend.jobs.diagnostics import force_utf8_stdout
+from my_ml_backend.jobs.evaluate import main
 
 if __name__ == "__main__":
     force_utf8_stdout()

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from my_ml_backend.diagnostics import Report, force_utf8_stdout
+from my_ml_backend.jobs.diagnostics import Report, force_utf8_stdout
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from my_ml_backend.diagnostics import Report, describe, force_utf8_stdout, settings_from_env
+from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, settings_from_env
 from my_ml_backend.model import NewModel
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"

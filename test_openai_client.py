@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 import time
 
-from my_ml_backend.diagnostics import Report, describe, force_utf8_stdout, settings_from_env
-from my_ml_backend.errors import PredictionError
-from my_ml_backend.llm_client import LLMClient
+from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, settings_from_env
+from my_ml_backend.llm.client import LLMClient
+from my_ml_backend.llm.errors import PredictionError
 
 
 def main() -> int:

@@ -18,10 +18,10 @@ if __package__ in (None, ""):  # executed as a script by `label-studio-ml start`
 
 from label_studio_ml.api import init_app  # noqa: E402
 
-from my_ml_backend import server_routes  # noqa: E402
-from my_ml_backend.logging_setup import configure_logging  # noqa: E402
 from my_ml_backend.model import NewModel  # noqa: E402
+from my_ml_backend.server.routes import install  # noqa: E402
 from my_ml_backend.settings import load_env_file, load_settings  # noqa: E402
+from my_ml_backend.telemetry.logs import configure_logging  # noqa: E402
 
 load_env_file()
 try:
@@ -40,7 +40,7 @@ def create_app():  # noqa: ANN201 - a Flask app
     if settings.basic_auth_user and settings.basic_auth_pass:
         basic_auth = (settings.basic_auth_user, settings.basic_auth_pass)
         logger.info("已启用基本认证 (basic auth enabled) for user %s", settings.basic_auth_user)
-    server_routes.install(app, NewModel, basic_auth)
+    install(app, NewModel, basic_auth)
     key_state = "已设置 (set)" if settings.has_api_key else "未设置 (NOT set: set MODELSCOPE_API_KEY to predict)"
     logger.info(
         "后端已就绪 (backend ready): model=%s, url=%s, API key %s",

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .controls import OBJECT_TAGS
-from .examples import Example
-from .labeling import LabelingSchema, parse_schema
-from .learning import examples_bucket
-from .llm_client import shared_client
+from .labeling.controls import OBJECT_TAGS
+from .labeling.prompts import PromptGuidance
+from .labeling.schema import LabelingSchema, parse_schema
+from .learning.events import examples_bucket
+from .learning.examples import Example
+from .llm.client import shared_client
 from .predictor import Predictor
-from .prompts import PromptGuidance
 from .settings import Settings
 from .versioning import model_version
 

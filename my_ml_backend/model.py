@@ -19,10 +19,10 @@ from typing import Any
 from label_studio_ml.model import LabelStudioMLBase
 
 from .engine import build_predictor, schema_for
-from .example_store import open_example_store
-from .examples import Example
-from .learning import example_pool, record_event, resync
-from .prompts import PromptGuidance, context_instruction, guidance_from_params
+from .labeling.prompts import PromptGuidance, context_instruction, guidance_from_params
+from .learning.events import example_pool, record_event, resync
+from .learning.examples import Example
+from .learning.store import open_example_store
 from .settings import load_settings
 
 logger = logging.getLogger(__name__)

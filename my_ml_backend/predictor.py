@@ -18,12 +18,17 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PredictionError, deadline_reached, no_text, unexpected_error
-from .examples import Example
-from .fewshot import render_examples, select_examples
-from .labeling import LabelingSchema
-from .llm_client import ChatReply, LLMClient
-from .metrics import (
+from .labeling.parsing import parse_reply
+from .labeling.prompts import CONFIDENCE_KEY, PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
+from .labeling.results import build_results
+from .labeling.schema import LabelingSchema
+from .labeling.scoring import prediction_score, region_confidence
+from .learning.examples import Example
+from .learning.retrieval import render_examples, select_examples
+from .llm.client import ChatReply, LLMClient
+from .llm.errors import PredictionError, deadline_reached, no_text, unexpected_error
+from .settings import Settings
+from .telemetry.metrics import (
     API_REQUESTS,
     API_RETRIES,
     API_THROTTLED,
@@ -37,11 +42,6 @@ from .metrics import (
     TASKS,
     Tally,
 )
-from .prompts import CONFIDENCE_KEY, PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
-from .reply_parser import parse_reply
-from .results import build_results
-from .scoring import prediction_score, region_confidence
-from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -218,12 +218,12 @@ class Predictor:
             ", cached" if reply.cached else "", reply.text,
         )
         answers = parse_reply(reply.text, names, extras=(CONFIDENCE_KEY,))
-        results, answered = build_results(self.schema, answers, texts, lambda v: region_confidence(reply, v))
+        results, answered = build_results(self.schema, answers, texts, lambda v: region_confidence(reply.tokens, v))
         if not results:
             logger.debug("Task %s: no valid answer in reply", task.get("id"))
         coverage = answered / len(wanted) if wanted else 0.0
         region_scores = [r["score"] for r in results if "score" in r]
-        score = prediction_score(reply, region_scores, coverage, answers)
+        score = prediction_score(reply.tokens, region_scores, coverage, answers)
         prediction = {"result": results, "score": score, "model_version": self.model_version}
         logger.debug("Task %s result: %s", task.get("id"), prediction)
         return prediction

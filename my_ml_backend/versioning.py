@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .prompts import PROMPT_VERSION
+from .labeling.prompts import PROMPT_VERSION
 from .settings import Settings
 
 

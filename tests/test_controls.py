@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from my_ml_backend.controls import OBJECT_TAGS
-from my_ml_backend.labeling import parse_schema
-from my_ml_backend.prompts import build_prompt
-from my_ml_backend.reply_parser import parse_reply
-from my_ml_backend.results import build_results
+from my_ml_backend.labeling.controls import OBJECT_TAGS
+from my_ml_backend.labeling.parsing import parse_reply
+from my_ml_backend.labeling.prompts import build_prompt
+from my_ml_backend.labeling.results import build_results
+from my_ml_backend.labeling.schema import parse_schema
 
 CONFIG = """<View>
   <Text name="text" value="$text"/>

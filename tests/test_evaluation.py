@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from my_ml_backend.controls import OBJECT_TAGS
-from my_ml_backend.evaluate_job import latest_annotation, main, stored_prediction
-from my_ml_backend.evaluation import MISSING, Evaluation
-from my_ml_backend.labeling import parse_schema
+from my_ml_backend.jobs.evaluate import latest_annotation, main, stored_prediction
+from my_ml_backend.jobs.evaluation import MISSING, Evaluation
+from my_ml_backend.labeling.controls import OBJECT_TAGS
+from my_ml_backend.labeling.schema import parse_schema
 
 CONFIG = """<View>
   <Text name="text" value="$text"/>

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from my_ml_backend.controls import OBJECT_TAGS
-from my_ml_backend.examples import Example, answers_from_results, example_from_annotation
-from my_ml_backend.fewshot import render_examples, select_examples
-from my_ml_backend.labeling import parse_schema
-from my_ml_backend.prompts import PromptGuidance, build_prompt
-from my_ml_backend.results import build_results
+from my_ml_backend.labeling.controls import OBJECT_TAGS
+from my_ml_backend.labeling.prompts import PromptGuidance, build_prompt
+from my_ml_backend.labeling.results import build_results
+from my_ml_backend.labeling.schema import parse_schema
+from my_ml_backend.learning.examples import Example, answers_from_results, example_from_annotation
+from my_ml_backend.learning.retrieval import render_examples, select_examples
 from tests.test_controls import CONFIG as ALL_CONTROLS
 
 SENTIMENT = """<View>

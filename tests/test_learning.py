@@ -6,10 +6,10 @@ import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from my_ml_backend.controls import OBJECT_TAGS
-from my_ml_backend.example_store import RedisExampleStore, SQLiteExampleStore
-from my_ml_backend.labeling import parse_schema
-from my_ml_backend.learning import example_pool, examples_bucket, record_event
+from my_ml_backend.labeling.controls import OBJECT_TAGS
+from my_ml_backend.labeling.schema import parse_schema
+from my_ml_backend.learning.events import example_pool, examples_bucket, record_event
+from my_ml_backend.learning.store import RedisExampleStore, SQLiteExampleStore
 
 CONFIG = """<View>
   <Text name="text" value="$text"/>

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from my_ml_backend.errors import ErrorKind, PredictionError
-from my_ml_backend.llm_client import LLMClient
+from my_ml_backend.llm.client import LLMClient
+from my_ml_backend.llm.errors import ErrorKind, PredictionError
 from my_ml_backend.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.fake_llm import server as fake

@@ -1,7 +1,7 @@
 import logging
 
-from my_ml_backend.logging_setup import RedactSecrets, configure_logging, mask
 from my_ml_backend.settings import Settings
+from my_ml_backend.telemetry.logs import RedactSecrets, configure_logging, mask
 
 KEY = "ms-0a1b2c3d-4e5f-4a6b-8c7d-0123456789ab"
 

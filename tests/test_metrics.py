@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from my_ml_backend.metrics import Metrics
+from my_ml_backend.telemetry.metrics import Metrics
 from tests.conftest import TEST_KEY, Backend, config
 from tests.fake_llm import server as fake
 

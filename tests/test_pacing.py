@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from my_ml_backend.llm_client import LLMClient
-from my_ml_backend.pacing import AdaptiveLimiter
+from my_ml_backend.llm.client import LLMClient
+from my_ml_backend.llm.pacing import AdaptiveLimiter
 from my_ml_backend.settings import Settings
 from tests.conftest import TEST_KEY, Backend, config
 from tests.fake_llm import server as fake

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import redis
 
-from my_ml_backend.llm_client import LLMClient
-from my_ml_backend.metrics import CACHE_ERRORS, METRICS
-from my_ml_backend.response_cache import REDIS_PREFIX, CachedAnswer, RedisStore, ResponseCache, open_cache
+from my_ml_backend.llm.cache import REDIS_PREFIX, CachedAnswer, RedisStore, ResponseCache, open_cache
+from my_ml_backend.llm.client import LLMClient
 from my_ml_backend.settings import Settings, load_settings
+from my_ml_backend.telemetry.metrics import CACHE_ERRORS, METRICS
 from tests.conftest import TEST_KEY, Backend, config, free_port
 from tests.fake_llm import server as fake
 

@@ -1,7 +1,7 @@
 import pytest
 
-from my_ml_backend.controls.matching import match_value, normalize
-from my_ml_backend.reply_parser import parse_reply
+from my_ml_backend.labeling.controls.matching import match_value, normalize
+from my_ml_backend.labeling.parsing import parse_reply
 
 NAMES = ["sentiment", "summary"]
 

@@ -1,9 +1,9 @@
 from label_studio_sdk.label_interface import LabelInterface
 
-from my_ml_backend.controls import OBJECT_TAGS
-from my_ml_backend.labeling import parse_schema
-from my_ml_backend.prompts import build_prompt, read_texts
-from my_ml_backend.results import build_results
+from my_ml_backend.labeling.controls import OBJECT_TAGS
+from my_ml_backend.labeling.prompts import build_prompt, read_texts
+from my_ml_backend.labeling.results import build_results
+from my_ml_backend.labeling.schema import parse_schema
 from tests.conftest import config
 
 MIXED = """<View>

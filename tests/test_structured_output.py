@@ -8,9 +8,9 @@ import math
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from my_ml_backend.errors import ErrorKind, PredictionError
-from my_ml_backend.llm_client import LLMClient
-from my_ml_backend.output_modes import LADDER, OutputMode, initial_mode, response_format, step_down
+from my_ml_backend.llm.client import LLMClient
+from my_ml_backend.llm.errors import ErrorKind, PredictionError
+from my_ml_backend.llm.output_modes import LADDER, OutputMode, initial_mode, response_format, step_down
 from my_ml_backend.settings import Settings, load_settings
 from tests.conftest import TEST_KEY, Backend, config
 from tests.fake_llm import server as fake

@@ -18,7 +18,7 @@ What llama_cpp.server 0.3.36 does with what we send (checked by ``test_llama_cpp
   grammar, so enum values, required keys and types hold (an enum of nonsense words is
   obeyed). Plain ``{"type": "json_object"}`` only guarantees some JSON object. Hence the
   rung ``json_object_schema`` between ``json_schema`` and ``json_object`` in
-  ``output_modes.LADDER``: on this server ``auto`` pays one refused request per backend
+  ``llm.output_modes.LADDER``: on this server ``auto`` pays one refused request per backend
   process (``pacing`` does not retry a 5xx that ``errors`` reads as a refusal), then stays
   on ``json_object_schema``.
 - ``logprobs: true`` alone is accepted and silently ignored (``choices[0].logprobs`` is

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .controls import HANDLERS
-from .labeling import LabelingSchema, Target, TextSource
+from .schema import LabelingSchema, Target, TextSource
 
 CONFIDENCE_KEY = "_confidence"
 

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from ..labeling import Target
+from ..schema import Target
 from .base import TEXT_OBJECTS
 
 

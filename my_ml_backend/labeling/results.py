@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .controls import HANDLERS
-from .labeling import LabelingSchema
+from .schema import LabelingSchema
 
 logger = logging.getLogger(__name__)
 

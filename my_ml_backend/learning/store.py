@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .settings import Settings
-from .sqlite_db import SharedSQLite
+from ..settings import Settings
+from ..storage import redis_db
+from ..storage.sqlite_db import SharedSQLite
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +104,9 @@ class SQLiteExampleStore:
 
 class RedisExampleStore:
     def __init__(self, url: str, prefix: str = REDIS_PREFIX) -> None:
-        import redis
-
-        from .response_cache import RedisStore
-
         self.prefix = prefix
-        self.description = RedisStore(url).description  # host:port/db, never the password
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.description = redis_db.describe(url)
+        self._redis = redis_db.connect(url)
 
     def upsert(self, project: str, item: StoredAnnotation) -> None:
         self._redis.hset(self.prefix + project, str(item.annotation_id), item.dumps())

@@ -8,7 +8,7 @@ ModelScope quota (never retried: it spends nothing but time). Qwen3 "thinking" m
 refuse non-streamed calls unless told `enable_thinking: false`, which we learn once
 per client and then always send.
 
-Answers go through the response cache (`response_cache`): a request already answered
+Answers go through the response cache (`llm.cache`): a request already answered
 costs no API call. Every request, retry, cache lookup and token is counted in
 `metrics.METRICS` and in the tally of the batch that asked.
 """
@@ -26,17 +26,8 @@ from typing import Any
 
 import openai
 
-from .errors import (
-    QUOTA_HEADERS,
-    ErrorKind,
-    bad_response,
-    classify,
-    deadline_reached,
-    is_thinking_refusal,
-    missing_key,
-    server_message,
-)
-from .metrics import (
+from ..settings import Settings
+from ..telemetry.metrics import (
     API_REQUESTS,
     API_RETRIES,
     API_THROTTLED,
@@ -47,10 +38,19 @@ from .metrics import (
     PROMPT_TOKENS,
     Tally,
 )
+from .cache import CachedAnswer, ResponseCache, cache_key, open_cache
+from .errors import (
+    QUOTA_HEADERS,
+    ErrorKind,
+    bad_response,
+    classify,
+    deadline_reached,
+    is_thinking_refusal,
+    missing_key,
+    server_message,
+)
 from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
 from .pacing import MAX_RETRY_AFTER, AdaptiveLimiter, is_throttle, retry_after, retry_delay
-from .response_cache import CachedAnswer, ResponseCache, cache_key, open_cache
-from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class ChatReply:
     @property
     def token_confidence(self) -> float | None:
         """Geometric-mean token probability of the whole answer."""
-        return mean_probability([lp for _, lp in self.tokens])
+        return math.exp(sum(lp for _, lp in self.tokens) / len(self.tokens)) if self.tokens else None
 
 
 class LLMClient:
@@ -287,11 +287,6 @@ def _quota_remaining(headers: Any) -> int | None:
 def _tokens(choice: Any) -> list[tuple[str, float]]:
     content = getattr(getattr(choice, "logprobs", None), "content", None) or []
     return [(t.token, t.logprob) for t in content if getattr(t, "logprob", None) is not None]
-
-
-def mean_probability(logprobs: list[float]) -> float | None:
-    """exp(mean logprob): the geometric-mean probability of a run of tokens."""
-    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else None
 
 
 def _reply_from_cache(answer: CachedAnswer) -> ChatReply:

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from ..labeling import Target
+from ..schema import Target
 from .base import TEXT_OBJECTS
 from .matching import as_list, match_value
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import openai
 
+from ..telemetry.metrics import CONCURRENCY_DECREASES, METRICS
 from .errors import ErrorKind, classify, is_quota_exhausted
-from .metrics import CONCURRENCY_DECREASES, METRICS
 
 logger = logging.getLogger(__name__)
 

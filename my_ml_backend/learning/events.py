@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .example_store import ExampleStore, StoredAnnotation, now
+from ..labeling.schema import LabelingSchema
 from .examples import Example, example_from_annotation
-from .labeling import LabelingSchema
+from .store import ExampleStore, StoredAnnotation, now
 
 logger = logging.getLogger(__name__)
 

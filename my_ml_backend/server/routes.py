@@ -14,57 +14,16 @@ Flask's `view_functions`, the app stays the stock one) to views that:
 
 from __future__ import annotations
 
-import hmac
 import logging
-import threading
-from collections import OrderedDict
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from label_studio_sdk.label_interface import LabelInterface
 
-from .labeling import config_hash
-from .metrics import CONTENT_TYPE, METRICS
+from ..telemetry.metrics import CONTENT_TYPE, METRICS
+from .auth import require_basic_auth
+from .registry import BadRequest, ModelRegistry
 
 logger = logging.getLogger(__name__)
-
-
-class BadRequest(Exception):
-    """A request Label Studio would never send; answered with HTTP 400."""
-
-
-class ModelRegistry:
-    """Models by (project, labeling config), so interleaved projects never mix configs."""
-
-    def __init__(self, model_class: type, size: int = 32) -> None:
-        self.model_class = model_class
-        self.size = size
-        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._configs: dict[str, str] = {}  # last config seen per project, for requests without one
-        self._lock = threading.Lock()
-
-    def get(self, project: str, label_config: str | None) -> Any:
-        with self._lock:
-            if not label_config:
-                label_config = self._configs.get(project)
-            if not label_config:
-                raise BadRequest("缺少 label_config，请先调用 /setup (no labeling config: call /setup first)")
-            key = (project, config_hash(label_config))
-            model = self._models.get(key)
-            if model is not None:
-                self._models.move_to_end(key)
-                return model
-        try:
-            LabelInterface(label_config)
-        except Exception as exc:  # noqa: BLE001 - an unparsable config is the caller's error
-            raise BadRequest(f"标注配置无法解析 (invalid labeling config): {exc}") from None
-        model = self.model_class(label_config=label_config, project_id=project)
-        with self._lock:
-            self._models[key] = model
-            self._configs[project] = label_config
-            while len(self._models) > self.size:
-                self._models.popitem(last=False)
-        return model
 
 
 def _json_body() -> dict[str, Any]:
@@ -79,32 +38,6 @@ def _project_key(data: dict[str, Any]) -> str:
     if isinstance(project, dict):  # webhooks carry the whole project
         project = project.get("id")
     return str(project or "").split(".", 1)[0]
-
-
-def require_basic_auth(app: Flask, user: str, password: str) -> None:
-    """Answer 401 to any request without the configured credentials (as label-studio-ml 2.x does).
-
-    Label Studio sends them on /health, /setup, /predict and the Train button's
-    /webhook; its annotation-event webhooks carry only the headers set on the webhook.
-    """
-    expected = (user.encode(), password.encode())
-
-    @app.before_request
-    def check_credentials() -> Any:
-        auth = request.authorization
-        given = (str(auth.username or "").encode(), str(auth.password or "").encode()) if auth else (b"", b"")
-        if hmac.compare_digest(given[0], expected[0]) & hmac.compare_digest(given[1], expected[1]):
-            return None
-        if request.path.rstrip("/") == "/webhook" and auth is None:
-            # Rejected on purpose (events may feed learning), but say how to let them in.
-            logger.warning(
-                "标注事件 webhook 未带认证：请在 Label Studio 的 Webhooks 设置中为它添加 Authorization 头 "
-                "(annotation webhook without credentials: add an Authorization header to the project's webhook)"
-            )
-        response = jsonify({"status": 401, "detail": "需要认证 (authentication required)"})
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
-        return response
 
 
 def install(app: Flask, model_class: type, basic_auth: tuple[str, str] | None = None) -> ModelRegistry:

@@ -12,10 +12,19 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from typing import Any
 
-from .llm_client import ChatReply, mean_probability
 from .prompts import CONFIDENCE_KEY
+
+# (token, logprob) pairs of a reply, as the LLM client reads them from the endpoint.
+Tokens = Sequence[tuple[str, float]]
+
+
+def mean_probability(logprobs: Sequence[float]) -> float | None:
+    """exp(mean logprob): the geometric-mean probability of a run of tokens."""
+    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else None
 
 
 def answer_text(value: dict[str, Any]) -> str | None:
@@ -34,19 +43,19 @@ def answer_text(value: dict[str, Any]) -> str | None:
     return None
 
 
-def region_confidence(reply: ChatReply, value: dict[str, Any]) -> float | None:
+def region_confidence(tokens: Tokens, value: dict[str, Any]) -> float | None:
     """Token probability of the answer's own tokens, or None without logprobs or a match."""
     needle = answer_text(value)
-    if not reply.tokens or not needle:
+    if not tokens or not needle:
         return None
-    joined = "".join(token for token, _ in reply.tokens)
+    joined = "".join(token for token, _ in tokens)
     start = joined.find(needle)
     if start < 0:
         start = joined.find(json.dumps(needle, ensure_ascii=False)[1:-1])
     if start < 0:
         return None
     end, offset, picked = start + len(needle), 0, []
-    for token, logprob in reply.tokens:
+    for token, logprob in tokens:
         if offset < end and offset + len(token) > start:
             picked.append(logprob)
         offset += len(token)
@@ -64,9 +73,9 @@ def self_reported(answers: dict[str, Any]) -> float | None:
     return number if 0 <= number <= 1 else None
 
 
-def prediction_score(reply: ChatReply, region_scores: list[float], coverage: float, answers: dict[str, Any]) -> float:
-    if reply.tokens:
-        base = sum(region_scores) / len(region_scores) if region_scores else reply.token_confidence
+def prediction_score(tokens: Tokens, region_scores: list[float], coverage: float, answers: dict[str, Any]) -> float:
+    if tokens:
+        base = sum(region_scores) / len(region_scores) if region_scores else mean_probability([lp for _, lp in tokens])
     else:
         base = self_reported(answers)
     return round((base if base is not None else 1.0) * coverage, 4)

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .engine import build_predictor, schema_for
+from ..engine import build_predictor, schema_for
+from ..learning.examples import Example, example_from_annotation
+from ..settings import load_env_file, load_settings
+from ..telemetry.logs import configure_logging
 from .evaluation import Evaluation, write_chart
-from .examples import Example, example_from_annotation
-from .logging_setup import configure_logging
-from .settings import load_env_file, load_settings
 
 logger = logging.getLogger(__name__)
 

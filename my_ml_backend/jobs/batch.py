@@ -27,11 +27,11 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
-from .engine import build_predictor
-from .logging_setup import configure_logging, mask
-from .metrics import API_REQUESTS, CACHE_HITS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS
-from .predictor import Predictor
-from .settings import load_env_file, load_settings
+from ..engine import build_predictor
+from ..predictor import Predictor
+from ..settings import load_env_file, load_settings
+from ..telemetry.logs import configure_logging, mask
+from ..telemetry.metrics import API_REQUESTS, CACHE_HITS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS
 
 logger = logging.getLogger(__name__)
 

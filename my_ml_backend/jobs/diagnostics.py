@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .logging_setup import mask
-from .settings import Settings, load_env_file, load_settings
+from ..settings import Settings, load_env_file, load_settings
+from ..telemetry.logs import mask
 
 
 class Report:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .examples import answers_from_results
-from .labeling import LabelingSchema, Target
+from ..labeling.schema import LabelingSchema, Target
+from ..learning.examples import answers_from_results
 
 MISSING = "∅"  # no prediction for a control the annotator answered
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from .settings import Settings
+from ..settings import Settings
 
 FORMAT = "[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s"
 _PATTERNS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..labeling import Target
+from ..schema import Target
 from .matching import match_value
 from .spans import Span, locate, resolve_overlaps
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..labeling import TEXT_OBJECT_TAGS, Target
+from ..schema import TEXT_OBJECT_TAGS, Target
 
 
 class ControlHandler(Protocol):

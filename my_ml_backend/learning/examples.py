@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .controls import HANDLERS
-from .labeling import LabelingSchema
-from .prompts import read_texts
+from ..labeling.controls import HANDLERS
+from ..labeling.prompts import read_texts
+from ..labeling.schema import LabelingSchema
 
 
 @dataclass(frozen=True)

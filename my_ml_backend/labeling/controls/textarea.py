@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..labeling import Target
+from ..schema import Target
 from .base import TEXT_OBJECTS
 
 

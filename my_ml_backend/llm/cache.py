@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
-from .metrics import CACHE_ERRORS, METRICS
-from .settings import Settings
-from .sqlite_db import SharedSQLite
+from ..settings import Settings
+from ..storage import redis_db
+from ..storage.sqlite_db import SharedSQLite
+from ..telemetry.metrics import CACHE_ERRORS, METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class CacheStore(Protocol):
 
 
 class SQLiteStore:
-    """Answers in one SQLite file shared by every process and thread (see `sqlite_db`)."""
+    """Answers in one SQLite file shared by every process and thread (see `storage.sqlite_db`)."""
 
     def __init__(self, path: Path, ttl: float | None = None, max_entries: int | None = None) -> None:
         self.path = Path(path)
@@ -164,13 +164,10 @@ class RedisStore:
     """
 
     def __init__(self, url: str, ttl: float | None = None, prefix: str = REDIS_PREFIX) -> None:
-        import redis  # imported here: only deployments that set REDIS_URL need a server
-
         self.ttl = ttl or None
         self.prefix = prefix
-        parsed = urlparse(url)
-        self.description = f"Redis {parsed.hostname or '?'}:{parsed.port or 6379}{parsed.path or ''}"  # no password
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.description = redis_db.describe(url)
+        self._redis = redis_db.connect(url)
 
     def get(self, key: str) -> str | None:
         value = self._redis.get(self.prefix + key)

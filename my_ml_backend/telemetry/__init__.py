@@ -1,0 +1,4 @@
+"""Telemetry: logging with secrets masked, and the Prometheus counters behind `/metrics`.
+
+Imports only `settings`; every other layer may log and count through it.
+"""
