@@ -28,6 +28,7 @@ from .learning.retrieval import render_examples, select_examples
 from .llm.client import ChatReply, LLMClient
 from .llm.errors import PredictionError, deadline_reached, no_text, unexpected_error
 from .settings import Settings
+from .telemetry.activity import ACTIVITY, BatchProgress
 from .telemetry.metrics import (
     API_REQUESTS,
     API_RETRIES,
@@ -66,6 +67,7 @@ class BatchStats:
 
     def count_error(self, err: PredictionError) -> None:
         METRICS.inc(ERRORS, kind=str(err.kind))
+        ACTIVITY.error(str(err.kind), err.message)
         with self._lock:
             self.errors[str(err)] += 1
 
@@ -108,7 +110,7 @@ class Predictor:
         return PromptInputs(guidance or self.guidance, pool)
 
     def predict_batch(
-        self, tasks: list[dict[str, Any]], guidance: PromptGuidance | None = None
+        self, tasks: list[dict[str, Any]], guidance: PromptGuidance | None = None, project: str = ""
     ) -> list[dict[str, Any]]:
         """One prediction per task, in order; never raises for a task's failure.
 
@@ -122,6 +124,8 @@ class Predictor:
         stats = BatchStats(tasks=len(tasks))
         METRICS.inc(BATCHES)
         METRICS.inc(TASKS, len(tasks))
+        ACTIVITY.configure(self.settings)
+        progress = ACTIVITY.start_batch(project, len(tasks), self.settings.batch_deadline)  # the status page's row
         fatal: list[PredictionError] = []  # the first error that would repeat for every task
 
         def run(task: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +148,7 @@ class Predictor:
             for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
                 i = futures[future]
                 predictions[i] = self._outcome(future, tasks[i], stats)
+                ACTIVITY.task_done(progress, "result" in predictions[i])
         except TimeoutError:
             logger.warning("批次接近时限，未完成的任务返回空预测 (batch deadline reached)")
         finally:
@@ -153,7 +158,7 @@ class Predictor:
                 err = deadline_reached()
                 stats.count_error(err)
                 predictions[i] = self.failed_prediction(err)
-        self._log_batch(stats, time.monotonic() - started)
+        self._log_batch(stats, time.monotonic() - started, progress)
         return [p for p in predictions if p is not None]
 
     def _outcome(self, future: Future, task: dict[str, Any], stats: BatchStats) -> dict[str, Any]:
@@ -212,6 +217,8 @@ class Predictor:
             accept=worth_caching,
             tally=stats.calls if stats is not None else None,
         )
+        if not reply.cached:
+            ACTIVITY.model_answered(self.settings.model, reply.quota_remaining)
         logger.debug(
             "Task %s reply (%d prompt + %d completion tokens%s):\n%s",
             task.get("id"), reply.usage.prompt_tokens, reply.usage.completion_tokens,
@@ -238,9 +245,12 @@ class Predictor:
         """
         return {"model_version": self.model_version, "score": 0.0, "error": err.message}
 
-    def _log_batch(self, stats: BatchStats, seconds: float) -> None:
+    def _log_batch(self, stats: BatchStats, seconds: float, progress: BatchProgress) -> None:
         failed = stats.tasks - stats.succeeded
         calls = stats.calls
+        tokens = int(calls.get(PROMPT_TOKENS) + calls.get(COMPLETION_TOKENS))
+        requests, hits = int(calls.get(API_REQUESTS)), int(calls.get(CACHE_HITS))
+        ACTIVITY.finish_batch(progress, stats.succeeded, requests, hits, tokens)
         logger.info(
             "批次完成 (batch done): %d 个任务, %d 成功, %d 失败, 缓存命中 %d/未命中 %d (cache hits/misses), "
             "API 请求 %d (requests), 重试 %d (retries), 429 × %d, 并发上限 %d (concurrency limit), "

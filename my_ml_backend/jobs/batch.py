@@ -132,7 +132,7 @@ class BatchJob:
     def _predict_and_post(self, chunk: list[dict[str, Any]], summary: Summary) -> int:
         """Predict one chunk and post its successful predictions; returns how many were posted."""
         posted = 0
-        for task, prediction in zip(chunk, self.predictor.predict_batch(chunk), strict=True):
+        for task, prediction in zip(chunk, self.predictor.predict_batch(chunk, project=str(self.project)), strict=True):
             if "result" not in prediction:
                 summary.failed += 1
                 summary.errors[prediction.get("error", "unknown error")] += 1

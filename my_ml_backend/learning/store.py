@@ -61,6 +61,8 @@ class ExampleStore(Protocol):
 
     def all(self, project: str) -> list[StoredAnnotation]: ...
 
+    def counts(self) -> dict[str, int]: ...
+
 
 class SQLiteExampleStore:
     def __init__(self, path: Path) -> None:
@@ -98,6 +100,11 @@ class SQLiteExampleStore:
             ).fetchall()
         return [StoredAnnotation.loads(a, p) for a, p in rows]
 
+    def counts(self) -> dict[str, int]:
+        """Stored examples per project (for the status page)."""
+        with self._db.connect() as conn:
+            return dict(conn.execute("SELECT project, COUNT(*) FROM examples GROUP BY project").fetchall())
+
     def close(self) -> None:
         self._db.close()
 
@@ -119,6 +126,11 @@ class RedisExampleStore:
     def all(self, project: str) -> list[StoredAnnotation]:
         raw = self._redis.hgetall(self.prefix + project)
         return sorted((StoredAnnotation.loads(int(k), v) for k, v in raw.items()), key=lambda s: s.annotation_id)
+
+    def counts(self) -> dict[str, int]:
+        """Stored examples per project (for the status page); SCAN, so Redis is never blocked."""
+        keys = [k.decode() if isinstance(k, bytes) else k for k in self._redis.scan_iter(self.prefix + "*")]
+        return {k[len(self.prefix) :]: int(self._redis.hlen(k)) for k in keys}
 
 
 _stores: dict[str, ExampleStore] = {}

@@ -52,3 +52,8 @@ class ModelRegistry:
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
         return model
+
+    def models(self) -> list[tuple[str, Any]]:
+        """(project, model) for every model held now, least recently used first (for the status page)."""
+        with self._lock:
+            return [(project, model) for (project, _), model in self._models.items()]

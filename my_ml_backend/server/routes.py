@@ -22,6 +22,7 @@ from flask import Flask, Response, jsonify, request
 from ..telemetry.metrics import CONTENT_TYPE, METRICS
 from .auth import require_basic_auth
 from .registry import BadRequest, ModelRegistry
+from .status import install_status_page
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ def _project_key(data: dict[str, Any]) -> str:
 def install(app: Flask, model_class: type, basic_auth: tuple[str, str] | None = None) -> ModelRegistry:
     """Point the stock app's `/setup`, `/predict`, `/webhook` and `/metrics` at our views."""
     registry = ModelRegistry(model_class)
+    # JSON bodies in readable UTF-8 ("API Key未设置"), not "\\u672a…"; Label Studio reads both.
+    app.config["JSON_AS_ASCII"] = False  # Flask < 2.3
+    if hasattr(getattr(app, "json", None), "ensure_ascii"):
+        app.json.ensure_ascii = False  # Flask >= 2.3
     if basic_auth:
         require_basic_auth(app, *basic_auth)
 
@@ -104,6 +109,7 @@ def install(app: Flask, model_class: type, basic_auth: tuple[str, str] | None = 
 
     app.view_functions["_train"] = train
     app.view_functions["metrics"] = metrics
+    install_status_page(app, registry)  # after basic auth: its before_request must run first
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest) -> Any:
