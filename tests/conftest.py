@@ -197,3 +197,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_db(redis_url: str) -> Iterator[str]:
     redis.Redis.from_url(redis_url).flushdb()
     yield redis_url
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bin/ of a venv without any package: `python` for a user who did not activate the project's venv."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    return venv / "bin"

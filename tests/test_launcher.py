@@ -24,15 +24,6 @@ CLI = Path(sys.executable).parent / "label-studio-ml"
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
-@pytest.fixture(scope="module")
-def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv without any package: what `python` is on PATH for a user without an activated venv."""
-    venv = tmp_path_factory.mktemp("bare") / "venv"
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
-    return venv / "bin"
-
-
 def project_copy(tmp_path: Path, with_venv: bool) -> Path:
     """The backend in a fresh checkout, with or without the project's `.venv` next to it."""
     root = tmp_path / "checkout"
