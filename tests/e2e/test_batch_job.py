@@ -49,7 +49,9 @@ def run_batch(
     )
     cmd = [sys.executable, str(ROOT / "batch_predict.py"), "--no-progress", *args]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
-    report(f"batch_predict {' '.join(args)} -> exit {proc.returncode}: " + " | ".join(proc.stdout.splitlines()[1:4]))
+    # Its summary when it ran, else what it said on stderr (an argparse error leaves stdout empty).
+    said = proc.stdout.splitlines()[1:4] or proc.stderr.strip().splitlines()[-2:] or ["(no output)"]
+    report(f"batch_predict {' '.join(args)} -> exit {proc.returncode}: " + " | ".join(said))
     return proc
 
 
