@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from my_ml_backend.jobs.diagnostics import Report, force_utf8_stdout  # standard library only
+from my_ml_backend.jobs.diagnostics import Report, force_utf8_stdout, plain  # standard library only
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -150,7 +150,7 @@ def check_endpoint(report: Report, settings) -> None:  # noqa: ANN001
         return
     except Exception as exc:  # noqa: BLE001
         err = classify(exc, model=settings.model, base_url=settings.base_url, timeout=settings.timeout)
-        report.fail(f"端点检查失败 (endpoint check failed): {err}")
+        report.fail(f"端点检查失败 (endpoint check failed): {plain(str(err))}")
         return
     report.ok(f"端点可访问 (endpoint answers): {len(models)} 个模型 (models)")
     if models and settings.model not in models:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import check_modelscope_env
-from tests.conftest import ROOT, TEST_KEY
+from tests.conftest import ROOT, TEST_KEY, Backend
 from tests.fake_llm import server as fake
 
 SCRIPTS = ["check_modelscope_env.py", "test_openai_client.py", "test_modelscope_text.py", "test_ml_backend.py"]
@@ -73,3 +73,8 @@ def test_versions_are_compared_with_what_the_project_installs() -> None:
     assert wanted == {"label-studio-ml": "==1.0.9", "redis": ">=5,<9"}
     assert check_modelscope_env.satisfies("1.0.9", "==1.0.9") and not check_modelscope_env.satisfies("1.0.8", "==1.0.9")
     assert check_modelscope_env.satisfies("8.1.0", ">=5,<9") and not check_modelscope_env.satisfies("9.0", ">=5,<9")
+
+
+def test_ml_backend_script_shows_the_backend_error_once(keyless_backend: Backend) -> None:
+    code, out = run("test_ml_backend.py", keyless_backend.url)
+    assert code == 1 and "❌ /predict: API Key未设置" in out and "❌ ❌" not in out, out
