@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 REDIS_PREFIX = "llm-preannotation:activity:"
 KEEP_BATCHES = 20  # finished batches shown on the page
 RETRY_REDIS_AFTER = 30.0  # seconds of memory-only reporting after a Redis failure
+
+
+def process_name() -> str:
+    """`host pid N`: which replica and worker ran a batch, in a view shared by several."""
+    return f"{socket.gethostname()} pid {os.getpid()}"
 
 
 @dataclass
@@ -51,7 +57,7 @@ class BatchProgress:
     calls: int = 0  # API requests, retries included
     cache_hits: int = 0
     tokens: int = 0
-    source: str = field(default_factory=lambda: f"pid {os.getpid()}")
+    source: str = field(default_factory=process_name)
     updated: float = field(default_factory=time.time)
 
     @property
@@ -99,7 +105,7 @@ class MemoryActivity:
         self._finished: deque[BatchProgress] = deque(maxlen=KEEP_BATCHES)
         self._errors: dict[str, ErrorSeen] = {}
         self._models: dict[str, ModelSeen] = {}
-        self.where = f"仅本进程 (this process only: pid {os.getpid()})"
+        self.where = f"仅本进程 (this process only: {process_name()})"
 
     def put_batch(self, batch: BatchProgress) -> None:
         with self._lock:
