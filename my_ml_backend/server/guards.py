@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from werkzeug.exceptions import RequestEntityTooLarge
+
 from .auth import credentials_match
 from .registry import BadRequest
 
@@ -45,8 +47,10 @@ def _json_answer(start_response: Callable, status: str, detail: str, headers: li
     return [body]
 
 
-class RequestTooLarge(Exception):
-    """A chunked body passed the limit while being read."""
+class RequestTooLarge(RequestEntityTooLarge):
+    """A chunked body passed the limit while being read (Flask answers it as a 413)."""
+
+    description = "请求体超过上限，请分批预测 (request body over the limit: MAX_REQUEST_MB; send fewer tasks)"
 
 
 class _LimitedInput:
@@ -134,9 +138,6 @@ class RequestGuard:
         try:
             # Responses here are built in full by the view (JSON), so the work is done on return.
             return self.app(environ, recording_start_response)
-        except RequestTooLarge:
-            detail = f"请求体超过上限 (request body over the limit of {self.max_bytes} bytes: MAX_REQUEST_MB)"
-            return _json_answer(start_response, "413 REQUEST ENTITY TOO LARGE", detail)
         finally:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -211,7 +212,7 @@ def server_options(argv: list[str] | None = None, env: dict[str, str] | None = N
     parser.add_argument("-b", "--bind", action="append", default=[])
     parser.add_argument("--threads", type=int)
     parser.add_argument("--host")
-    if "gunicorn" in os.path.basename(argv[0] if argv else ""):
+    if argv and "gunicorn" in argv[0]:  # the gunicorn script, or .../gunicorn/__main__.py (python -m gunicorn)
         args, _ = parser.parse_known_args(shlex.split(env.get("GUNICORN_CMD_ARGS", "")) + argv[1:])
         binds = args.bind or [f"0.0.0.0:{env['PORT']}" if env.get("PORT") else "127.0.0.1:8000"]
         hosts = [b.rsplit(":", 1)[0] if not b.startswith("unix:") and ":" in b else b for b in binds]

@@ -67,7 +67,6 @@ def install(
         model_class, max_chars=settings.model_cache_chars, max_config_chars=settings.max_config_chars
     )
     _drop_stock_logging(app)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     _hosts, threads = server_options()
     slots = settings.predict_slots or (max(1, threads - 1) if threads else None)
     app.wsgi_app = RequestGuard(
