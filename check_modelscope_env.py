@@ -19,11 +19,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from my_ml_backend.jobs.diagnostics import Report, force_utf8_stdout, plain  # standard library only
+from my_ml_backend.server.stack import web_stack  # standard library only
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-# Importable module -> distribution; the versions wanted come from requirements.txt (and, for Flask,
-# from what label-studio-ml pins).
+# Importable module -> distribution; the versions wanted come from requirements.txt and overrides.txt.
 PACKAGES = {
     "label_studio_ml": "label-studio-ml",
     "label_studio_sdk": "label-studio-sdk",
@@ -71,15 +71,6 @@ def installed(dist: str) -> str | None:
         return None
 
 
-def flask_pin() -> str:
-    """The Flask version label-studio-ml (if installed) requires: what the project really installs."""
-    requirements = importlib.metadata.requires("label-studio-ml") if installed("label-studio-ml") else None
-    for requirement in requirements or []:
-        if match := re.match(r"(?i)flask\s*([<>=!~][^;]*)", requirement):
-            return match.group(1).replace(" ", "")
-    return ""
-
-
 def check_python(report: Report) -> None:
     version = ".".join(map(str, sys.version_info[:3]))
     if sys.version_info >= (3, 11):  # noqa: UP036 - users may run an older Python
@@ -94,8 +85,10 @@ def check_python(report: Report) -> None:
 
 def check_packages(report: Report) -> int:
     """✅ per package at the version the project installs; returns how many are missing."""
-    requirements = ROOT / "requirements.txt"
-    wanted = wanted_versions(requirements.read_text(encoding="utf-8")) if requirements.is_file() else {}
+    wanted: dict[str, str] = {}
+    for name in ("requirements.txt", "overrides.txt"):  # what scripts/setup_venv.sh installs, overrides last
+        if (ROOT / name).is_file():
+            wanted.update(wanted_versions((ROOT / name).read_text(encoding="utf-8")))
     missing = 0
     for module, dist in PACKAGES.items():
         version = installed(dist)
@@ -103,12 +96,25 @@ def check_packages(report: Report) -> int:
             missing += 1
             report.fail(f"{dist}: 未安装 (not installed)")
             continue
-        spec = wanted.get(dist.lower()) or (flask_pin() if dist == "Flask" else "")
+        spec = wanted.get(dist.lower(), "")
         if satisfies(version, spec):
             report.ok(f"{dist} {version}")
         else:
             report.fail(f"{dist} {version}: 项目安装的是 (the project installs) {dist}{spec}; {VENV_HINT}")
     return missing
+
+
+def check_web_stack(report: Report) -> None:
+    """Versions of the web stack against the advisories they fix (label-studio-ml pins 2021 releases)."""
+    for dist, installed, floor, ok in web_stack():
+        if ok:
+            report.ok(f"{dist} {installed} (>= {floor.minimum})")
+        else:
+            report.warn(
+                f"{dist} {installed or '未安装 (not installed)'}: 低于 {floor.minimum}，有已公开漏洞 "
+                f"(older than {floor.minimum}: {floor.advisories}); "
+                "用 scripts/setup_venv.sh 或 `uv pip install -r requirements.txt --override overrides.txt` 安装"
+            )
 
 
 def check_env(report: Report, settings) -> None:  # noqa: ANN001
@@ -167,6 +173,7 @@ def main() -> int:
     if check_packages(report):
         print(f"缺少依赖，无法继续检查 (packages missing: stopping here). {VENV_HINT}")
         return 1
+    check_web_stack(report)
     from my_ml_backend.jobs.diagnostics import describe, settings_from_env
 
     settings = settings_from_env()

@@ -216,7 +216,7 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
     """The snapshot, the example counts and the projects this process has models for."""
     ACTIVITY.configure(settings)
     projects: dict[str, dict[str, Any]] = {}
-    for project, model in registry.models():
+    for (project, _), model in registry.items():
         if project:
             projects.setdefault(project, {})["model_version"] = model.model_version
     store = open_example_store(settings) if settings.fewshot_k else None
