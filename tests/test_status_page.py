@@ -109,7 +109,7 @@ def test_json_replies_are_readable_utf8(keyless_backend: Backend) -> None:
     payload = {"tasks": [{"id": 1, "data": {"text": "t"}}], "project": "1.1", "label_config": cfg}
     for body, expected_status, expected_text in [
         (json.dumps(payload).encode(), 200, "API Key未设置"),
-        (b"not json", 400, "请求体必须是 JSON 对象"),
+        (b"not json", 400, "请求体"),
     ]:
         req = urllib.request.Request(keyless_backend.url + "/predict", data=body, method="POST")
         req.add_header("Content-Type", "application/json")
