@@ -106,6 +106,7 @@ class Settings:
     output_language: str = ""  # LLM_OUTPUT_LANGUAGE: language of free-text answers
     label_studio_url: str | None = None  # LABEL_STUDIO_URL: lets START_TRAINING re-read annotations
     label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY
+    slot_lease: float = 15.0  # LLM_SLOT_LEASE: seconds a killed process may keep a shared slot (REDIS_URL)
 
     @property
     def has_api_key(self) -> bool:
@@ -156,6 +157,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         output_language=env.get("LLM_OUTPUT_LANGUAGE", "").strip(),
         label_studio_url=env.get("LABEL_STUDIO_URL", "").strip().rstrip("/") or None,
         label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip() or None,
+        slot_lease=max(1.0, _float(env, "LLM_SLOT_LEASE", 15.0) or 15.0),
     )
 
 

@@ -49,8 +49,9 @@ from .errors import (
     missing_key,
     server_message,
 )
+from .limits import open_limiter
 from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
-from .pacing import MAX_RETRY_AFTER, AdaptiveLimiter, is_throttle, retry_after, retry_delay
+from .pacing import MAX_RETRY_AFTER, is_throttle, retry_after, retry_delay
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class LLMClient:
     def __init__(self, settings: Settings, cache: ResponseCache | None = None) -> None:
         self.settings = settings
         self.cache = cache
-        self.limiter = AdaptiveLimiter(settings.concurrency, name=settings.model)
+        self.limiter = open_limiter(settings)  # per process, or shared by all through REDIS_URL
         self._local = threading.local()  # the tally of the batch the current thread works for
         self._extra_body: dict[str, Any] = {}
         self.mode = initial_mode(settings.base_url, settings.output_mode)
