@@ -1,0 +1,131 @@
+"""Two replicas, each gunicorn with 2 workers, one Redis: one client to the endpoint, one scrape per replica.
+
+The issue's acceptance run: LLM_CONCURRENCY=4 shared through Redis, the local test
+server answering in 0.5 s, eight 20-task batches sent at once (four per replica).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TEST_KEY, config, free_port
+from tests.fake_llm import server as fake
+from tests.test_metrics import parse
+
+CFG = config("text_classification")
+LATENCY = 0.5
+CONCURRENCY = 4
+BATCHES, BATCH_SIZE = 8, 20
+
+
+class Replica:
+    """`gunicorn -c gunicorn.conf.py --workers 2` as scripts/start.sh runs it."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("MODELSCOPE_", "LLM_", "PROMETHEUS_", "REDIS_"))}
+        full_env.update({"LOG_DIR": str(tmp / "logs"), "DATA_DIR": str(tmp / "data"), **env})
+        self.log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}",
+             "--workers", "2", "--threads", "8", "--timeout", "120", "my_ml_backend._wsgi:app"],
+            cwd=str(ROOT), env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError((tmp / "gunicorn.log").read_text(errors="replace")) from None
+                time.sleep(0.2)
+
+    def predict(self, tasks: list[dict]) -> list[dict]:
+        body = json.dumps({"tasks": tasks, "project": "1.1700000000", "label_config": CFG}).encode()
+        req = urllib.request.Request(self.url + "/predict", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return json.loads(resp.read())["results"]
+
+    def scrape(self) -> dict[str, float]:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+            return parse(resp.read().decode())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def test_two_replicas_share_one_limit_and_their_scrapes_add_up(
+    redis_db: str, llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    llm.latency = LATENCY
+    llm.set_default(fake.chat('{"sentiment": "正面"}'))
+    env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "REDIS_URL": redis_db,
+           "LLM_CONCURRENCY": str(CONCURRENCY), "LLM_TIMEOUT": "30"}
+    replicas = [Replica(env, tmp_path / f"replica{i}") for i in range(2)]
+    try:
+        for r in replicas:  # warm every worker (model built, connections open) before timing
+            for _ in range(4):
+                assert r.scrape()["ml_backend_api_requests_total"] == 0
+        results: dict[int, list[dict]] = {}
+        errors: list[BaseException] = []
+
+        def send(batch: int) -> None:
+            tasks = [{"id": batch * 100 + i, "data": {"text": f"批次 {batch} 任务 {i}"}} for i in range(BATCH_SIZE)]
+            try:
+                results[batch] = replicas[batch % 2].predict(tasks)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=send, args=(b,)) for b in range(BATCHES)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        scrapes: list[float] = []
+        while any(t.is_alive() for t in threads):  # scrapes taken mid-run add up too (never more than sent)
+            scrapes.append(sum(r.scrape()["ml_backend_api_requests_total"] for r in replicas))
+            time.sleep(1)
+        elapsed = time.monotonic() - started
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        totals = [sum(r.scrape()["ml_backend_api_requests_total"] for r in replicas) for _ in range(4)]
+        per_replica = [r.scrape()["ml_backend_api_requests_total"] for r in replicas]
+    finally:
+        for r in replicas:
+            r.stop()
+    ideal = math.ceil(BATCHES * BATCH_SIZE / CONCURRENCY) * LATENCY
+    print(f"\n2 replicas x 2 workers, LLM_CONCURRENCY={CONCURRENCY}, {BATCHES}x{BATCH_SIZE} tasks: "
+          f"{elapsed:.1f} s (ideal {ideal:.1f} s, ratio {elapsed / ideal:.2f}); server max in flight "
+          f"{llm.max_in_flight}; requests {llm.chat_calls}; scrapes {per_replica} -> {totals[-1]:.0f}")
+    predicted = [r for batch in results.values() for r in batch if r.get("result")]
+    assert len(predicted) == BATCHES * BATCH_SIZE  # every task predicted
+    assert llm.max_in_flight <= CONCURRENCY
+    assert llm.max_in_flight == CONCURRENCY  # and the shared limit is used in full
+    assert elapsed <= 1.4 * ideal
+    assert all(total == llm.chat_calls for total in totals)  # every scrape of the two adds up
+    assert all(s <= llm.chat_calls for s in scrapes)
+    assert all(p > 0 for p in per_replica)  # both replicas did part of the work
+
+
+if not os.environ.get("CI") and sys.platform != "linux":  # gunicorn needs fork
+    pytestmark = pytest.mark.skip("gunicorn runs on Linux only")
