@@ -120,12 +120,15 @@ class Renewer:
     def __init__(self, interval: float, renew: Callable[[], None], name: str) -> None:
         self._interval = interval
         self._renew = renew
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def _run(self) -> None:
-        while True:
-            time.sleep(self._interval)
+        while not self._stop.wait(self._interval):
             try:
                 self._renew()
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease has margin
