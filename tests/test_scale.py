@@ -77,6 +77,11 @@ class Replica:
 def test_two_replicas_share_one_limit_and_their_scrapes_add_up(
     redis_db: str, llm: fake.FakeLLMServer, tmp_path: Path
 ) -> None:
+    deadline = time.monotonic() + 30
+    while llm.in_flight:  # a request another test left behind must not count in max_in_flight
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    llm.reset()
     llm.latency = LATENCY
     llm.set_default(fake.chat('{"sentiment": "正面"}'))
     env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "REDIS_URL": redis_db,
@@ -129,3 +134,55 @@ def test_two_replicas_share_one_limit_and_their_scrapes_add_up(
 
 if not os.environ.get("CI") and sys.platform != "linux":  # gunicorn needs fork
     pytestmark = pytest.mark.skip("gunicorn runs on Linux only")
+
+
+def live_slots(redis_url: str, key: str) -> int:
+    """Leases in the shared semaphore that have not ended (by Redis' clock)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    seconds, micros = r.time()
+    return r.zcount(f"{key}:slots", seconds * 1000 + micros // 1000, "+inf")
+
+
+def test_a_gunicorn_worker_killed_while_holding_a_slot_frees_it_within_its_lease(
+    redis_db: str, llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    from my_ml_backend.llm.limits import limits_key
+
+    lease = 2.0
+    llm.set_default(fake.chat('{"sentiment": "正面"}', delay=4 * lease))  # the request outlives its worker
+    env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "REDIS_URL": redis_db,
+           "LLM_CONCURRENCY": "2", "LLM_SLOT_LEASE": str(lease), "LLM_TIMEOUT": "120"}
+    replica = Replica(env, tmp_path / "replica")
+    key = limits_key(llm.base_url, TEST_KEY)
+    try:
+        tasks = [{"id": 1, "data": {"text": "占着名额"}}]
+        before = llm.in_flight
+        threading.Thread(target=lambda: _ignore_errors(replica.predict, tasks), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while llm.in_flight <= before:
+            assert time.monotonic() < deadline, "no request reached the server"
+            time.sleep(0.05)
+        time.sleep(lease)  # held past one lease: the worker renews it
+        assert live_slots(redis_db, key) == 1
+        workers = subprocess.run(["pgrep", "-P", str(replica.proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        for pid in workers:  # whichever of the two holds the slot
+            os.kill(int(pid), 9)
+        killed = time.monotonic()
+        while live_slots(redis_db, key) > 0:
+            assert time.monotonic() - killed < 3 * lease, "the slot never came back"
+            time.sleep(0.05)
+        back_after = time.monotonic() - killed
+    finally:
+        replica.stop()
+    print(f"\nslot of a kill -9'd gunicorn worker back after {back_after:.2f} s (lease {lease} s)")
+    assert back_after <= lease + 0.2
+
+
+def _ignore_errors(fn, *args) -> None:  # noqa: ANN001 - the killed worker's request fails, as expected
+    try:
+        fn(*args)
+    except OSError:
+        pass

@@ -20,8 +20,8 @@ whole key (a killed holder's slot leaks while anyone keeps using it) and whose
 capacity is fixed (our AIMD must lower it); `redis-semaphore` is unmaintained since
 2016. The sorted-set-with-leases pattern is the classic one ("Redis in Action" 6.3).
 
-When Redis cannot be reached the limiter falls back to the per-process behaviour
-(warning once a minute): a Redis outage slows nothing and loses no task.
+When Redis cannot be reached the limiter falls back to the per-process behaviour for
+`RETRY_REDIS` seconds (warning once a minute): a Redis outage loses no task.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "llm-preannotation:limits:"
 POLL = 0.025  # seconds between two looks at a full semaphore (with jitter)
+RETRY_REDIS = 30.0  # seconds without trying Redis after it failed (each try may cost a connect timeout)
 STATE_TTL = 3600  # seconds: a lowered limit nobody uses any more is forgotten after an hour
 
 # KEYS: slots, state. ARGV: token, maximum, lease_ms. Returns {granted, limit, wait_ms, now_ms}.
@@ -156,6 +157,7 @@ class SharedLimiter(AdaptiveLimiter):
         self._thread = threading.local()  # the tokens of this thread's requests, newest last
         self._shared_limit = self.maximum
         self._last_warning = 0.0
+        self._redis_down_until = 0.0
         self._renewer: Renewer | None = None
 
     @property
@@ -168,6 +170,9 @@ class SharedLimiter(AdaptiveLimiter):
             return False
         token = uuid.uuid4().hex
         while True:
+            if time.monotonic() < self._redis_down_until:  # known down: pace this process alone for now
+                self._tokens().append("")
+                return True
             try:
                 granted, limit, wait_ms, now_ms = self._acquire_script(
                     keys=[self._slots, self._state], args=[token, self.maximum, self.lease_ms]
@@ -236,6 +241,7 @@ class SharedLimiter(AdaptiveLimiter):
 
     def _redis_failed(self, exc: BaseException) -> None:
         now = time.monotonic()
+        self._redis_down_until = now + RETRY_REDIS
         if now - self._last_warning > 60:
             self._last_warning = now
             logger.warning(
