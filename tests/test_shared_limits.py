@@ -15,7 +15,7 @@ import redis
 from my_ml_backend.llm.limits import SharedLimiter, limits_key, open_limiter
 from my_ml_backend.llm.pacing import AdaptiveLimiter
 from my_ml_backend.settings import load_settings
-from tests.conftest import ROOT, TEST_KEY
+from tests.conftest import ROOT, TEST_KEY, Backend, config
 from tests.fake_llm import server as fake
 
 KEY = limits_key("http://127.0.0.1:1/v1", TEST_KEY)
@@ -144,3 +144,25 @@ def test_a_killed_holder_frees_its_slot_within_the_lease(redis_db: str, llm: fak
     print(f"slot back {back_after:.2f} s after kill -9 (lease {lease} s)")
     assert back_after <= lease + 0.5
     other.release(time.monotonic(), success=True)
+
+
+def test_without_redis_concurrent_first_batches_share_the_process_limit(llm: fake.FakeLLMServer,
+                                                                         tmp_path: Path) -> None:
+    """Batches arriving together at a fresh process get one client, so one LLM_CONCURRENCY (per process)."""
+    llm.latency = 0.3
+    llm.set_default(fake.chat('{"sentiment": "正面"}'))
+    env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_CONCURRENCY": "2"}
+    backend = Backend(env, tmp_path)
+    cfg = config("text_classification")
+    try:
+        threads = [threading.Thread(target=backend.predict,
+                                    args=(cfg, [{"id": i, "data": {"text": f"批次 {k} 任务 {i}"}} for i in range(4)]))
+                   for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        backend.stop()
+    assert llm.chat_calls == 16
+    assert llm.max_in_flight == 2

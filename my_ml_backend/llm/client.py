@@ -300,7 +300,19 @@ def _cache_entry(reply: ChatReply) -> CachedAnswer:
     return CachedAnswer(reply.text, usage.prompt_tokens, usage.completion_tokens, tuple(reply.tokens), reply.mode)
 
 
-@lru_cache(maxsize=8)
+_SHARED_LOCK = threading.Lock()
+
+
 def shared_client(settings: Settings) -> LLMClient:
-    """One client (one connection pool, one limiter, one learned `enable_thinking`) per settings."""
+    """One client (one connection pool, one limiter, one learned `enable_thinking`) per settings.
+
+    Locked: the first batches of a fresh process arrive together, and `lru_cache`
+    alone would let each build its own client, hence its own concurrency limit.
+    """
+    with _SHARED_LOCK:
+        return _shared_client(settings)
+
+
+@lru_cache(maxsize=8)
+def _shared_client(settings: Settings) -> LLMClient:
     return LLMClient(settings, cache=open_cache(settings))
