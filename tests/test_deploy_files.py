@@ -20,12 +20,7 @@ def compose_command() -> list[str] | None:
 
 
 def test_compose_config_is_accepted(tmp_path: Path) -> None:
-    command = compose_command()
-    if command is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
-    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
-    result = subprocess.run([*command, "config"], cwd=tmp_path, capture_output=True, text=True)
+    result = compose_config(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "9090" in result.stdout and "/data" in result.stdout
 
@@ -37,13 +32,18 @@ def test_dockerfile_serves_the_wsgi_app_on_9090() -> None:
     assert "requirements.txt" in dockerfile and "HEALTHCHECK" in dockerfile
 
 
-def test_compose_scale_profile_adds_redis_and_workers(tmp_path: Path) -> None:
+def compose_config(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`docker compose [options] config` on our file, with .env.example as .env."""
     command = compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
     shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
     shutil.copy(ROOT / ".env.example", tmp_path / ".env")
-    scaled = subprocess.run([*command, "--profile", "scale", "config"], cwd=tmp_path, capture_output=True, text=True)
+    return subprocess.run([*command, *options, "config"], cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_compose_scale_profile_adds_redis_and_workers(tmp_path: Path) -> None:
+    scaled = compose_config(tmp_path, "--profile", "scale")
     assert scaled.returncode == 0, scaled.stderr
     backend, _, extra = scaled.stdout.partition("\n  redis:")  # services are listed by name
     assert "ml-backend:" in backend and "profiles" not in backend  # without the profile: as before
