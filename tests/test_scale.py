@@ -27,6 +27,8 @@ LATENCY = 0.5
 CONCURRENCY = 4
 BATCHES, BATCH_SIZE = 8, 20
 
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gunicorn and /proc: Linux only")
+
 
 class Replica:
     """`gunicorn -c gunicorn.conf.py --workers 2` as scripts/start.sh runs it."""
@@ -132,10 +134,6 @@ def test_two_replicas_share_one_limit_and_their_scrapes_add_up(
     assert all(p > 0 for p in per_replica)  # both replicas did part of the work
 
 
-if not os.environ.get("CI") and sys.platform != "linux":  # gunicorn needs fork
-    pytestmark = pytest.mark.skip("gunicorn runs on Linux only")
-
-
 def live_slots(redis_url: str, key: str) -> int:
     """Leases in the shared semaphore that have not ended (by Redis' clock)."""
     import redis
@@ -166,10 +164,10 @@ def test_a_gunicorn_worker_killed_while_holding_a_slot_frees_it_within_its_lease
             time.sleep(0.05)
         time.sleep(lease)  # held past one lease: the worker renews it
         assert live_slots(redis_db, key) == 1
-        workers = subprocess.run(["pgrep", "-P", str(replica.proc.pid)], capture_output=True, text=True).stdout.split()
+        workers = children(replica.proc.pid)
         assert len(workers) == 2
         for pid in workers:  # whichever of the two holds the slot
-            os.kill(int(pid), 9)
+            os.kill(pid, 9)
         killed = time.monotonic()
         while live_slots(redis_db, key) > 0:
             assert time.monotonic() - killed < 3 * lease, "the slot never came back"
@@ -179,6 +177,19 @@ def test_a_gunicorn_worker_killed_while_holding_a_slot_frees_it_within_its_lease
         replica.stop()
     print(f"\nslot of a kill -9'd gunicorn worker back after {back_after:.2f} s (lease {lease} s)")
     assert back_after <= lease + 0.2
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (gunicorn's workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _ignore_errors(fn, *args) -> None:  # noqa: ANN001 - the killed worker's request fails, as expected

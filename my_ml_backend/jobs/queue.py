@@ -49,6 +49,7 @@ KEEP = 30 * 86400  # seconds the done set, run summaries and failed chunks are k
 RESULT_TTL = 86400  # seconds a finished chunk (it holds its tasks' data) is kept
 POLL = 0.5  # seconds between two progress reads
 WAIT_FOR_BUSY = 0.5  # seconds between two looks at tasks another worker holds
+INTERRUPTED = "被中断，未开始的块已取消 (interrupted: chunks not started were cancelled)"
 STATS = ("predicted", "posted", "failed", "skipped", "api_calls", "cache_hits", "prompt_tokens", "completion_tokens")
 
 # KEYS: done set, tried set. ARGV: claim key prefix, token, lease_ms, task ids...
@@ -232,18 +233,23 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
     done = job.done_task_ids()
     expected = client.projects.get(id=project).task_number or None
     pending = job.pending(done, summary)
-    jobs = [
-        queue.enqueue(predict_chunk, project, version, run, chunk, job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
-                      failure_ttl=KEEP, retry=Retry(max=1), description=f"project {project}: {len(chunk)} tasks")
-        for chunk in chunks(pending, chunk_size, limit)
-    ]
-    if limit is not None and next(pending, None) is not None:
+    jobs = []
+    redis.delete(state.jobs_key)
+    try:
+        for chunk in chunks(pending, chunk_size, limit):
+            jobs.append(queue.enqueue(
+                predict_chunk, project, version, run, chunk, job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                failure_ttl=KEEP, retry=Retry(max=1), description=f"project {project}: {len(chunk)} tasks",
+            ))
+            redis.rpush(state.jobs_key, jobs[-1].id)  # at once: an interrupted enqueue is cancelled next run
+            redis.expire(state.jobs_key, KEEP)
+    except KeyboardInterrupt:
+        _cancel_queued(redis, state, Job, JobStatus)
+        summary.stopped = INTERRUPTED
+        jobs = []  # nothing to follow
+    if limit is not None and not summary.stopped and next(pending, None) is not None:
         summary.stopped = f"已达到 --limit {limit}，还有未预测的任务 (reached --limit, tasks remain)"
     enqueued = sum(len(j.args[3]) for j in jobs)
-    if jobs:
-        redis.delete(state.jobs_key)
-        redis.rpush(state.jobs_key, *[j.id for j in jobs])
-        redis.expire(state.jobs_key, KEEP)
     print(f"已排队 (queued) {enqueued} 个任务 (tasks) in {len(jobs)} chunks on '{QUEUE}', run {run}; workers: "
           f"rq worker --url <REDIS_URL> -w {ChunkWorker.__module__}.ChunkWorker {QUEUE}", file=sys.stderr)
     bar = tqdm(total=expected, initial=len(done), unit="task", disable=not progress, file=sys.stderr,
@@ -266,7 +272,7 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
             time.sleep(POLL)
     except KeyboardInterrupt:
         _cancel_queued(redis, state, Job, JobStatus)
-        summary.stopped = "被中断，未开始的块已取消 (interrupted: chunks not started were cancelled)"
+        summary.stopped = INTERRUPTED
     finally:
         bar.close()
     stats, errors = state.read(run)
