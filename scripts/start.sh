@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Install and start the backend on port 9090 (gunicorn; set WORKERS/THREADS/PORT to tune, HOST=127.0.0.1 for local only).
+# gunicorn.conf.py makes one /metrics scrape cover every worker (prometheus_client multiprocess mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "正在安装依赖 (installing dependencies) into .venv … 首次约 2 分钟 (about 2 minutes the first time)"
@@ -12,5 +13,5 @@ if ! python -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL
   exit 1
 fi
 echo "正在启动后端 (starting the backend) on http://$HOST:$PORT (workers=${WORKERS:-1}, threads=${THREADS:-8})"
-exec gunicorn --bind "$HOST:$PORT" --workers "${WORKERS:-1}" --threads "${THREADS:-8}" \
+exec gunicorn --config gunicorn.conf.py --bind "$HOST:$PORT" --workers "${WORKERS:-1}" --threads "${THREADS:-8}" \
   --timeout "${GUNICORN_TIMEOUT:-120}" my_ml_backend._wsgi:app

@@ -21,7 +21,7 @@ def compose_command() -> list[str] | None:
     return None
 
 
-def compose_config(tmp_path: Path, env_file: str | None, **env: str) -> str:
+def compose_stdout(tmp_path: Path, env_file: str | None, **env: str) -> str:
     command = compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
@@ -34,6 +34,12 @@ def compose_config(tmp_path: Path, env_file: str | None, **env: str) -> str:
     return result.stdout
 
 
+def test_compose_config_is_accepted(tmp_path: Path) -> None:
+    result = compose_config(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "9090" in result.stdout and "/data" in result.stdout
+
+
 def published(config: str, port: int) -> bool:
     """Port `port` published to the same port in the container (compose v1 and v2 print it differently)."""
     if re.search(rf"\b{port}:{port}\b", config):
@@ -42,13 +48,13 @@ def published(config: str, port: int) -> bool:
 
 
 def test_compose_config_is_accepted_without_a_dotenv(tmp_path: Path) -> None:
-    out = compose_config(tmp_path, None)
+    out = compose_stdout(tmp_path, None)
     assert published(out, 9090) and "/data" in out and "GUNICORN_TIMEOUT" in out
 
 
 def test_compose_reads_dotenv_and_follows_port(tmp_path: Path) -> None:
     dotenv = (ROOT / ".env.example").read_text() + "MODELSCOPE_MODEL=Qwen/Qwen3-8B\n"
-    out = compose_config(tmp_path, dotenv, PORT="9191")
+    out = compose_stdout(tmp_path, dotenv, PORT="9191")
     assert "Qwen/Qwen3-8B" in out and published(out, 9191) and "PORT: '9191'" in out
     # The healthcheck reads PORT inside the container, where compose has set it.
     assert "os.environ.get('PORT'" in (ROOT / "docker-compose.yml").read_text()
@@ -57,7 +63,7 @@ def test_compose_reads_dotenv_and_follows_port(tmp_path: Path) -> None:
 def test_compose_passes_every_setting_of_env_example() -> None:
     compose = (ROOT / "docker-compose.yml").read_text()
     names = {m.group(1) for m in re.finditer(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)}
-    missing = {n for n in names - {"DATA_DIR", "LOG_DIR"} if f"- {n}=${{{n}:-" not in compose}
+    missing = {n for n in names - {"DATA_DIR", "LOG_DIR"} if f"{n}: ${{{n}:-" not in compose}
     assert not missing, f"docker-compose.yml does not pass {sorted(missing)} from .env"
 
 
@@ -72,3 +78,29 @@ def test_dockerfile_serves_the_wsgi_app_on_9090() -> None:
     assert "FROM python:3.11-slim" in dockerfile
     assert "my_ml_backend._wsgi:app" in dockerfile and "EXPOSE 9090" in dockerfile
     assert "requirements.txt" in dockerfile and "HEALTHCHECK" in dockerfile
+
+
+def compose_config(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`docker compose [options] config` on our file, with .env.example as .env."""
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    return subprocess.run([*command, *options, "config"], cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_compose_scale_profile_adds_redis_and_workers(tmp_path: Path) -> None:
+    scaled = compose_config(tmp_path, "--profile", "scale")
+    assert scaled.returncode == 0, scaled.stderr
+    backend, _, extra = scaled.stdout.partition("\n  redis:")  # services are listed by name
+    assert "ml-backend:" in backend and "profiles" not in backend  # without the profile: as before
+    assert extra.count("- scale") == 2 and "\n  worker:" in extra
+    assert "redis:7" in scaled.stdout and "my_ml_backend.jobs.queue.ChunkWorker" in scaled.stdout
+    assert "REDIS_URL: redis://redis:6379/0" in scaled.stdout
+
+
+def test_gunicorn_gets_the_multiprocess_metrics_config() -> None:
+    for path in ("Dockerfile", "scripts/start.sh"):
+        assert "--config gunicorn.conf.py" in (ROOT / path).read_text(), path
+    assert "COPY gunicorn.conf.py" in (ROOT / "Dockerfile").read_text()
