@@ -265,7 +265,7 @@ def send_chunked(backend: Backend, path: str, chunks: list[bytes], headers: list
 def test_chunked_body_over_the_limit_is_cut(guarded: Backend) -> None:
     """Without Content-Length (chunked), reading stops one byte past the limit."""
     answer = send_chunked(guarded, "/predict", [b"{" + b" " * (1024 * 1024)] * 7, AUTH)
-    assert answer.startswith("HTTP/1.1 413") and "MAX_REQUEST_MB" in answer, answer[:300]
+    assert answer.split()[1] == "413" and "MAX_REQUEST_MB" in answer, answer[:300]
     answer = send_chunked(guarded, "/predict", [b'{"tasks": ', b"[]}"], AUTH)
     assert answer.split("\r\n")[0].split()[1] in ("200", "400"), answer[:300]  # read as usual
 
@@ -484,7 +484,8 @@ def test_health_answers_within_1s_while_16_predictions_hang(open_gunicorn: Backe
           f"predict answers: {sorted(results)}")
     assert max(health_times) < 1.0, health_times
     assert len(results) == 16 and {s for s, _ in results} <= {200, 503}
-    assert sum(s == 200 for s, _ in results) >= 8  # most went through; the rest were told to retry
+    # Each worker runs up to 7 (= 8 threads - 1); gunicorn may hand all 16 to one worker: the rest hear "retry".
+    assert sum(s == 200 for s, _ in results) >= 7
 
 
 # 8. Exposure ------------------------------------------------------------------------------------
