@@ -331,6 +331,7 @@ def test_model_registry_memory_is_bounded(gunicorn_only: Backend) -> None:
         ([fake.throttled()] * 4 + ["ok"], True, 5),
         ([fake.server_error()] * 3 + ["ok"], False, 3),  # LLM_MAX_RETRIES=2 still holds for 5xx
     ],
+    ids=["429,429,500,ok", "429,500,500,ok", "500,500,ok", "429x4,ok", "500x3:fails"],
 )
 def test_throttles_are_counted_apart_from_server_errors(
     guarded: Backend, llm: fake.FakeLLMServer, script: list, ok: bool, calls: int
