@@ -218,7 +218,9 @@ def test_debug_logs_and_replies_hold_no_credential(guarded: Backend, llm: fake.F
     time.sleep(0.5)  # let the handlers flush
 
     output = all_output(guarded)
-    assert "Task 1 prompt" in output and "很好" in output  # debug mode traces the fields and the prompt
+    # Debug mode traces what the seed promises: the fields, the prompt, the reply and its token usage.
+    assert "Task 1 fields" in output and "Task 1 prompt" in output and "很好" in output
+    assert "completion tokens" in output and "正面" in output
     assert "/predict -> 200" in output  # one line per request instead of headers and body
     assert len(output) < 2_000_000, len(output)  # no request body in the log
     planted = [PASS, LS_KEY, ACCESS_TOKEN, TASK_PASSWORD, INTRUDER_PASS, JUNK_PASS, BODY_MARK, TEST_KEY]
