@@ -47,7 +47,7 @@ def build_predictor(
     The version counts the examples available now; the batch that follows uses them.
     """
     schema = schema_for(label_config)
-    guidance = guidance or PromptGuidance(settings.instructions, settings.output_language)
+    guidance = guidance or PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
     bucket = examples_bucket(len(examples())) if examples is not None and settings.fewshot_k else 0
     version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket)
     return Predictor(schema, settings, shared_client(settings), version, guidance, examples)

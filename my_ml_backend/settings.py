@@ -104,6 +104,7 @@ class Settings:
     fewshot_max_chars: int = 1500  # FEWSHOT_MAX_CHARS: prompt budget for them (~1 token per CJK char)
     instructions: str = ""  # LLM_INSTRUCTIONS or the PROMPT_FILE's text: added to every prompt
     output_language: str = ""  # LLM_OUTPUT_LANGUAGE: language of free-text answers
+    reasoning: bool = False  # LLM_REASONING=on: the model writes a short reason before its answers
     label_studio_url: str | None = None  # LABEL_STUDIO_URL: lets START_TRAINING re-read annotations
     label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY
     # Bounds on what a client can make the server hold (see README "暴露与安全 / Exposure and security").
@@ -160,6 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fewshot_max_chars=max(0, _int(env, "FEWSHOT_MAX_CHARS", 1500)),
         instructions=_instructions(env),
         output_language=env.get("LLM_OUTPUT_LANGUAGE", "").strip(),
+        reasoning=_bool(env, "LLM_REASONING"),
         label_studio_url=env.get("LABEL_STUDIO_URL", "").strip().rstrip("/") or None,
         label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip() or None,
         max_request_bytes=max(1, int((_float(env, "MAX_REQUEST_MB", 100.0) or 100.0) * 1024 * 1024)),

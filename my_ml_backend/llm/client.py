@@ -54,6 +54,8 @@ from .pacing import MAX_RETRY_AFTER, AdaptiveLimiter, is_throttle, retry_after, 
 
 logger = logging.getLogger(__name__)
 
+TOP_LOGPROBS = 5  # alternatives returned per token when logprobs are on
+
 
 @dataclass
 class Usage:
@@ -217,6 +219,9 @@ class LLMClient:
             params["response_format"] = fmt
         if self.logprobs:
             params["logprobs"] = True
+            # llama.cpp's servers return no logprobs at all without top_logprobs; the
+            # alternatives of each token are what `scoring` weighs the chosen answer against.
+            params["top_logprobs"] = TOP_LOGPROBS
         if s.max_tokens:
             params["max_tokens"] = s.max_tokens
         if s.top_p is not None:
