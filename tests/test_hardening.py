@@ -318,7 +318,7 @@ def test_model_registry_memory_is_bounded(gunicorn_only: Backend) -> None:
     print(f"worker RSS {[round(b) for b in before]} -> {[round(a) for a in after]} MB")
     assert sum(growth) < 280, growth
     found = [call(gunicorn_only, "POST", "/versions", {"project": f"{100 + i}.1"})[1]["versions"] for i in range(24)]
-    assert not any(found[:20]), found  # the oldest configs were let go
+    assert sum(bool(f) for f in found) <= 2, found  # each of the 2 workers keeps only its newest config
 
 
 # 3. 429s do not use up the retry budget of server errors -------------------------------------
