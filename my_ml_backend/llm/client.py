@@ -51,6 +51,8 @@ from .errors import (
 )
 from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
 from .pacing import MAX_RETRY_AFTER, AdaptiveLimiter, is_throttle, retry_after, retry_delay
+from .pool import ModelPool, pool_models
+from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, open_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class ChatReply:
     quota_remaining: int | None = None
     mode: str = "text"
     cached: bool = False  # served from the response cache: no request, no tokens paid
+    model: str = ""  # the pool model that answered ("" when served from the cache)
 
     @property
     def token_confidence(self) -> float | None:
@@ -82,9 +85,14 @@ class ChatReply:
 class LLMClient:
     """Thread-safe chat client shared by all predictions of one backend process."""
 
-    def __init__(self, settings: Settings, cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self, settings: Settings, cache: ResponseCache | None = None, ledger: QuotaLedger | None = None
+    ) -> None:
         self.settings = settings
         self.cache = cache
+        if ledger is None:  # no shared store: this client still learns, for its own lifetime
+            ledger = QuotaLedger(MemoryLedger(), DayClock(settings.quota_reset), account_id(settings))
+        self.pool = ModelPool(pool_models(settings), ledger)
         self.limiter = AdaptiveLimiter(settings.concurrency, name=settings.model)
         self._local = threading.local()  # the tally of the batch the current thread works for
         self._extra_body: dict[str, Any] = {}
@@ -144,11 +152,11 @@ class LLMClient:
         deadline: float | None,
         accept: Callable[[ChatReply], bool] | None,
     ) -> ChatReply:
-        adaptations = 0
+        adaptations = switches = 0
         while True:
             mode = self.mode if schema is not None else OutputMode.TEXT
-            params = self._params(messages, mode, schema)
-            key = cache_key(self.settings.base_url, params) if self.cache is not None else None
+            params = self._params(messages, mode, schema, model=self.pool.pick())
+            key = self._cache_key(params) if self.cache is not None else None
             if key is not None:
                 assert self.cache is not None
                 claimed = self.cache.claim(key, deadline)
@@ -166,6 +174,9 @@ class LLMClient:
                     self.cache.put(key, _cache_entry(reply))
                 return reply
             except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
+                if switches < len(self.pool.models) and self.pool.refused(params["model"], exc):
+                    switches += 1
+                    continue  # that model is out for today: the next one, or the "quota used up" error
                 if adaptations <= len(LADDER) + 2 and self._adapt(exc, mode, params):
                     adaptations += 1
                     continue
@@ -208,11 +219,15 @@ class LLMClient:
         return classify(exc, model=s.model, base_url=s.base_url, timeout=s.timeout)
 
     def _params(
-        self, messages: list[dict[str, str]], mode: OutputMode, schema: dict[str, Any] | None
+        self,
+        messages: list[dict[str, str]],
+        mode: OutputMode,
+        schema: dict[str, Any] | None,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """The request body: everything that decides the answer, hence also the cache key."""
         s = self.settings
-        params: dict[str, Any] = {"model": s.model, "messages": messages, "temperature": s.temperature}
+        params: dict[str, Any] = {"model": model or s.model, "messages": messages, "temperature": s.temperature}
         if (fmt := response_format(mode, schema)) is not None:
             params["response_format"] = fmt
         if self.logprobs:
@@ -225,7 +240,21 @@ class LLMClient:
             params["extra_body"] = dict(self._extra_body)
         return params
 
+    def _cache_key(self, params: dict[str, Any]) -> str:
+        """The request's cache key, with the pool standing for the model: any pool model's answer serves."""
+        return cache_key(self.settings.base_url, {**params, "model": self.pool.cache_name})
+
+    def _record_answer(self, params: dict[str, Any], raw: Any, usage: Usage, seconds: float) -> None:
+        """Tell the pool which model answered (ledger, metrics) and what the answer cost (dry-run calibration)."""
+        model = params["model"]
+        self.pool.answered(model, raw.headers)
+        chars = sum(len(str(m.get("content") or "")) for m in params.get("messages") or [])
+        self.pool.ledger.add_cost(model, Cost(1, chars, usage.prompt_tokens, usage.completion_tokens, seconds))
+        logger.debug("Answered by %s (%d+%d tokens, %.2f s)", model, usage.prompt_tokens,
+                     usage.completion_tokens, seconds)
+
     def _create(self, params: dict[str, Any], mode: OutputMode, deadline: float | None = None) -> ChatReply:
+        started = time.monotonic()
         raw = self._send(params, deadline)
         completion = raw.parse()
         quota = _quota_remaining(raw.headers)
@@ -236,13 +265,17 @@ class LLMClient:
             usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
             self._count(PROMPT_TOKENS, usage.prompt_tokens)  # paid, whatever the content turns out to be
             self._count(COMPLETION_TOKENS, usage.completion_tokens)
+        self._record_answer(params, raw, usage, time.monotonic() - started)
         choices = getattr(completion, "choices", None)
         if not choices or choices[0].message is None:
             raise bad_response("no choices in reply")
         text = choices[0].message.content or ""
         if not text.strip():
             raise bad_response("empty content")
-        return ChatReply(text=text, usage=usage, tokens=_tokens(choices[0]), quota_remaining=quota, mode=str(mode))
+        return ChatReply(
+            text=text, usage=usage, tokens=_tokens(choices[0]), quota_remaining=quota, mode=str(mode),
+            model=params["model"],
+        )
 
     def _send(self, params: dict[str, Any], deadline: float | None) -> Any:
         """One request through the limiter, repeated while `pacing.retry_delay` says it is worth it.
@@ -302,4 +335,4 @@ def _cache_entry(reply: ChatReply) -> CachedAnswer:
 @lru_cache(maxsize=8)
 def shared_client(settings: Settings) -> LLMClient:
     """One client (one connection pool, one limiter, one learned `enable_thinking`) per settings."""
-    return LLMClient(settings, cache=open_cache(settings))
+    return LLMClient(settings, cache=open_cache(settings), ledger=open_ledger(settings))
