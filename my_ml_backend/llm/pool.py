@@ -41,7 +41,7 @@ class ModelPool:
     def __init__(self, models: Sequence[str], ledger: QuotaLedger) -> None:
         self.models = tuple(models)
         self.ledger = ledger
-        _POOLS.add(self)
+        _POOLS.append(weakref.ref(self))
 
     @property
     def cache_name(self) -> str:
@@ -114,14 +114,15 @@ class ModelPool:
         return True
 
 
-_POOLS: weakref.WeakSet[ModelPool] = weakref.WeakSet()
+_POOLS: list[weakref.ref[ModelPool]] = []  # in creation order: the newest pool's figures win in /metrics
 
 
 def _quota_samples() -> Iterable[tuple[Labels, float]]:
     """`/metrics` gauge: today's remaining calls per model (and account) as last reported."""
     seen = set()
-    for pool in list(_POOLS):
-        for quota in pool.status():
+    _POOLS[:] = [ref for ref in _POOLS if ref() is not None]
+    for pool in [ref() for ref in reversed(_POOLS)]:
+        for quota in pool.status() if pool is not None else ():
             scope = "account" if quota.scope == ACCOUNT else quota.scope
             if quota.remaining is None and not quota.out or scope in seen:
                 continue
