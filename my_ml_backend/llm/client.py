@@ -127,6 +127,7 @@ class LLMClient:
         deadline: float | None = None,
         accept: Callable[[ChatReply], bool] | None = None,
         tally: Tally | None = None,
+        tasks: int = 1,
     ) -> ChatReply:
         """Send one chat completion; raise `PredictionError` with a user-facing message on failure.
 
@@ -136,10 +137,12 @@ class LLMClient:
         `deadline` (monotonic): no request or retry starts after it.
         `accept`: whether a reply is good enough to cache (e.g. it parses); others are
         returned but asked again next time. `tally`: the batch's counters.
+        `tasks`: how many tasks the call answers (packed calls), for the cost ledger.
         """
         if self._client is None:
             raise missing_key()
         self._local.tally = tally
+        self._local.tasks = tasks
         try:
             return self._chat(messages, schema, deadline, accept)
         finally:
@@ -249,7 +252,9 @@ class LLMClient:
         model = params["model"]
         self.pool.answered(model, raw.headers)
         chars = sum(len(str(m.get("content") or "")) for m in params.get("messages") or [])
-        self.pool.ledger.add_cost(model, Cost(1, chars, usage.prompt_tokens, usage.completion_tokens, seconds))
+        tasks = getattr(self._local, "tasks", 1)
+        cost = Cost(1, chars, usage.prompt_tokens, usage.completion_tokens, seconds, tasks)
+        self.pool.ledger.add_cost(model, cost)
         logger.debug("Answered by %s (%d+%d tokens, %.2f s)", model, usage.prompt_tokens,
                      usage.completion_tokens, seconds)
 

@@ -119,6 +119,7 @@ class Cost:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    tasks: int = 0  # tasks answered by these calls (several per call when packed)
 
 
 class LedgerStore(Protocol):
@@ -141,7 +142,8 @@ class SQLiteLedger:
         "CREATE TABLE IF NOT EXISTS quota (account TEXT, day TEXT, scope TEXT, lim INTEGER, remaining INTEGER,"
         " out TEXT NOT NULL DEFAULT '', PRIMARY KEY (account, day, scope))",
         "CREATE TABLE IF NOT EXISTS cost (account TEXT, model TEXT, calls INTEGER, prompt_chars INTEGER,"
-        " prompt_tokens INTEGER, completion_tokens INTEGER, seconds REAL, PRIMARY KEY (account, model))",
+        " prompt_tokens INTEGER, completion_tokens INTEGER, seconds REAL, tasks INTEGER,"
+        " PRIMARY KEY (account, model))",
     )
 
     def __init__(self, path: Path) -> None:
@@ -170,19 +172,19 @@ class SQLiteLedger:
     def add_cost(self, account: str, model: str, cost: Cost) -> None:
         with self.db.connect() as conn:
             conn.execute(
-                "INSERT INTO cost VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account, model) DO UPDATE SET"
+                "INSERT INTO cost VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account, model) DO UPDATE SET"
                 " calls = calls + excluded.calls, prompt_chars = prompt_chars + excluded.prompt_chars,"
                 " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
                 " completion_tokens = completion_tokens + excluded.completion_tokens,"
-                " seconds = seconds + excluded.seconds",
+                " seconds = seconds + excluded.seconds, tasks = tasks + excluded.tasks",
                 (account, model, cost.calls, cost.prompt_chars, cost.prompt_tokens, cost.completion_tokens,
-                 cost.seconds),
+                 cost.seconds, cost.tasks),
             )
 
     def costs(self, account: str) -> dict[str, Cost]:
         with self.db.connect() as conn:
             rows = conn.execute(
-                "SELECT model, calls, prompt_chars, prompt_tokens, completion_tokens, seconds FROM cost"
+                "SELECT model, calls, prompt_chars, prompt_tokens, completion_tokens, seconds, tasks FROM cost"
                 " WHERE account = ?", (account,)
             ).fetchall()
         return {r[0]: Cost(*r[1:]) for r in rows}
@@ -240,7 +242,7 @@ class RedisLedger:
     def add_cost(self, account: str, model: str, cost: Cost) -> None:
         key = f"{self.prefix}{account}:cost:{model}"
         pipe = self.redis.pipeline()
-        for name in ("calls", "prompt_chars", "prompt_tokens", "completion_tokens"):
+        for name in ("calls", "prompt_chars", "prompt_tokens", "completion_tokens", "tasks"):
             pipe.hincrby(key, name, getattr(cost, name))
         pipe.hincrbyfloat(key, "seconds", cost.seconds)
         pipe.sadd(f"{self.prefix}{account}:cost-models", model)
@@ -254,7 +256,7 @@ class RedisLedger:
             raw = {k.decode(): v.decode() for k, v in stored.items()}
             out[model] = Cost(int(raw.get("calls", 0)), int(raw.get("prompt_chars", 0)),
                               int(raw.get("prompt_tokens", 0)), int(raw.get("completion_tokens", 0)),
-                              float(raw.get("seconds", 0)))
+                              float(raw.get("seconds", 0)), int(raw.get("tasks", 0)))
         return out
 
     def clear(self, account: str) -> None:
