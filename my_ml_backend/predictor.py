@@ -228,7 +228,7 @@ class Predictor:
         budget, max_tokens = self.settings.pack_token_budget, self.settings.max_tokens
 
         def sizes(pending: list[int]) -> list[int]:
-            if n > 1:
+            if n >= 1:
                 return packing.fixed_pack_sizes(len(pending), n)
             return packing.auto_pack_sizes([prepared[i].tokens for i in pending], budget, max_tokens)
 
