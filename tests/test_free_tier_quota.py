@@ -8,6 +8,7 @@ model it knows to be out.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.request
@@ -264,3 +265,20 @@ def test_backend_metrics_endpoint_lists_models(backend, llm: fake.FakeLLMServer)
     assert f'ml_backend_quota_remaining{{model="{fake.DEFAULT_MODEL}"}} 299' in text
     assert f'ml_backend_model_answers_total{{model="{fake.DEFAULT_MODEL}"}}' in text
     backend.forget_quota()
+
+
+def test_check_env_lists_pool_models_and_reported_quota(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    served = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+    llm.modelscope(account_limit=2000, model_limits={served: 200}, retired={fake.DEFAULT_MODEL: 400})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSCOPE_", "LLM_", "REDIS_"))}
+    env.update(MODELSCOPE_API_KEY=TEST_KEY, MODELSCOPE_API_URL=llm.base_url, DATA_DIR=str(tmp_path),
+               MODELSCOPE_FALLBACK_MODELS=f"{served},ZhipuAI/GLM-4.6")
+    s = load_settings(env)
+    persistent_client(s).chat(MESSAGES)  # the retired default refuses, the next model answers
+    out = subprocess.run([sys.executable, "check_modelscope_env.py"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60).stdout
+    assert f"{fake.DEFAULT_MODEL}: 端点未列出 (not listed); 今日已停用 (out for today: retired)" in out
+    assert f"{served}: 端点已列出 (listed); 今日剩余 (left today) 199/200" in out
+    assert "ZhipuAI/GLM-4.6: 端点未列出 (not listed); 今日尚无记录" in out
+    assert "账号今日剩余 (account, left today): 1999/2000" in out
+    assert TEST_KEY not in out
