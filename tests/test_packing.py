@@ -194,3 +194,16 @@ def test_model_version_changes_with_packing(tmp_path: Path) -> None:
     base = Settings(api_key=TEST_KEY)
     assert model_version(base, "c") == model_version(replace(base, tasks_per_call=1), "c")
     assert model_version(base, "c") != model_version(replace(base, tasks_per_call=8), "c")
+
+
+def test_tasks_per_call_setting() -> None:
+    from my_ml_backend.llm.packed import default_tasks_per_call
+    from my_ml_backend.settings import load_settings
+
+    assert load_settings({}).tasks_per_call is None
+    assert load_settings({"LLM_TASKS_PER_CALL": "auto"}).tasks_per_call == 0
+    assert load_settings({"LLM_TASKS_PER_CALL": "8"}).tasks_per_call == 8
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(ValueError, match="LLM_TASKS_PER_CALL"):
+            load_settings({"LLM_TASKS_PER_CALL": bad})
+    assert default_tasks_per_call("http://127.0.0.1:8000/v1") == 1  # a local server: calls cost nothing

@@ -41,6 +41,7 @@ class ModelPool:
     def __init__(self, models: Sequence[str], ledger: QuotaLedger) -> None:
         self.models = tuple(models)
         self.ledger = ledger
+        self._last = self.models[0]  # the model that answered last: a change is logged once
         _POOLS.append(weakref.ref(self))
 
     @property
@@ -83,8 +84,9 @@ class ModelPool:
         """A successful answer from `model`: count it, and learn its quota headers."""
         METRICS.inc(MODEL_ANSWERS, model=model)
         self.ledger.observe(model, headers)
-        if model != self.models[0]:
-            logger.info("由备用模型 %s 回答 (answered by fallback model)", model)
+        if model != self._last:
+            self._last = model
+            logger.info("现在由模型 %s 回答 (now answered by %s)", model, model)
 
     def refused(self, model: str, exc: BaseException) -> bool:
         """Learn from a failed call to `model`; True when the call should go to the pool's next model.
