@@ -207,3 +207,23 @@ def test_tasks_per_call_setting() -> None:
         with pytest.raises(ValueError, match="LLM_TASKS_PER_CALL"):
             load_settings({"LLM_TASKS_PER_CALL": bad})
     assert default_tasks_per_call("http://127.0.0.1:8000/v1") == 1  # a local server: calls cost nothing
+
+
+def test_a_pack_too_long_for_the_context_is_split_without_changing_the_output_mode(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    sizes: list[int] = []
+    honest = answering(log=sizes)
+
+    def small_context(body: dict) -> fake.Reply:
+        if len(blocks(body)) > 2:  # llama.cpp's words for a prompt over n_ctx
+            sizes.append(len(blocks(body)))
+            return fake.error(400, "Requested tokens (5210) exceed context window of 4096")
+        return honest(body)
+
+    llm.set_responder(small_context)
+    p = predictor(llm, tmp_path, 8, concurrency=1)
+    mode = p.client.mode
+    batch = tasks(8)
+    assert labels(p.predict_batch(batch)) == expected(batch)
+    assert sizes == [8, 4, 4, 2, 2, 2, 2] and p.client.mode == mode

@@ -180,6 +180,8 @@ class LLMClient:
                 if switches < len(self.pool.models) and self.pool.refused(params["model"], exc):
                     switches += 1
                     continue  # that model is out for today: the next one, or the "quota used up" error
+                if _too_long(exc):  # no output mode is the cure: the caller sends less (smaller packs)
+                    raise self._classify(exc) from None
                 if adaptations <= len(LADDER) + 2 and self._adapt(exc, mode, params):
                     adaptations += 1
                     continue
@@ -320,6 +322,16 @@ def _quota_remaining(headers: Any) -> int | None:
     values = [headers.get(h) for h in QUOTA_HEADERS]
     numbers = [int(v) for v in values if v is not None and str(v).strip().lstrip("-").isdigit()]
     return min(numbers) if numbers else None
+
+
+_CONTEXT_MARKERS = ("context window", "context length", "context_length_exceeded", "maximum context")
+
+
+def _too_long(exc: BaseException) -> bool:
+    """The request did not fit the model's context (llama.cpp, vLLM and OpenAI wordings)."""
+    return isinstance(exc, openai.BadRequestError) and any(
+        m in server_message(exc).lower() for m in _CONTEXT_MARKERS
+    )
 
 
 def _tokens(choice: Any) -> list[tuple[str, float]]:
