@@ -172,7 +172,7 @@ class Predictor:
         try:
             for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
                 group = futures[future]
-                if len(group) == 1 and plan is None:
+                if plan is None:  # one task per call
                     predictions[group[0]] = self._outcome(future, tasks[group[0]], stats)
                     continue
                 for i, outcome in zip(group, pack_outcomes(future, len(group)), strict=True):
