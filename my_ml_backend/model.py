@@ -58,7 +58,7 @@ class NewModel(LabelStudioMLBase):
         self.settings = load_settings()
         self.schema = schema_for(self.label_config)
         self.store = open_example_store(self.settings) if self.settings.fewshot_k and self.project_id else None
-        base = PromptGuidance(self.settings.instructions, self.settings.output_language)
+        base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
         self.guidance = guidance_from_params(base, self.extra_params)
         examples = self.examples if self.store is not None else None
         self.predictor = build_predictor(self.label_config, self.settings, self.guidance, examples)

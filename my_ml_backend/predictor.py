@@ -232,7 +232,8 @@ class Predictor:
                 return packing.fixed_pack_sizes(len(pending), n)
             return packing.auto_pack_sizes([prepared[i].tokens for i in pending], budget, max_tokens)
 
-        cached, groups = plan_packs(self.client, {i: p.ask for i, p in prepared.items()}, sizes, tally)
+        asks = {i: p.ask for i, p in prepared.items()}
+        cached, groups = plan_packs(self.client, asks, sizes, packing.pack_family, tally)
         ready.update({i: self.finish_task(prepared[i], reply) for i, reply in cached.items()})
         return Plan(prepared, ready, groups)
 
@@ -292,7 +293,9 @@ class Predictor:
             )
         inputs = inputs or self.prompt_inputs()
         shown = select_examples(inputs.pool, texts, self.settings.fewshot_k, self.settings.fewshot_max_chars)
-        messages = build_prompt(self.schema, texts, inputs.guidance, render_examples(shown))
+        # With logprobs the score comes from them: no self-reported confidence to ask for and pay.
+        confidence = not self.client.logprobs
+        messages = build_prompt(self.schema, texts, inputs.guidance, render_examples(shown), confidence)
         wanted = wanted_targets(self.schema, texts)
         logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
         logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
@@ -303,7 +306,7 @@ class Predictor:
             results, _ = build_results(self.schema, parse_reply(reply.text, names), texts)
             return bool(results)
 
-        ask = Ask(messages, answer_schema(self.schema, texts), worth_caching)
+        ask = Ask(messages, answer_schema(self.schema, texts, inputs.guidance.reasoning, confidence), worth_caching)
         tokens = packing.estimate_tokens("\n".join(texts.values()))
         return PreparedTask(task, texts, wanted, ask, tokens)
 
@@ -319,7 +322,9 @@ class Predictor:
             ", cached" if reply.cached else "", reply.text,
         )
         answers = parse_reply(reply.text, names, extras=(CONFIDENCE_KEY,))
-        results, answered = build_results(self.schema, answers, texts, lambda v: region_confidence(reply.tokens, v))
+        results, answered = build_results(
+            self.schema, answers, texts, lambda name, value: region_confidence(reply.tokens, value, name)
+        )
         if not results:
             logger.debug("Task %s: no valid answer in reply", task.get("id"))
         coverage = answered / len(wanted) if wanted else 0.0

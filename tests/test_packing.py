@@ -119,7 +119,9 @@ def test_the_pack_prompt_keeps_each_task_text_once(llm: fake.FakeLLMServer, tmp_
     assert [tid for tid, _ in blocks(body)] == ["T1", "T2", "T3", "T4", "T5"]
     for task in batch:
         assert content.count(task["data"]["text"]) == 1
-    assert content.count("判断文本的情感倾向") == 1  # the common instructions are sent once
+    conversation = json.dumps(body["messages"], ensure_ascii=False)
+    assert conversation.count("判断文本的情感倾向") == 1  # the common instructions are sent once
+    assert content.count("<<<") == 5  # each text keeps its own delimiters
     assert body["response_format"]["type"] in ("json_schema", "json_object")
 
 
@@ -177,14 +179,14 @@ def test_split_answers_accepts_only_unambiguous_objects() -> None:
 
 def test_pack_messages_wrap_whatever_build_prompt_made() -> None:
     per_task = [
-        [{"role": "system", "content": "S"}, {"role": "user", "content": f"intro\nshared\n<<<\n{t}\n>>>\nask\nfmt"}]
+        [{"role": "system", "content": "S"}, {"role": "user", "content": f"intro\n\nshared\n\n<<<\n{t}\n>>>\n\nQUESTION"}]
         for t in ("one", "two", "one")  # twins too: each keeps a part of its own
     ]
     out = packing.pack_messages(per_task, packing.task_ids(3))
     assert out[0] == {"role": "system", "content": "S"}
     text = out[1]["content"]
-    assert text.startswith("intro\nshared\n<<<") and text.count("ask\nfmt") == 1
-    assert "===== 任务 T1 (task T1) =====\none" in text and "===== 任务 T3 (task T3) =====\none" in text
+    assert text.startswith("intro\n\nshared\n\n===== 任务 T1") and text.count("QUESTION") == 1
+    assert "===== 任务 T1 (task T1) =====\n<<<\none\n>>>" in text and "任务 T3 (task T3) =====\n<<<\none" in text
     assert packing.fixed_pack_sizes(10, 4) == [4, 3, 3] and packing.fixed_pack_sizes(0, 4) == []
 
 
@@ -227,3 +229,16 @@ def test_a_pack_too_long_for_the_context_is_split_without_changing_the_output_mo
     batch = tasks(8)
     assert labels(p.predict_batch(batch)) == expected(batch)
     assert sizes == [8, 4, 4, 2, 2, 2, 2] and p.client.mode == mode
+
+
+def test_tasks_of_another_language_are_not_packed_together(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    llm.set_responder(answering())
+    batch = tasks(3) + [{"id": 9, "data": {"text": "This product is good, I like it a lot and would buy again"}},
+                        {"id": 10, "data": {"text": "Terrible quality, it broke after one day, never again"}}]
+    p = predictor(llm, tmp_path, 8)
+    plan = p.plan(batch)
+    families = {packing.pack_family(plan.prepared[i].ask.messages) for i in range(5)}
+    if len(families) == 2:  # the prompt speaks the texts' language: two packs
+        assert sorted(map(sorted, plan.groups)) == [[0, 1, 2], [3, 4]]
+    else:
+        assert plan.groups == [[0, 1, 2, 3, 4]]

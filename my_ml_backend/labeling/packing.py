@@ -8,7 +8,8 @@ must echo: `{"T1": {...answer of task 1...}, "T2": {...}}`.
 This module wraps whatever `prompts.build_prompt` produces, without knowing its
 wording: the lines all tasks of the pack share at the start and at the end of the
 user message are the common part, the lines in between are each task's own part.
-The split trusts nothing: an id answered twice, not answered, or not answered with
+Tasks whose system messages differ (another language) are never packed together
+(`pack_family`). The split trusts nothing: an id answered twice, not answered, or not answered with
 an object is left out, and the caller asks that task again; answers are only ever
 matched by id, never by position, so they cannot cross between tasks.
 """
@@ -67,9 +68,12 @@ def fixed_pack_sizes(n: int, per_call: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(packs)]
 
 
-def _split_lines(contents: list[str]) -> tuple[list[str], list[list[str]], list[str]]:
-    """(common head lines, each task's own lines, common tail lines); every own part non-empty."""
-    lines = [c.split("\n") for c in contents]
+def _split_paragraphs(contents: list[str]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(common head paragraphs, each task's own paragraphs, common tail paragraphs); every own part non-empty.
+
+    Paragraphs (blank-line separated), not lines: a text's delimiters stay with its text.
+    """
+    lines = [c.split("\n\n") for c in contents]
     shortest = min(len(x) for x in lines)
     head = 0
     while head < shortest and all(x[head] == lines[0][head] for x in lines):
@@ -89,13 +93,13 @@ def pack_messages(per_task: list[Messages], ids: list[str]) -> Messages:
         raise ValueError("one id per task")
     system = [m for m in per_task[0] if m["role"] == "system"]
     users = ["\n\n".join(m["content"] for m in msgs if m["role"] == "user") for msgs in per_task]
-    head, own, tail = _split_lines(users)
+    head, own, tail = _split_paragraphs(users)
     blocks = []
-    for task_id, lines in zip(ids, own, strict=True):
-        blocks.append(f"===== 任务 {task_id} (task {task_id}) =====\n" + "\n".join(lines).strip("\n"))
+    for task_id, paragraphs in zip(ids, own, strict=True):
+        blocks.append(f"===== 任务 {task_id} (task {task_id}) =====\n" + "\n\n".join(paragraphs).strip("\n"))
     shape = ", ".join(f'"{i}": {{…}}' for i in ids)
     listing = "、".join(ids)
-    packed = "\n".join(head).rstrip("\n") + "\n\n" + "\n\n".join(blocks) + "\n\n" + "\n".join(tail).lstrip("\n")
+    packed = "\n\n".join([*head, *blocks, *tail])
     packed += (
         f"\n\n## 多个任务 (several tasks)\n上面共有 {len(ids)} 个相互独立的任务（{listing}）。"
         "请对每个任务分别按上述要求和格式作答，只输出一个 JSON 对象：键为任务编号，值为该任务的答案对象，"
@@ -103,6 +107,11 @@ def pack_messages(per_task: list[Messages], ids: list[str]) -> Messages:
         f"task id to that task's answer object, every id exactly once):\n{{{shape}}}"
     )
     return [*system, {"role": "user", "content": packed.strip()}]
+
+
+def pack_family(messages: Messages) -> str:
+    """What tasks must share to go in one pack: their system messages (sent once per pack)."""
+    return "\n".join(m["content"] for m in messages if m["role"] == "system")
 
 
 def pack_schema(schemas: list[dict[str, Any] | None], ids: list[str]) -> dict[str, Any] | None:

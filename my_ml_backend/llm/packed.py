@@ -59,6 +59,8 @@ class PackFormat(Protocol):
 
     def split_answers(self, text: str, ids: list[str]) -> dict[str, str]: ...
 
+    def pack_family(self, messages: Messages) -> str: ...
+
     def fixed_pack_sizes(self, n: int, per_call: int) -> list[int]: ...
 
 
@@ -182,22 +184,25 @@ def plan_packs(
     client: LLMClient,
     asks: dict[int, Ask],
     sizes: Callable[[list[int]], list[int]],
+    family: Callable[[Messages], str],
     tally: Tally | None = None,
 ) -> tuple[dict[int, ChatReply], list[list[int]]]:
     """(answers the cache already holds, the other tasks grouped in order by `sizes`) for `asks`.
 
-    `sizes` gets the indices still to ask and returns the pack sizes for them.
+    Only tasks of one `family` (same system messages) share a pack; `sizes` gets the
+    indices of one family still to ask and returns the pack sizes for them.
     """
     cached: dict[int, ChatReply] = {}
-    pending: list[int] = []
+    pending: dict[str, list[int]] = {}
     for i, ask in asks.items():
         if (reply := lookup(client, ask, tally)) is not None:
             cached[i] = reply
         else:
-            pending.append(i)
+            pending.setdefault(family(ask.messages), []).append(i)
     groups: list[list[int]] = []
-    start = 0
-    for n in sizes(pending):
-        groups.append(pending[start : start + n])
-        start += n
+    for members in pending.values():
+        start = 0
+        for n in sizes(members):
+            groups.append(members[start : start + n])
+            start += n
     return cached, groups
