@@ -179,13 +179,13 @@ def test_split_answers_accepts_only_unambiguous_objects() -> None:
 
 def test_pack_messages_wrap_whatever_build_prompt_made() -> None:
     per_task = [
-        [{"role": "system", "content": "S"}, {"role": "user", "content": f"intro\n\nshared\n\n<<<\n{t}\n>>>\n\nQUESTION"}]
+        [{"role": "system", "content": "S"}, {"role": "user", "content": f"intro\n\nshared\n\n<<<\n{t}\n>>>\n\nASK"}]
         for t in ("one", "two", "one")  # twins too: each keeps a part of its own
     ]
     out = packing.pack_messages(per_task, packing.task_ids(3))
     assert out[0] == {"role": "system", "content": "S"}
     text = out[1]["content"]
-    assert text.startswith("intro\n\nshared\n\n===== 任务 T1") and text.count("QUESTION") == 1
+    assert text.startswith("intro\n\nshared\n\n===== 任务 T1") and text.count("ASK") == 1
     assert "===== 任务 T1 (task T1) =====\n<<<\none\n>>>" in text and "任务 T3 (task T3) =====\n<<<\none" in text
     assert packing.fixed_pack_sizes(10, 4) == [4, 3, 3] and packing.fixed_pack_sizes(0, 4) == []
 
@@ -242,3 +242,19 @@ def test_tasks_of_another_language_are_not_packed_together(llm: fake.FakeLLMServ
         assert sorted(map(sorted, plan.groups)) == [[0, 1, 2], [3, 4]]
     else:
         assert plan.groups == [[0, 1, 2, 3, 4]]
+
+
+def test_each_task_is_scored_on_its_own_tokens(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    """With logprobs, a task's score comes from the tokens of its own answer, not its neighbour's."""
+    text = '{"T1": {"sentiment": "负面"}, "T2": {"sentiment": "正面"}}'
+    pieces = ['{"', 'T1', '":', ' {"', 'sentiment', '":', ' "', '负面', '"},', ' "', 'T2', '":', ' {"', 'sentiment',
+              '":', ' "', '正面', '"}}']
+    assert "".join(pieces) == text
+    logprobs = [(t, -2.0 if t == "负面" else -0.01 if t == "正面" else 0.0) for t in pieces]
+    llm.set_default(fake.chat(text, logprobs=logprobs))
+    preds = predictor(llm, tmp_path, 2).predict_batch(tasks(2))
+    assert labels(preds) == ["负面", "正面"]
+    assert preds[0]["score"] < 0.2 < 0.9 < preds[1]["score"]  # exp(-2) vs exp(-0.01)
+    shares = packing.split_tokens(logprobs, ["T1", "T2"])
+    assert "".join(t for t, _ in shares["T1"]).startswith('T1": {"sentiment": "负面"')
+    assert "正面" not in "".join(t for t, _ in shares["T1"])

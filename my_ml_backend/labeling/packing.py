@@ -183,6 +183,25 @@ def split_answers(text: str, ids: list[str]) -> dict[str, str]:
     return {}
 
 
+def split_tokens(tokens: list[tuple[str, float]], ids: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """Each id's share of the answer's (token, logprob) pairs: from its key `"Tn"` up to the next id's key.
+
+    Scores come from the tokens of each answer; in a pack every task has the same
+    keys, so each task must only see the tokens of its own answer object.
+    """
+    joined = "".join(token for token, _ in tokens)
+    starts = sorted((pos, i) for i in ids if (pos := joined.find(json.dumps(i))) >= 0)
+    out: dict[str, list[tuple[str, float]]] = {i: [] for _, i in starts}
+    offset, current = 0, -1
+    for token in tokens:
+        while current + 1 < len(starts) and offset >= starts[current + 1][0]:
+            current += 1
+        if current >= 0:
+            out[starts[current][1]].append(token)
+        offset += len(token[0])
+    return out
+
+
 def _answers_in(value: Any, ids: list[str]) -> dict[str, str]:
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"answers": [...]}

@@ -61,6 +61,8 @@ class PackFormat(Protocol):
 
     def pack_family(self, messages: Messages) -> str: ...
 
+    def split_tokens(self, tokens: list[tuple[str, float]], ids: list[str]) -> dict[str, list[tuple[str, float]]]: ...
+
     def fixed_pack_sizes(self, n: int, per_call: int) -> list[int]: ...
 
 
@@ -167,11 +169,13 @@ def _ask_group(
         logger.info("打包调用失败，拆小重试 (packed call failed, retrying smaller): %s", err)
         return list(group)
     parts = fmt.split_answers(reply.text, ids)
+    tokens = fmt.split_tokens(reply.tokens, ids) if reply.tokens else {}
     share = Usage(reply.usage.prompt_tokens // len(group), reply.usage.completion_tokens // len(group))
     missed = []
     for task_id, i in zip(ids, group, strict=True):
         text = parts.get(task_id)
-        part = ChatReply(text=text or "", usage=share, mode=reply.mode, model=reply.model)
+        part = ChatReply(text=text or "", usage=share, tokens=tokens.get(task_id, []), mode=reply.mode,
+                         model=reply.model)
         if text and (asks[i].accept is None or asks[i].accept(part)):
             remember(client, asks[i], part)
             results[i] = part
