@@ -69,7 +69,7 @@ def run_real(server: LocalModelServer, tmp: Path, name: str, sample: list[tuple[
     tasks = [{"id": i, "data": {"text": text}} for i, (text, _) in enumerate(sample)]
     chars = sorted(len(t) for t, _ in sample)
     print(f"\n### {name}: {len(sample)} reviews, median {chars[len(chars) // 2]} chars, max {chars[-1]}\n")
-    print("| LLM_TASKS_PER_CALL | accuracy | answered | calls | calls/task | re-asked tasks | s/task |")
+    print("| LLM_TASKS_PER_CALL | accuracy | answered | calls | calls/task | re-asks | s/task |")
     print("|---|---|---|---|---|---|---|")
     baseline = None
     for per_call in sizes:
