@@ -113,6 +113,7 @@ class Settings:
     model_cache_chars: int = 4_000_000  # MODEL_CACHE_CHARS: configs kept parsed per worker (~80 B of RAM per char)
     max_instructions_chars: int = 20_000  # MAX_INSTRUCTIONS_CHARS: a project's ML extra params (instructions)
     predict_slots: int | None = None  # PREDICT_SLOTS: concurrent /predict per worker; None = unbounded
+    slot_lease: float = 15.0  # LLM_SLOT_LEASE: seconds a killed process may keep a shared slot (REDIS_URL)
     fallback_models: tuple[str, ...] = ()  # MODELSCOPE_FALLBACK_MODELS: tried in order after `model`
     tasks_per_call: int | None = None  # LLM_TASKS_PER_CALL: N tasks per chat call, 0 = auto, None = endpoint default
     pack_token_budget: int = 1500  # LLM_PACK_TOKENS: prompt tokens of task text per packed call (auto)
@@ -176,6 +177,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_cache_chars=max(1000, _int(env, "MODEL_CACHE_CHARS", 4_000_000)),
         max_instructions_chars=max(0, _int(env, "MAX_INSTRUCTIONS_CHARS", 20_000)),
         predict_slots=_int(env, "PREDICT_SLOTS", 0) or None,
+        slot_lease=max(1.0, _float(env, "LLM_SLOT_LEASE", 15.0) or 15.0),
         fallback_models=_fallback_models(env),
         tasks_per_call=_tasks_per_call(env),
         pack_token_budget=max(100, _int(env, "LLM_PACK_TOKENS", 1500)),

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,8 +142,13 @@ class BatchJob:
             summary.total = max(summary.total, expected or 0)
         return summary
 
-    def _predict_and_post(self, chunk: list[dict[str, Any]], summary: Summary) -> int:
-        """Predict one chunk and post its successful predictions; returns how many were posted."""
+    def _predict_and_post(
+        self, chunk: list[dict[str, Any]], summary: Summary, on_posted: Callable[[int], None] | None = None
+    ) -> int:
+        """Predict one chunk and post its successful predictions; returns how many were posted.
+
+        `on_posted(task_id)` runs right after each post (the queued job marks the task done).
+        """
         posted = 0
         for task, prediction in zip(chunk, self.predictor.predict_batch(chunk), strict=True):
             if "result" not in prediction:
@@ -165,6 +170,8 @@ class BatchJob:
                 continue
             summary.posted += 1
             posted += 1
+            if on_posted is not None:
+                on_posted(task["id"])
         return posted
 
 
@@ -173,10 +180,7 @@ def model_counts(
 ) -> tuple[Counter[str], Counter[str]]:
     """Answers and refusals per pool model in this process (minus `since`)."""
     answers = Counter({m: int(v) for m, v in METRICS.by_label(MODEL_ANSWERS, "model").items()})
-    refusals: Counter[str] = Counter()
-    for name, labels, value in METRICS.items():
-        if name == MODEL_REFUSALS:
-            refusals[dict(labels).get("model", "")] += int(value)
+    refusals = Counter({m: int(v) for m, v in METRICS.by_label(MODEL_REFUSALS, "model").items()})
     if since is not None:
         answers, refusals = answers - since[0], refusals - since[1]
     return answers, refusals
@@ -224,6 +228,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="只估算调用次数、tokens、用时和今日额度，不调用模型 (estimate calls, tokens, time and "
                              "today's quota without calling the model)")
+    parser.add_argument("--queue", action="store_true",
+                        help="enqueue chunks as RQ jobs for `rq worker llm-preannotation` processes (needs REDIS_URL)")
     return parser.parse_args(argv)
 
 
@@ -249,12 +255,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     predictor = build_predictor(label_config, settings)
     chunk_size = args.chunk_size or default_chunk_size(predictor)
-    job = BatchJob(client, args.project, predictor, chunk_size)
     if args.dry_run:
-        for line in estimate(job, args.limit).lines():
+        for line in estimate(BatchJob(client, args.project, predictor, chunk_size), args.limit).lines():
             print(line)
         return 0
-    summary = job.run(args.limit, progress=not args.no_progress)
+    if args.queue:
+        if not settings.redis_url:
+            print("--queue 需要 REDIS_URL (--queue needs REDIS_URL, shared with the workers)", file=sys.stderr)
+            return 2
+        from .queue import run_queued  # RQ only for the queued mode
+
+        summary = run_queued(client, args.project, predictor, settings, chunk_size, args.limit, not args.no_progress)
+    else:
+        summary = BatchJob(client, args.project, predictor, chunk_size).run(args.limit, progress=not args.no_progress)
     for line in summary.lines():
         print(line)
     return 0 if not summary.failed and not summary.stopped else 1

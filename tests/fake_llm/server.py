@@ -372,25 +372,29 @@ class _Handler(BaseHTTPRequestHandler):
                 self._not_found()
                 return
             owner = self.server.owner
-            quota = owner.quota
-            if quota is not None:
-                refusal, quota_headers = quota.admit(entry["body"])
-                if refusal is not None:
-                    self._answer(refusal, entry["body"])
+            owner._enter()
+            try:
+                quota = owner.quota
+                if quota is not None:
+                    refusal, quota_headers = quota.admit(entry["body"])
+                    if refusal is not None:
+                        self._answer(refusal, entry["body"])
+                        return
+                    reply = owner._next_reply(entry["body"])
+                    reply = dataclasses.replace(reply, headers={**quota_headers, **reply.headers})
+                else:
+                    reply = owner._next_reply(entry["body"])
+                wait = max(0.0, float(owner.latency) + float(reply.delay))
+                # Event.wait instead of time.sleep so stop() does not hang on long delays.
+                if wait and owner._stopping.wait(wait):
+                    self._drop()
                     return
-                reply = owner._next_reply(entry["body"])
-                reply = dataclasses.replace(reply, headers={**quota_headers, **reply.headers})
-            else:
-                reply = owner._next_reply(entry["body"])
-            wait = max(0.0, float(owner.latency) + float(reply.delay))
-            # Event.wait instead of time.sleep so stop() does not hang on long delays.
-            if wait and owner._stopping.wait(wait):
-                self._drop()
-                return
-            if reply.drop:
-                self._drop()
-                return
-            self._answer(reply, entry["body"])
+                if reply.drop:
+                    self._drop()
+                    return
+                self._answer(reply, entry["body"])
+            finally:
+                owner._leave()
         except _CONNECTION_ERRORS:
             self.close_connection = True
 
@@ -623,6 +627,8 @@ class FakeLLMServer:
         self.requests: list[dict] = []
         self.latency: float = 0.0
         self.quota: ModelScopeQuota | None = None  # see :meth:`modelscope`
+        self.in_flight = 0  # chat requests being answered now
+        self.max_in_flight = 0  # the most ever answered at once since the last reset
         self._httpd = _HTTPServer((host, port), _Handler)
         self._httpd.owner = self
 
@@ -689,6 +695,7 @@ class FakeLLMServer:
             self._queue.clear()
             self._default = None
             self._responder = None
+            self.max_in_flight = self.in_flight
             self.quota = None
 
     def modelscope(
@@ -744,6 +751,16 @@ class FakeLLMServer:
         """Record a request under the lock (handlers run concurrently)."""
         with self._lock:
             self.requests.append(entry)
+
+    def _enter(self) -> None:
+        """A chat request starts being answered (for `max_in_flight`)."""
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def _next_reply(self, body: Any) -> Reply:
         """Pick the reply for one chat request by the documented precedence."""
