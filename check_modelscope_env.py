@@ -3,7 +3,9 @@
 
 Usage: python check_modelscope_env.py [--offline]
 Prints ✅/⚠️/❌ lines and exits non-zero when something is wrong. The API key is only
-ever shown masked. The endpoint check lists models (GET /models); it makes no chat call.
+ever shown masked. The endpoint check lists models (GET /models); it makes no chat call. For each model of
+the pool (MODELSCOPE_MODEL, MODELSCOPE_FALLBACK_MODELS) it says whether the endpoint lists it and what
+quota the last answers reported (the quota ledger in DATA_DIR or Redis).
 Runs with any Python 3: without the project's packages it names the missing ones and
 the project's `.venv` instead of failing with a traceback.
 """
@@ -153,6 +155,7 @@ def check_endpoint(report: Report, settings) -> None:  # noqa: ANN001
         models = [m.id for m in client.models.list()]
     except openai.NotFoundError:
         report.warn("端点不提供 /models 列表 (endpoint has no /models); 请运行 test_openai_client.py")
+        check_pool(report, settings, [])
         return
     except Exception as exc:  # noqa: BLE001
         err = classify(exc, model=settings.model, base_url=settings.base_url, timeout=settings.timeout)
@@ -161,6 +164,36 @@ def check_endpoint(report: Report, settings) -> None:  # noqa: ANN001
     report.ok(f"端点可访问 (endpoint answers): {len(models)} 个模型 (models)")
     if models and settings.model not in models:
         report.warn(f"模型 {settings.model} 不在 /models 列表中 (not listed by the endpoint); 请确认名称")
+    check_pool(report, settings, models)
+
+
+def check_pool(report: Report, settings, listed: list[str]) -> None:  # noqa: ANN001
+    """Which pool models the endpoint lists, and the quota the last answers reported (from the ledger)."""
+    from my_ml_backend.llm.pool import pool_models
+    from my_ml_backend.llm.quota import ACCOUNT, open_ledger
+
+    ledger = open_ledger(settings)
+    today = ledger.today()
+    print(f"   模型池 (model pool, tried in order); 额度日 (quota day) {ledger.clock.day()}, "
+          f"下次恢复 (next reset) {ledger.clock.describe_reset()[1]}")
+    if ACCOUNT in today:
+        account = today[ACCOUNT]
+        print(f"   账号今日剩余 (account, left today): {account.remaining}/{account.limit}")
+    for model in pool_models(settings):
+        quota = today.get(model)
+        if quota is None:
+            told = "今日尚无记录 (no answer recorded today)"
+        elif quota.out:
+            told = f"今日已停用 (out for today: {quota.out})"
+        else:
+            told = f"今日剩余 (left today) {quota.remaining}/{quota.limit}"
+        known = model in listed if listed else None
+        listing = {True: "端点已列出 (listed)", False: "端点未列出 (not listed)", None: "?"}[known]
+        line = f"{model}: {listing}; {told}"
+        if known is False or (quota is not None and quota.exhausted):
+            report.warn(line)
+        else:
+            report.ok(line)
 
 
 def main() -> int:
