@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import os
 import random
@@ -411,23 +412,57 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def run_set(data: DataSet, systems: dict[str, Callable], permute: bool) -> list[Row]:
+def permutation_row(data: DataSet, row: Row, permuted: list[Answer], answers: list[Answer]) -> None:
+    """The choice-order test on `row`: share changed, and how the reversed run scored."""
+    row.changed = f"{changed_share(data, answers, permuted):.1%}"
+    again = measure(row.system, data, permuted, 0)
+    row.notes.append(
+        f"reversed order: accuracy {again.accuracy:.3f}, positions (original config order) {again.positions}"
+    )
+
+
+def run_set(data: DataSet, systems: dict[str, Callable], permute: bool, order: str, saved: dict[str, Any]) -> list[Row]:
+    """Each system on the set (config in `order`), and ours again on the reversed config when `permute`."""
     rows = []
+    values = data.values if order == "forward" else list(reversed(data.values))
     for name, system in systems.items():
         started = time.monotonic()
-        answers = system(data.config(data.values), data.items)
-        row = measure(name, data, answers, time.monotonic() - started)
+        answers = system(data.config(values), data.items)
+        seconds = time.monotonic() - started
+        saved[name] = {"order": order, "seconds": seconds, "answers": [vars(a) for a in answers]}
+        row = measure(name, data, answers, seconds)
         if permute and name == "ours":
-            reversed_values = list(reversed(data.values))
-            permuted = system(data.config(reversed_values), data.items)
-            row.changed = f"{changed_share(data, answers, permuted):.1%}"
-            again = measure(name, data, permuted, 0)
-            row.notes.append(
-                f"reversed order: accuracy {again.accuracy:.3f}, positions (config order) {again.positions}"
-            )
+            permuted = system(data.config(list(reversed(values))), data.items)
+            saved[name + " (other order)"] = {"order": "other", "answers": [vars(a) for a in permuted]}
+            permutation_row(data, row, permuted, answers)
         rows.append(row)
         logger.info("%s / %s done in %.0f s", data.name, name, time.monotonic() - started)
     return rows
+
+
+def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str) -> None:
+    """One table per set from runs saved by several processes (e.g. the two orders on two servers)."""
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    for name in dict.fromkeys(n for run in runs for n in run["sets"]):
+        size = next(run["sizes"][name] for run in runs if name in run["sets"])
+        seed = runs[0]["seed"]
+        data = builders[name][0](cache, python, size, seed)
+        found: dict[str, dict] = {}
+        for run in runs:
+            for system, saved in run["sets"].get(name, {}).items():
+                found[f"{system}/{saved['order']}"] = saved
+        rows = []
+        for key, saved in found.items():
+            system, order = key.split("/")
+            if order != "forward" or "(other order)" in system:
+                continue
+            answers = [Answer(**a) for a in saved["answers"]]
+            row = measure(system, data, answers, saved["seconds"])
+            other = found.get(f"{system}/reversed") or found.get(f"{system} (other order)/other")
+            if other:
+                permutation_row(data, row, [Answer(**a) for a in other["answers"]], answers)
+            rows.append(row)
+        print_rows(data, rows)
 
 
 def print_rows(data: DataSet, rows: list[Row]) -> None:
@@ -461,11 +496,17 @@ def main() -> None:
     parser.add_argument("--reasoning", default="", help="LLM_REASONING for our backend (on/off; empty: default)")
     parser.add_argument("--mode", default="auto", help="LLM_OUTPUT_MODE for our backend")
     parser.add_argument(
-        "--systems", nargs="+", default=["ours", "baseline"], choices=["ours", "baseline"],
+        "--systems",
+        nargs="+",
+        default=["ours", "baseline"],
+        choices=["ours", "baseline"],
         help="which systems to run (several processes on several servers can share the work)",
     )
     parser.add_argument("--no-permutation", action="store_true")
     parser.add_argument("--base-url", default="", help="use a running local model server instead of starting one")
+    parser.add_argument("--order", default="forward", choices=["forward", "reversed"], help="order of the choices")
+    parser.add_argument("--save", default="", help="write every answer to this JSON file (for --merge)")
+    parser.add_argument("--merge", nargs="+", default=[], help="print the tables of runs saved with --save")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -480,6 +521,10 @@ def main() -> None:
         "topics": (topic_set, args.topics),
         "entities": (entity_set, args.entities),
     }
+    if args.merge:
+        print("# Quality benchmark: our prompt vs an llm_interactive-style baseline (merged runs)")
+        merge(args.merge, builders, cache, python)
+        return
     sets = [builders[name][0](cache, python, builders[name][1], args.seed) for name in args.sets]
     server = None if args.base_url else LocalModelServer().start()
     try:
@@ -505,11 +550,15 @@ def main() -> None:
             f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
             "cache off, no examples"
         )
-        for data in sets:
+        record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {}}
+        for name, data in zip(args.sets, sets, strict=True):
             systems: dict[str, Callable] = {"ours": ours(env)} if "ours" in args.systems else {}
             if "baseline" in args.systems:
                 systems["llm_interactive style"] = baseline(client, model, data)
-            print_rows(data, run_set(data, systems, not args.no_permutation))
+            saved = record["sets"].setdefault(name, {})
+            print_rows(data, run_set(data, systems, not args.no_permutation, args.order, saved))
+            if args.save:
+                Path(args.save).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     finally:
         if server is not None:
             server.stop()
