@@ -44,7 +44,7 @@ import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -421,7 +421,9 @@ def permutation_row(data: DataSet, row: Row, permuted: list[Answer], answers: li
     )
 
 
-def run_set(data: DataSet, systems: dict[str, Callable], permute: bool, order: str, saved: dict[str, Any]) -> list[Row]:
+def run_set(
+    data: DataSet, systems: dict[str, Callable], permute: bool, order: str, saved: dict[str, Any], start: int = 0
+) -> list[Row]:
     """Each system on the set (config in `order`), and ours again on the reversed config when `permute`."""
     rows = []
     values = data.values if order == "forward" else list(reversed(data.values))
@@ -429,11 +431,11 @@ def run_set(data: DataSet, systems: dict[str, Callable], permute: bool, order: s
         started = time.monotonic()
         answers = system(data.config(values), data.items)
         seconds = time.monotonic() - started
-        saved[name] = {"order": order, "seconds": seconds, "answers": [vars(a) for a in answers]}
+        saved[name] = {"order": order, "start": start, "seconds": seconds, "answers": [vars(a) for a in answers]}
         row = measure(name, data, answers, seconds)
         if permute and name == "ours":
             permuted = system(data.config(list(reversed(values))), data.items)
-            saved[name + " (other order)"] = {"order": "other", "answers": [vars(a) for a in permuted]}
+            saved[name + " (other order)"] = {"order": "other", "start": start, "answers": [vars(a) for a in permuted]}
             permutation_row(data, row, permuted, answers)
         rows.append(row)
         logger.info("%s / %s done in %.0f s", data.name, name, time.monotonic() - started)
@@ -441,28 +443,42 @@ def run_set(data: DataSet, systems: dict[str, Callable], permute: bool, order: s
 
 
 def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str) -> None:
-    """One table per set from runs saved by several processes (e.g. the two orders on two servers)."""
+    """One table per set from runs saved by several processes (item ranges and orders on several servers).
+
+    Chunks of one system and order are put back together by their first item; the order
+    test compares the items both orders answered.
+    """
     runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     for name in dict.fromkeys(n for run in runs for n in run["sets"]):
         size = next(run["sizes"][name] for run in runs if name in run["sets"])
-        seed = runs[0]["seed"]
-        data = builders[name][0](cache, python, size, seed)
-        found: dict[str, dict] = {}
+        data = builders[name][0](cache, python, size, runs[0]["seed"])
+        chunks: dict[tuple[str, str], list[tuple[int, float, list[Answer]]]] = {}
         for run in runs:
             for system, saved in run["sets"].get(name, {}).items():
-                found[f"{system}/{saved['order']}"] = saved
+                order = "other" if saved["order"] in ("other", "reversed") else "forward"
+                key = (system.replace(" (other order)", ""), order)
+                answers = [Answer(**a) for a in saved["answers"]]
+                chunks.setdefault(key, []).append((saved.get("start", 0), saved.get("seconds", 0.0), answers))
+        joined: dict[tuple[str, str], tuple[float, list[Answer]]] = {}
+        for key, parts in chunks.items():
+            parts.sort(key=lambda part: part[0])
+            answers: list[Answer] = []
+            for start, _, part in parts:
+                assert start == len(answers), f"{name} {key}: items {len(answers)}..{start} missing"
+                answers += part
+            joined[key] = (sum(seconds for _, seconds, _ in parts), answers)
         rows = []
-        for key, saved in found.items():
-            system, order = key.split("/")
-            if order != "forward" or "(other order)" in system:
+        for (system, order), (seconds, answers) in joined.items():
+            if order != "forward":
                 continue
-            answers = [Answer(**a) for a in saved["answers"]]
-            row = measure(system, data, answers, saved["seconds"])
-            other = found.get(f"{system}/reversed") or found.get(f"{system} (other order)/other")
-            if other:
-                permutation_row(data, row, [Answer(**a) for a in other["answers"]], answers)
+            row = measure(system, replace(data, items=data.items[: len(answers)]), answers, seconds)
+            if (system, "other") in joined:
+                other = joined[(system, "other")][1]
+                n = min(len(other), len(answers))
+                permutation_row(replace(data, items=data.items[:n]), row, other[:n], answers[:n])
+                row.notes.append(f"order test on the first {n} tasks")
             rows.append(row)
-        print_rows(data, rows)
+        print_rows(replace(data, items=data.items[: max(len(a) for _, a in joined.values())]), rows)
 
 
 def print_rows(data: DataSet, rows: list[Row]) -> None:
@@ -505,6 +521,7 @@ def main() -> None:
     parser.add_argument("--no-permutation", action="store_true")
     parser.add_argument("--base-url", default="", help="use a running local model server instead of starting one")
     parser.add_argument("--order", default="forward", choices=["forward", "reversed"], help="order of the choices")
+    parser.add_argument("--items", default="", help="START:END, a slice of every set (default: all)")
     parser.add_argument("--save", default="", help="write every answer to this JSON file (for --merge)")
     parser.add_argument("--merge", nargs="+", default=[], help="print the tables of runs saved with --save")
     args = parser.parse_args()
@@ -526,6 +543,10 @@ def main() -> None:
         merge(args.merge, builders, cache, python)
         return
     sets = [builders[name][0](cache, python, builders[name][1], args.seed) for name in args.sets]
+    start, _, end = args.items.partition(":")
+    first = int(start or 0)
+    for data in sets:  # a slice of each set, e.g. to share one set between several servers
+        data.items = data.items[first : int(end) if end else None]
     server = None if args.base_url else LocalModelServer().start()
     try:
         base_url = args.base_url or server.base_url  # type: ignore[union-attr]
@@ -556,7 +577,7 @@ def main() -> None:
             if "baseline" in args.systems:
                 systems["llm_interactive style"] = baseline(client, model, data)
             saved = record["sets"].setdefault(name, {})
-            print_rows(data, run_set(data, systems, not args.no_permutation, args.order, saved))
+            print_rows(data, run_set(data, systems, not args.no_permutation, args.order, saved, first))
             if args.save:
                 Path(args.save).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     finally:
