@@ -511,6 +511,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoning", default="", help="LLM_REASONING for our backend (on/off; empty: default)")
     parser.add_argument("--mode", default="auto", help="LLM_OUTPUT_MODE for our backend")
+    parser.add_argument("--logprobs", default="auto", help="LLM_LOGPROBS for our backend (off: the fallback score)")
     parser.add_argument(
         "--systems",
         nargs="+",
@@ -565,10 +566,12 @@ def main() -> None:
         }
         if args.reasoning:
             env["LLM_REASONING"] = args.reasoning
+        env["LLM_LOGPROBS"] = args.logprobs
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
         print(f"- model: {model} on llama-cpp-python (local), temperature 0, one request at a time; seed {args.seed}")
         print(
             f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
+            f"LLM_LOGPROBS={args.logprobs}, "
             "cache off, no examples"
         )
         record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {}}
