@@ -243,9 +243,10 @@ def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
     """llm_interactive style: the annotator's one-line instruction, then the text, free answer."""
     if data.kind == "choices":
         return f"Classify the text into one of these categories: {', '.join(values)}.\n\nText: {text}"
+    # The format example matters: "as TYPE: entity" made the model write the word TYPE.
     return (
-        f"Extract the named entities from the text. Entity types: {', '.join(values)}. "
-        f"Answer one entity per line as TYPE: entity.\n\nText: {text}"
+        f"Extract the named entities from the text. Entity types: {', '.join(values)}. Write one entity per line, "
+        f"the type, a colon and the entity's words copied from the text, e.g.\n{values[0]}: John Smith\n\nText: {text}"
     )
 
 
