@@ -533,8 +533,12 @@ def main() -> None:
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"  # loopback needs no proxy
 
     started = time.monotonic()
-    paths = install(show_progress=True)
-    cache, python = Path(paths["cache"]), paths["python"]
+    if args.merge:  # tables only: no model, so no install; the data files are in the cache already
+        default = Path.home() / ".cache" / "llm-preannotation" / "local-model"
+        cache, python = Path(os.environ.get("LOCAL_MODEL_CACHE") or default), sys.executable
+    else:
+        paths = install(show_progress=True)
+        cache, python = Path(paths["cache"]), paths["python"]
     builders = {
         "sentiment": (sentiment_set, args.sentiment),
         "topics": (topic_set, args.topics),
