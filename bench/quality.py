@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import os
 import random
@@ -43,7 +44,7 @@ import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -242,9 +243,10 @@ def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
     """llm_interactive style: the annotator's one-line instruction, then the text, free answer."""
     if data.kind == "choices":
         return f"Classify the text into one of these categories: {', '.join(values)}.\n\nText: {text}"
+    # The format example matters: "as TYPE: entity" made the model write the word TYPE.
     return (
-        f"Extract the named entities from the text. Entity types: {', '.join(values)}. "
-        f"Answer one entity per line as TYPE: entity.\n\nText: {text}"
+        f"Extract the named entities from the text. Entity types: {', '.join(values)}. Write one entity per line, "
+        f"the type, a colon and the entity's words copied from the text, e.g.\n{values[0]}: John Smith\n\nText: {text}"
     )
 
 
@@ -411,23 +413,73 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def run_set(data: DataSet, systems: dict[str, Callable], permute: bool) -> list[Row]:
+def permutation_row(data: DataSet, row: Row, permuted: list[Answer], answers: list[Answer]) -> None:
+    """The choice-order test on `row`: share changed, and how the reversed run scored."""
+    row.changed = f"{changed_share(data, answers, permuted):.1%}"
+    again = measure(row.system, data, permuted, 0)
+    row.notes.append(
+        f"reversed order: accuracy {again.accuracy:.3f}, positions (original config order) {again.positions}"
+    )
+
+
+def run_set(
+    data: DataSet, systems: dict[str, Callable], permute: bool, order: str, saved: dict[str, Any], start: int = 0
+) -> list[Row]:
+    """Each system on the set (config in `order`), and ours again on the reversed config when `permute`."""
     rows = []
+    values = data.values if order == "forward" else list(reversed(data.values))
     for name, system in systems.items():
         started = time.monotonic()
-        answers = system(data.config(data.values), data.items)
-        row = measure(name, data, answers, time.monotonic() - started)
+        answers = system(data.config(values), data.items)
+        seconds = time.monotonic() - started
+        saved[name] = {"order": order, "start": start, "seconds": seconds, "answers": [vars(a) for a in answers]}
+        row = measure(name, data, answers, seconds)
         if permute and name == "ours":
-            reversed_values = list(reversed(data.values))
-            permuted = system(data.config(reversed_values), data.items)
-            row.changed = f"{changed_share(data, answers, permuted):.1%}"
-            again = measure(name, data, permuted, 0)
-            row.notes.append(
-                f"reversed order: accuracy {again.accuracy:.3f}, positions (config order) {again.positions}"
-            )
+            permuted = system(data.config(list(reversed(values))), data.items)
+            saved[name + " (other order)"] = {"order": "other", "start": start, "answers": [vars(a) for a in permuted]}
+            permutation_row(data, row, permuted, answers)
         rows.append(row)
         logger.info("%s / %s done in %.0f s", data.name, name, time.monotonic() - started)
     return rows
+
+
+def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str) -> None:
+    """One table per set from runs saved by several processes (item ranges and orders on several servers).
+
+    Chunks of one system and order are put back together by their first item; the order
+    test compares the items both orders answered.
+    """
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    for name in dict.fromkeys(n for run in runs for n in run["sets"]):
+        size = next(run["sizes"][name] for run in runs if name in run["sets"])
+        data = builders[name][0](cache, python, size, runs[0]["seed"])
+        chunks: dict[tuple[str, str], list[tuple[int, float, list[Answer]]]] = {}
+        for run in runs:
+            for system, saved in run["sets"].get(name, {}).items():
+                order = "other" if saved["order"] in ("other", "reversed") else "forward"
+                key = (system.replace(" (other order)", ""), order)
+                answers = [Answer(**a) for a in saved["answers"]]
+                chunks.setdefault(key, []).append((saved.get("start", 0), saved.get("seconds", 0.0), answers))
+        joined: dict[tuple[str, str], tuple[float, list[Answer]]] = {}
+        for key, parts in chunks.items():
+            parts.sort(key=lambda part: part[0])
+            answers: list[Answer] = []
+            for start, _, part in parts:
+                assert start == len(answers), f"{name} {key}: items {len(answers)}..{start} missing"
+                answers += part
+            joined[key] = (sum(seconds for _, seconds, _ in parts), answers)
+        rows = []
+        for (system, order), (seconds, answers) in joined.items():
+            if order != "forward":
+                continue
+            row = measure(system, replace(data, items=data.items[: len(answers)]), answers, seconds)
+            if (system, "other") in joined:
+                other = joined[(system, "other")][1]
+                n = min(len(other), len(answers))
+                permutation_row(replace(data, items=data.items[:n]), row, other[:n], answers[:n])
+                row.notes.append(f"order test on the first {n} tasks")
+            rows.append(row)
+        print_rows(replace(data, items=data.items[: max(len(a) for _, a in joined.values())]), rows)
 
 
 def print_rows(data: DataSet, rows: list[Row]) -> None:
@@ -460,12 +512,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoning", default="", help="LLM_REASONING for our backend (on/off; empty: default)")
     parser.add_argument("--mode", default="auto", help="LLM_OUTPUT_MODE for our backend")
+    parser.add_argument("--logprobs", default="auto", help="LLM_LOGPROBS for our backend (off: the fallback score)")
     parser.add_argument(
-        "--systems", nargs="+", default=["ours", "baseline"], choices=["ours", "baseline"],
+        "--systems",
+        nargs="+",
+        default=["ours", "baseline"],
+        choices=["ours", "baseline"],
         help="which systems to run (several processes on several servers can share the work)",
     )
     parser.add_argument("--no-permutation", action="store_true")
     parser.add_argument("--base-url", default="", help="use a running local model server instead of starting one")
+    parser.add_argument("--order", default="forward", choices=["forward", "reversed"], help="order of the choices")
+    parser.add_argument("--items", default="", help="START:END, a slice of every set (default: all)")
+    parser.add_argument("--save", default="", help="write every answer to this JSON file (for --merge)")
+    parser.add_argument("--merge", nargs="+", default=[], help="print the tables of runs saved with --save")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -473,14 +533,26 @@ def main() -> None:
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"  # loopback needs no proxy
 
     started = time.monotonic()
-    paths = install(show_progress=True)
-    cache, python = Path(paths["cache"]), paths["python"]
+    if args.merge:  # tables only: no model, so no install; the data files are in the cache already
+        default = Path.home() / ".cache" / "llm-preannotation" / "local-model"
+        cache, python = Path(os.environ.get("LOCAL_MODEL_CACHE") or default), sys.executable
+    else:
+        paths = install(show_progress=True)
+        cache, python = Path(paths["cache"]), paths["python"]
     builders = {
         "sentiment": (sentiment_set, args.sentiment),
         "topics": (topic_set, args.topics),
         "entities": (entity_set, args.entities),
     }
+    if args.merge:
+        print("# Quality benchmark: our prompt vs an llm_interactive-style baseline (merged runs)")
+        merge(args.merge, builders, cache, python)
+        return
     sets = [builders[name][0](cache, python, builders[name][1], args.seed) for name in args.sets]
+    start, _, end = args.items.partition(":")
+    first = int(start or 0)
+    for data in sets:  # a slice of each set, e.g. to share one set between several servers
+        data.items = data.items[first : int(end) if end else None]
     server = None if args.base_url else LocalModelServer().start()
     try:
         base_url = args.base_url or server.base_url  # type: ignore[union-attr]
@@ -499,17 +571,23 @@ def main() -> None:
         }
         if args.reasoning:
             env["LLM_REASONING"] = args.reasoning
+        env["LLM_LOGPROBS"] = args.logprobs
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
         print(f"- model: {model} on llama-cpp-python (local), temperature 0, one request at a time; seed {args.seed}")
         print(
             f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
+            f"LLM_LOGPROBS={args.logprobs}, "
             "cache off, no examples"
         )
-        for data in sets:
+        record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {}}
+        for name, data in zip(args.sets, sets, strict=True):
             systems: dict[str, Callable] = {"ours": ours(env)} if "ours" in args.systems else {}
             if "baseline" in args.systems:
                 systems["llm_interactive style"] = baseline(client, model, data)
-            print_rows(data, run_set(data, systems, not args.no_permutation))
+            saved = record["sets"].setdefault(name, {})
+            print_rows(data, run_set(data, systems, not args.no_permutation, args.order, saved, first))
+            if args.save:
+                Path(args.save).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     finally:
         if server is not None:
             server.stop()

@@ -1,8 +1,13 @@
-"""Chat messages for one task: one part per text/control pair, one JSON answer for all.
+"""Chat messages for one task: a system part per config, a user part per task, one JSON answer for all.
 
 One call per task covers every control of the task (ModelScope's free tier counts
 calls), and the reply is a single JSON object keyed by control name so that the
-parser can tie every answer to its control.
+parser can tie every answer to its control. The system part (`system_prompt`) holds
+everything that depends only on the config and the project, so it is identical for
+every task (a prefix servers can reuse, and that several tasks can share); the user
+part (`task_prompt`) holds the task's examples and text, last. Both speak the task
+text's language (`prompt_language`). Allowed values are listed one per line with their
+hints, never as an array to copy from: see bench/RESULTS.md for the position-bias figures.
 """
 
 from __future__ import annotations

@@ -49,15 +49,16 @@ class LabelsHandler:
     def instruction(self, target: Target, lang: Lang) -> str:
         head = say(
             lang,
-            "find every mention of these types in the text; copy each mention's words exactly "
-            "as written in the text (never a type name); [] when there is none:",
-            "找出文本中下列类型的每一处提及，text 逐字照抄原文（不要写类型名）；没有则为 []：",
+            "list every entity of these types in the text, one item each: its name exactly as written "
+            "in the text (a name, never a whole sentence, never a type name); [] when there is none:",
+            "列出文本中下列类型的每一个实体，每个一项：text 为原文中的实体名称"
+            "（逐字照抄；只写名称，不要整句，不要写类型名）；没有则为 []：",
         )
         return f"{head}\n{options_block(target)}"
 
     def answer_format(self, target: Target, lang: Lang) -> str:
-        en = '[{"text": "<words from the text>", "label": "<type>"}]'
-        return say(lang, en, '[{"text": "<原文片段>", "label": "<类型>"}]')
+        en = '[{"text": "<entity name>", "label": "<type>"}, ...]'
+        return say(lang, en, '[{"text": "<实体名称>", "label": "<类型>"}, ...]')
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         item = {
