@@ -30,6 +30,24 @@ MODEL_ALIAS="qwen2.5-coder-0.5b-instruct-q4_k_m"
 MODEL_SIZE=491400064
 MODEL_SHA256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
+# x86-64: the CPU's own vector extensions, but never AMX. A native build (-march=native) turns on
+# ggml's AMX kernels wherever the CPU lists amx_*; on the VMs here the first `ldtilecfg` then dies
+# with a general protection fault (seen: every generation crashed the server). So the native
+# switch is off and each extension the kernel reports is enabled by name instead.
+x86_feature_args() {
+  local flags arg
+  flags=" $(grep -m1 -E '^flags[[:space:]]*:' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+  printf '%s' "-DGGML_NATIVE=OFF"
+  for arg in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI avx512f:AVX512 \
+    avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+    case "$flags" in *" ${arg%%:*} "*) printf ' %s' "-DGGML_${arg#*:}=ON" ;; esac
+  done
+  printf ' %s' "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+}
+if [ "$(uname -m)" = "x86_64" ]; then
+  LLAMA_CMAKE_ARGS="$LLAMA_CMAKE_ARGS $(x86_feature_args)"
+fi
+
 # Which CPU a native build is valid for: architecture plus the kernel's list of CPU features.
 cpu_key() {
   { uname -m; grep -m1 -E '^(flags|Features)[[:space:]]*:' /proc/cpuinfo 2>/dev/null || true; } \
@@ -39,7 +57,8 @@ cpu_key() {
 CACHE="${LOCAL_MODEL_CACHE:-$HOME/.cache/llm-preannotation/local-model}"
 VENV="$CACHE/venv"
 CPU_KEY="$(uname -m)-$(cpu_key)"
-WHEEL_DIR="$CACHE/wheels/$CPU_KEY"
+# Keyed by the build flags too: a wheel built with other flags is another wheel.
+WHEEL_DIR="$CACHE/wheels/$CPU_KEY-$(printf '%s' "$LLAMA_CMAKE_ARGS" | cksum | cut -d' ' -f1)"
 MODEL="$CACHE/$MODEL_FILE_NAME"
 MARKER="$CACHE/ready"
 INSTALLED_WHEEL="$VENV/installed-wheel"  # which cached wheel the venv holds
