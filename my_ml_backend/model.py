@@ -66,8 +66,8 @@ class NewModel(LabelStudioMLBase):
         self.guidance = guidance_from_params(base, self.extra_params)
         count = self._count()
         self.form = self._form(count)
-        if self.form.k:
-            self._live()  # starts building the index in the background: /setup does not wait
+        if self.form.k:  # build the index in the background, from just after /setup has answered
+            live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=0.5)
         examples = self.shots if self.store is not None else None
         self.predictor = build_predictor(self.label_config, self.settings, self.guidance, examples, count, self.form)
         self.model_version = self.predictor.model_version

@@ -24,7 +24,7 @@ from typing import Any
 from ..labeling.prompts import PromptGuidance, build_prompt
 from ..labeling.schema import LabelingSchema
 from .examples import Example
-from .index import ExampleIndex, diverse_choice, example_size
+from .index import ExampleIndex, diverse_choice
 
 STYLES = ("block", "chat", "labels")
 
@@ -58,12 +58,11 @@ def choose(index: ExampleIndex | None, texts: dict[str, str], form: Form, budget
     if index is None or form.k <= 0:
         return []
     if form.style == "labels":
-        ranked = index.per_label(texts, form.k, exclude_task=task_id)
         chosen, used = [], 0
-        for _, example in ranked:  # best first: the least similar are dropped when over budget
-            if used + example_size(example) <= budget_chars:
-                chosen.append(example)
-                used += example_size(example)
+        for hit in index.per_label(texts, form.k, exclude_task=task_id):  # best first: the least similar
+            if used + hit.size <= budget_chars:  # are dropped when over budget
+                chosen.append(hit.example)
+                used += hit.size
         return chosen[::-1]
     chosen = diverse_choice(index.ranked(texts, exclude_task=task_id), form.k, budget_chars)
     return chosen if form.style == "block" else chosen[::-1]
