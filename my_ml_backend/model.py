@@ -24,7 +24,7 @@ from .engine import build_predictor, choose_form, schema_for
 from .labeling.prompts import PromptGuidance, context_instruction, guidance_from_params
 from .learning import autotune
 from .learning.events import examples_bucket, record_event, resync
-from .learning.index import LiveIndex, live_index
+from .learning.live import LiveIndex, live_index
 from .learning.retrieval import Form, Shots
 from .learning.store import open_example_store
 from .settings import load_settings

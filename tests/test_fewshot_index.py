@@ -12,7 +12,8 @@ import pytest
 
 from my_ml_backend.learning.events import record_event
 from my_ml_backend.learning.examples import Example
-from my_ml_backend.learning.index import ExampleIndex, LiveIndex
+from my_ml_backend.learning.index import ExampleIndex
+from my_ml_backend.learning.live import LiveIndex
 from my_ml_backend.learning.retrieval import Form, Shots, choose
 from my_ml_backend.learning.store import RedisExampleStore, SQLiteExampleStore
 from tests import store_writer
@@ -78,9 +79,9 @@ class SlowStore(SQLiteExampleStore):
 
     release = threading.Event()
 
-    def snapshot(self, project: str) -> tuple[int, list]:
+    def raw_snapshot(self, project: str) -> tuple[int, list]:
         self.release.wait(30)
-        return super().snapshot(project)
+        return super().raw_snapshot(project)
 
 
 def test_building_the_index_never_blocks_the_caller(tmp_path: Path) -> None:

@@ -19,10 +19,7 @@ of each task is shown (a re-annotated task shows its latest answer); an updated 
 deleted annotation's row is retired (not shown) and the matrix is compacted when half
 of it is retired. New rows go to a small tail block merged into the main one in bulk.
 
-`LiveIndex` keeps one such index in step with the store: built in a background thread
-(so `/setup` never waits for it), then refreshed from the store's change counter
-before each batch and after each webhook, which also catches what other worker
-processes and replicas wrote.
+`learning.live` keeps one such index per project in step with the store.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -39,7 +35,7 @@ import scipy.sparse as sp
 
 from ..labeling.schema import LabelingSchema
 from .examples import Example, example_from_annotation
-from .store import ExampleStore, StoredAnnotation
+from .store import StoredAnnotation
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +110,7 @@ class ExampleIndex:
         self._updated: list[float] = []
         self._labels = np.zeros(0, dtype=np.int32)  # label code per row, for label balance
         self._label_codes: dict[str, int] = {}
+        self._answers: dict[str, tuple[str, dict]] = {}  # one signature string and answers dict per distinct answer
         self._alive = np.zeros(0, dtype=bool)  # the row is the annotation's current version
         self._shown = np.zeros(0, dtype=bool)  # ... and the newest of its task, with a usable example
         self._by_annotation: dict[int, int] = {}
@@ -146,8 +143,11 @@ class ExampleIndex:
 
     # -- updates ------------------------------------------------------------------------
 
-    def apply(self, stored: Sequence[StoredAnnotation], removed: Iterable[int] = ()) -> None:
-        """Rows written (new or changed annotations) and annotation ids deleted, in one step."""
+    def apply(self, stored: Sequence[StoredAnnotation], removed: Iterable[int] = (), merge: bool = True) -> None:
+        """Rows written (new or changed annotations) and annotation ids deleted, in one step.
+
+        `merge=False` leaves new rows in the tail block (a bulk load merges once, at its end).
+        """
         assert self.schema is not None or not stored, "reading annotations needs the labeling config"
         rows = []
         for item in stored:
@@ -157,7 +157,7 @@ class ExampleIndex:
             rows.append((item.annotation_id, item.task_id, item.updated, example))
         with self._lock:
             touched = {self._retire(a) for a in removed} | {self._retire(r[0]) for r in rows}
-            self._add(rows)
+            self._add(rows, merge)
             for task in touched - {None}:
                 self._choose_shown(task)
             if len(self._examples) > 1000 and self._alive.sum() < len(self._examples) / 2:
@@ -172,7 +172,7 @@ class ExampleIndex:
         self._by_task[task].discard(row)
         return task
 
-    def _add(self, rows: Sequence[tuple[int, int, float, Example | None]]) -> None:
+    def _add(self, rows: Sequence[tuple[int, int, float, Example | None]], merge: bool = True) -> None:
         if not rows:
             return
         start = len(self._examples)
@@ -185,8 +185,12 @@ class ExampleIndex:
         self._shown = np.concatenate([self._shown, np.zeros(len(rows), dtype=bool)])
         codes = []
         for n, (annotation, task, updated, example) in enumerate(rows, start=start):
+            sig = ""
+            if example is not None:  # equal answers share one object (100,000 examples, a few labels)
+                sig, answers = self._answers.setdefault(signature(example), (signature(example), example.answers))
+                example = Example(example.task_id, example.texts, answers)
             self._examples.append(example)
-            self._signatures.append(signature(example) if example else "")
+            self._signatures.append(sig)
             self._tasks.append(task)
             self._updated.append(updated)
             label = label_of(example, self.schema) if example else ""
@@ -197,9 +201,15 @@ class ExampleIndex:
         for task in {r[1] for r in rows}:
             self._choose_shown(task)
         tail = sum(m.shape[0] for m in self._tail_rows)
-        if tail >= max(MERGE_MIN, self._main.shape[0] // 10):
-            self._main = sp.vstack([self._main, *self._tail_rows], format="csc")
-            self._tail_rows = []
+        if merge and tail >= max(MERGE_MIN, self._main.shape[0] // 10):
+            self.merge()
+
+    def merge(self) -> None:
+        """Move the tail block's rows into the main block."""
+        with self._lock:
+            if self._tail_rows:
+                self._main = sp.vstack([self._main, *self._tail_rows], format="csc")
+                self._tail_rows, self._tail = [], None
 
     def _choose_shown(self, task: int) -> None:
         """Only the newest annotation of a task is shown (ties: the later row, as the store's id order)."""
@@ -308,79 +318,3 @@ def diverse_choice(ranked: Sequence[Hit], k: int, budget_chars: int) -> list[Exa
             seen.add(hit.signature)
             used += hit.size
     return [ranked[n].example for n in chosen]
-
-
-class LiveIndex:
-    """An `ExampleIndex` kept in step with the store by its change counter; built in the background."""
-
-    def __init__(
-        self, store: ExampleStore, project: str, schema: LabelingSchema, max_chars: int, delay: float = 0.0
-    ) -> None:
-        self.store = store
-        self.project = project
-        self.index = ExampleIndex(schema, max_chars)
-        self.version = -1  # not loaded yet
-        self._ready = threading.Event()
-        self._sync = threading.Lock()
-        self._delay = delay
-        self._thread = threading.Thread(target=self._build, name=f"example-index-{project}", daemon=True)
-        self._thread.start()
-
-    def _build(self) -> None:
-        time.sleep(self._delay)  # let the request that asked for it (/setup) answer first: the build holds the GIL
-        started = time.monotonic()
-        try:
-            version, items = self.store.snapshot(self.project)
-            self.index.apply(items)
-            self.version = version
-            logger.info(
-                "示例索引已建立 (example index built): project %s, %d annotations, %d shown, %.2f s",
-                self.project, len(items), len(self.index), time.monotonic() - started,
-            )
-        except Exception as exc:  # noqa: BLE001 - predictions go on without examples; retried on next use
-            logger.warning("建立示例索引失败 (cannot build the example index): %s", exc)
-        finally:
-            self._ready.set()
-
-    def current(self, wait: float = 60.0) -> ExampleIndex | None:
-        """The index, refreshed from the store; None when it is not built within `wait` seconds."""
-        if not self._ready.wait(wait):
-            logger.warning("示例索引尚未建好，本批不使用示例 (example index not ready yet)")
-            return None
-        self.refresh()
-        return self.index if self.version >= 0 else None
-
-    def refresh(self) -> None:
-        """Apply what changed in the store since our version (our own writes and other processes')."""
-        if not self._ready.is_set():
-            return
-        with self._sync:
-            try:
-                if self.version < 0:  # the first build failed: try once more
-                    version, items = self.store.snapshot(self.project)
-                    self.index.apply(items)
-                    self.version = version
-                    return
-                if self.store.version(self.project) == self.version:
-                    return
-                changes = self.store.changes(self.project, self.version)
-                self.index.apply(changes.stored, changes.removed)
-                self.version = changes.version
-            except Exception as exc:  # noqa: BLE001 - a store hiccup keeps the last index
-                logger.warning("刷新示例索引失败 (cannot refresh the example index): %s", exc)
-
-
-_live: dict[tuple[str, str, str, int], LiveIndex] = {}
-_live_lock = threading.Lock()
-
-
-def live_index(
-    store: ExampleStore, project: str, schema: LabelingSchema, max_chars: int, delay: float = 0.0
-) -> LiveIndex:
-    """The process's index of this project under this config (its build started on first use, after `delay` s)."""
-    key = (store.description, project, schema.config_hash, max_chars)
-    with _live_lock:
-        found = _live.get(key)
-        if found is None:
-            found = _live[key] = LiveIndex(store, project, schema, max_chars, delay)
-        return found

@@ -82,6 +82,8 @@ class ExampleStore(Protocol):
 
     def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]: ...
 
+    def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]: ...
+
     def version(self, project: str) -> int: ...
 
     def count(self, project: str) -> int: ...
@@ -168,6 +170,11 @@ class SQLiteExampleStore:
 
     def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]:
         """The version and every row, read in one transaction (so they agree)."""
+        version, rows = self.raw_snapshot(project)
+        return version, [StoredAnnotation.loads(a, p) for a, p in rows]
+
+    def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]:
+        """Like `snapshot`, rows not parsed yet: (annotation id, payload); a big project is parsed in chunks."""
         with self._db.connect() as conn:
             conn.execute("BEGIN")
             try:
@@ -177,7 +184,7 @@ class SQLiteExampleStore:
                 ).fetchall()
             finally:
                 conn.execute("COMMIT")
-        return version, [StoredAnnotation.loads(a, p) for a, p in rows]
+        return version, rows
 
     @staticmethod
     def _version(conn: Any, project: str) -> int:
@@ -280,11 +287,14 @@ class RedisExampleStore:
         return self.snapshot(project)[1]
 
     def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]:
+        version, rows = self.raw_snapshot(project)
+        return version, [StoredAnnotation.loads(a, p) for a, p in rows]
+
+    def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]:
         rows, version = self._redis.pipeline(transaction=True).hgetall(self._keys(project)[0]).get(
             self._keys(project)[1]
         ).execute()
-        items = sorted((StoredAnnotation.loads(int(k), v) for k, v in rows.items()), key=lambda s: s.annotation_id)
-        return int(version or 0), items
+        return int(version or 0), sorted((int(k), v) for k, v in rows.items())
 
     def version(self, project: str) -> int:
         return int(self._redis.get(self._keys(project)[1]) or 0)
