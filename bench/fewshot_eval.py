@@ -211,10 +211,17 @@ def main() -> int:
             loader.stop()
         print("| run | accuracy | answered | confusion (gold -> predicted) | API requests | cache hits | time |")
         print("|---|---|---|---|---|---|---|", flush=True)
-        for form in args.forms:
+        # Zero-shot first, then auto (the required comparison), then the other forms.
+        first = [f for f in args.forms if f == "0"]
+        for form in first:
             print(run_form(server, work, form, test), flush=True)
-        if not args.no_auto:
-            print("\n".join(run_auto(server, work, test, args.eval_calls)), flush=True)
+        notes = [] if args.no_auto else run_auto(server, work, test, args.eval_calls)
+        if notes:
+            print(notes[0], flush=True)
+        for form in args.forms:
+            if form not in first:
+                print(run_form(server, work, form, test), flush=True)
+        print("\n".join(notes[1:]), flush=True)
     return 0
 
 

@@ -3,7 +3,8 @@
 A model HURT by examples answers right without them and wrong with them; a model HELPED
 by examples does the opposite. The backend, measuring on the project's own annotations
 (sent as webhooks), must choose zero-shot for the first and a form with examples for the
-second, say so in /metrics, and predict accordingly. An explicit count is obeyed as given.
+second, say so in /metrics, predict accordingly, and keep the choice across a restart.
+An explicit count is obeyed as given.
 """
 
 from __future__ import annotations
@@ -126,34 +127,23 @@ def test_auto_chooses_from_the_projects_own_annotations(
         predictions = backend.predict(CONFIG, [{"id": 999, "data": {"text": NEW_TASK}}], PROJECT)
         sent = llm.requests[-1]["body"]["messages"]
         assert predictions[0]["result"][0]["value"]["choices"] == ["正面"]  # the better choice was made
-        if examples_help:
-            assert k > 0 and 'form="0"' not in gauge and shows_examples(sent)
-            assert setup(backend) != zero_shot
-        else:
-            assert k == 0 and 'form="0"' in gauge and not shows_examples(sent)
-            assert setup(backend) == zero_shot  # no examples shown: no new version, no re-prediction
-    finally:
-        backend.stop()
-
-
-def test_the_choice_is_kept_for_other_workers_and_restarts(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
-    llm.set_responder(scripted(examples_help=True))
-    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40")
-    try:
-        setup(backend)
-        annotate(backend)
-        settle(backend, llm)
         version = setup(backend)
+        if examples_help:
+            assert k > 0 and 'form="0"' not in gauge and shows_examples(sent) and version != zero_shot
+        else:  # no examples shown: no new version, no re-prediction
+            assert k == 0 and 'form="0"' in gauge and not shows_examples(sent) and version == zero_shot
     finally:
         backend.stop()
+
+    # The choice is kept in the store: another worker, or this one restarted, uses it without new calls.
     calls = llm.chat_calls
     restarted = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40")
     try:
-        assert setup(restarted) == version  # read from the store: same choice, same version
+        assert setup(restarted) == version
         time.sleep(1)
-        assert llm.chat_calls == calls  # and no new evaluation spent calls
+        assert llm.chat_calls == calls
         restarted.predict(CONFIG, [{"id": 999, "data": {"text": NEW_TASK}}], PROJECT)
-        assert shows_examples(llm.requests[-1]["body"]["messages"])
+        assert shows_examples(llm.requests[-1]["body"]["messages"]) == examples_help
     finally:
         restarted.stop()
 
