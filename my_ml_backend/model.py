@@ -67,7 +67,7 @@ class NewModel(LabelStudioMLBase):
         count = self._count()
         self.form = self._form(count)
         if self.form.k:  # build the index in the background, from just after /setup has answered
-            live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=0.5)
+            live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=2.0)
         examples = self.shots if self.store is not None else None
         self.predictor = build_predictor(self.label_config, self.settings, self.guidance, examples, count, self.form)
         self.model_version = self.predictor.model_version

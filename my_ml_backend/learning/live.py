@@ -33,11 +33,12 @@ class LiveIndex:
         self._ready = threading.Event()
         self._sync = threading.Lock()
         self._delay = delay
+        self._go = threading.Event()  # set by the first use: build now, do not wait out the delay
         self._thread = threading.Thread(target=self._build, name=f"example-index-{project}", daemon=True)
         self._thread.start()
 
     def _build(self) -> None:
-        time.sleep(self._delay)  # let the request that asked for it (/setup) answer first: the build holds the GIL
+        self._go.wait(self._delay)  # let the request that asked for it (/setup) answer first: the build holds the GIL
         started = time.monotonic()
         try:
             version, rows = self.store.raw_snapshot(self.project)
@@ -60,6 +61,7 @@ class LiveIndex:
 
     def current(self, wait: float = 60.0) -> ExampleIndex | None:
         """The index, refreshed from the store; None when it is not built within `wait` seconds."""
+        self._go.set()
         if not self._ready.wait(wait):
             logger.warning("示例索引尚未建好，本批不使用示例 (example index not ready yet)")
             return None
