@@ -10,8 +10,9 @@ ENV PYTHONUNBUFFERED=1 \
     LOG_DIR=/data/logs
 
 WORKDIR /app
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+COPY requirements.txt overrides.txt ./
+# overrides.txt: the current Flask/Werkzeug/Jinja2 stack instead of label-studio-ml 1.0.9's 2021 pins.
+RUN pip install "uv>=0.5,<1" && uv pip install --system -r requirements.txt --override overrides.txt
 COPY my_ml_backend ./my_ml_backend
 COPY examples ./examples
 COPY check_modelscope_env.py test_openai_client.py test_modelscope_text.py test_ml_backend.py ./

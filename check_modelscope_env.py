@@ -15,6 +15,7 @@ import sys
 from urllib.parse import urlparse
 
 from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, settings_from_env
+from my_ml_backend.server.stack import web_stack
 from my_ml_backend.telemetry.logs import mask
 
 PACKAGES = {
@@ -45,6 +46,19 @@ def check_packages(report: Report) -> None:
         except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
             reason = f"{type(exc).__name__}: {exc}"
             report.fail(f"{dist}: 无法导入 (cannot import: {reason}); pip install -r requirements.txt")
+
+
+def check_web_stack(report: Report) -> None:
+    """Versions of the web stack against the advisories they fix (label-studio-ml pins 2021 releases)."""
+    for dist, installed, floor, ok in web_stack():
+        if ok:
+            report.ok(f"{dist} {installed} (>= {floor.minimum})")
+        else:
+            report.warn(
+                f"{dist} {installed or '未安装 (not installed)'}: 低于 {floor.minimum}，有已公开漏洞 "
+                f"(older than {floor.minimum}: {floor.advisories}); "
+                "用 scripts/setup_venv.sh 或 `uv pip install -r requirements.txt --override overrides.txt` 安装"
+            )
 
 
 def check_env(report: Report, settings) -> None:  # noqa: ANN001
@@ -91,6 +105,7 @@ def main() -> int:
     report = Report()
     check_python(report)
     check_packages(report)
+    check_web_stack(report)
     settings = settings_from_env()
     print(f"   {describe(settings)}")
     check_env(report, settings)

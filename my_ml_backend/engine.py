@@ -30,8 +30,17 @@ from .versioning import model_version
 EMPTY_CONFIG = "<View></View>"
 
 
+CACHED_CONFIG_CHARS = 50_000  # larger configs (~80 B of RAM per char parsed) are not kept by the parse cache
+
+
 def schema_for(label_config: str | None) -> LabelingSchema:
-    """The parsed config (cached per config text)."""
+    """The parsed config (cached per config text, up to CACHED_CONFIG_CHARS).
+
+    A large config stays parsed only as long as the server's model registry keeps its
+    model: the 64-entry parse cache would otherwise hold any number of them.
+    """
+    if label_config and len(label_config) > CACHED_CONFIG_CHARS:
+        return parse_schema.__wrapped__(label_config, OBJECT_TAGS)
     return parse_schema(label_config or EMPTY_CONFIG, OBJECT_TAGS)
 
 
@@ -49,7 +58,7 @@ def build_predictor(
     the form they are shown in; the batch that follows uses them.
     """
     schema = schema_for(label_config)
-    guidance = guidance or PromptGuidance(settings.instructions, settings.output_language)
+    guidance = guidance or PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
     form = form or Form(settings.fewshot_k, settings.fewshot_form)
     bucket = examples_bucket(count) if examples is not None and form.k else 0
     version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket, form.name)

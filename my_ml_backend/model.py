@@ -62,7 +62,7 @@ class NewModel(LabelStudioMLBase):
         self.settings = load_settings()
         self.schema = schema_for(self.label_config)
         self.store = open_example_store(self.settings) if self.settings.fewshot_enabled and self.project_id else None
-        base = PromptGuidance(self.settings.instructions, self.settings.output_language)
+        base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
         self.guidance = guidance_from_params(base, self.extra_params)
         count = self._count()
         self.form = self._form(count)

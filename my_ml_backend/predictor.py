@@ -192,10 +192,12 @@ class Predictor:
                 task.get("id"), name, self.settings.max_input_chars,
             )
         inputs = inputs or self.prompt_inputs()
+        # With logprobs the score comes from them: no self-reported confidence to ask for and pay.
+        confidence = not self.client.logprobs
         if inputs.shots is not None:
-            messages = inputs.shots.messages(self.schema, texts, inputs.guidance, task.get("id"))
+            messages = inputs.shots.messages(self.schema, texts, inputs.guidance, task.get("id"), confidence)
         else:
-            messages = build_prompt(self.schema, texts, inputs.guidance)
+            messages = build_prompt(self.schema, texts, inputs.guidance, confidence=confidence)
         wanted = wanted_targets(self.schema, texts)
         logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
         logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
@@ -208,7 +210,7 @@ class Predictor:
 
         reply = self.client.chat(
             messages,
-            answer_schema(self.schema, texts),
+            answer_schema(self.schema, texts, inputs.guidance.reasoning, confidence),
             deadline=deadline,
             accept=worth_caching,
             tally=stats.calls if stats is not None else None,
@@ -219,7 +221,9 @@ class Predictor:
             ", cached" if reply.cached else "", reply.text,
         )
         answers = parse_reply(reply.text, names, extras=(CONFIDENCE_KEY,))
-        results, answered = build_results(self.schema, answers, texts, lambda v: region_confidence(reply.tokens, v))
+        results, answered = build_results(
+            self.schema, answers, texts, lambda name, value: region_confidence(reply.tokens, value, name)
+        )
         if not results:
             logger.debug("Task %s: no valid answer in reply", task.get("id"))
         coverage = answered / len(wanted) if wanted else 0.0

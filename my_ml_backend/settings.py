@@ -107,8 +107,15 @@ class Settings:
     fewshot_max_chars: int = 1500  # FEWSHOT_MAX_CHARS: prompt budget for them (~1 token per CJK char)
     instructions: str = ""  # LLM_INSTRUCTIONS or the PROMPT_FILE's text: added to every prompt
     output_language: str = ""  # LLM_OUTPUT_LANGUAGE: language of free-text answers
+    reasoning: bool = False  # LLM_REASONING=on: the model writes a short reason before its answers
     label_studio_url: str | None = None  # LABEL_STUDIO_URL: lets START_TRAINING re-read annotations
     label_studio_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY
+    # Bounds on what a client can make the server hold (see README "暴露与安全 / Exposure and security").
+    max_request_bytes: int = 100 * 1024 * 1024  # MAX_REQUEST_MB: larger bodies get a 413 before being read
+    max_config_chars: int = 1_000_000  # MAX_CONFIG_CHARS: one labeling config
+    model_cache_chars: int = 4_000_000  # MODEL_CACHE_CHARS: configs kept parsed per worker (~80 B of RAM per char)
+    max_instructions_chars: int = 20_000  # MAX_INSTRUCTIONS_CHARS: a project's ML extra params (instructions)
+    predict_slots: int | None = None  # PREDICT_SLOTS: concurrent /predict per worker; None = unbounded
 
     @property
     def has_api_key(self) -> bool:
@@ -165,8 +172,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fewshot_max_chars=max(0, _int(env, "FEWSHOT_MAX_CHARS", 1500)),
         instructions=_instructions(env),
         output_language=env.get("LLM_OUTPUT_LANGUAGE", "").strip(),
+        reasoning=_bool(env, "LLM_REASONING"),
         label_studio_url=env.get("LABEL_STUDIO_URL", "").strip().rstrip("/") or None,
         label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip() or None,
+        max_request_bytes=max(1, int((_float(env, "MAX_REQUEST_MB", 100.0) or 100.0) * 1024 * 1024)),
+        max_config_chars=max(1000, _int(env, "MAX_CONFIG_CHARS", 1_000_000)),
+        model_cache_chars=max(1000, _int(env, "MODEL_CACHE_CHARS", 4_000_000)),
+        max_instructions_chars=max(0, _int(env, "MAX_INSTRUCTIONS_CHARS", 20_000)),
+        predict_slots=_int(env, "PREDICT_SLOTS", 0) or None,
     )
 
 

@@ -10,5 +10,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
-"$VENV/bin/python" -m pip install --quiet -r "$ROOT/${1:-requirements.txt}"
+# uv applies overrides.txt: the current Flask/Werkzeug/Jinja2 stack instead of label-studio-ml 1.0.9's 2021 pins.
+"$VENV/bin/python" -m pip install --quiet "uv>=0.5,<1"
+"$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" \
+  -r "$ROOT/${1:-requirements.txt}" --override "$ROOT/overrides.txt"
 export PATH="$VENV/bin:$PATH"

@@ -55,7 +55,8 @@ def free_port() -> int:
 class Backend:
     """Our backend started as Label Studio users start it (`python my_ml_backend/_wsgi.py`)."""
 
-    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+    def __init__(self, env: dict[str, str], tmp: Path, gunicorn: list[str] | None = None) -> None:
+        """`gunicorn`: serve with gunicorn and these extra options (e.g. `--workers 2 --threads 8`)."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,8 +66,13 @@ class Backend:
         full_env.update({"LOG_DIR": str(self.log_dir), "DATA_DIR": str(tmp / "data"), "PYTHONUNBUFFERED": "1"})
         full_env.update(env)
         self._out = open(self.stdout, "wb")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, str(ROOT / "my_ml_backend" / "_wsgi.py")]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        if gunicorn is not None:
+            command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--pythonpath", str(ROOT)]
+            command += [*gunicorn, "my_ml_backend._wsgi:app"]
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "my_ml_backend" / "_wsgi.py"), "--host", "127.0.0.1", "--port", str(self.port)],
+            command,
             env=full_env,
             cwd=str(tmp),
             stdout=self._out,

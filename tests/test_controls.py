@@ -111,7 +111,7 @@ def test_taxonomy_paths() -> None:
 
 
 def test_prompt_and_parser_cover_all_controls() -> None:
-    user = build_prompt(SCHEMA, {"text": "abc"})[-1]["content"]
+    user = "\n".join(m["content"] for m in build_prompt(SCHEMA, {"text": "abc"}))
     for name in ("ner", "stars", "price", "when", "topic", "人名", "科技 / AI", "2024-03-05"):
         assert name in user
     reply = '```json\n{"ner": [{"text": "abc", "label": "ORG"}], "stars": 3}\n```'

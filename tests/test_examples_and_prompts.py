@@ -85,20 +85,20 @@ def test_prompt_carries_headers_hints_instructions_language_and_examples() -> No
     schema = parse_schema(SENTIMENT, OBJECT_TAGS)
     guidance = PromptGuidance(instructions="忽略物流相关内容", language="English")
     examples = render_examples(pool()[:1])
-    user = build_prompt(schema, {"text": "还行"}, guidance, examples)[-1]["content"]
+    user = "\n".join(m["content"] for m in build_prompt(schema, {"text": "还行"}, guidance, examples))
     for expected in (
         "判断用户评论的情感倾向",
         "只看对商品本身的评价",
-        "正面：满意、推荐",
+        "正面: 满意、推荐",
         "忽略物流相关内容",
-        "write free-text answers in English",
+        "文字类答案使用 English 书写",
         '答案 (answer): {"sentiment": "正面"}',
     ):
         assert expected in user, expected
     assert user.index("忽略物流相关内容") < user.index("示例 1") < user.index("还行")
     assert '"prompt"' not in user  # the annotator's instruction box is never asked for
-    plain = build_prompt(schema, {"text": "还行"})[-1]["content"]
-    assert "project instructions" not in plain and "examples" not in plain
+    plain = "\n".join(m["content"] for m in build_prompt(schema, {"text": "还行"}))
+    assert "项目要求" not in plain and "示例" not in plain
 
 
 def test_guidance_fingerprint_and_added_instruction() -> None:

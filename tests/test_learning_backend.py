@@ -52,7 +52,7 @@ def annotation_event(action: str, annotation_id: int, task_id: int, text: str, l
 
 
 def last_prompt(llm: fake.FakeLLMServer) -> str:
-    return llm.requests[-1]["body"]["messages"][-1]["content"]
+    return "\n".join(m["content"] for m in llm.requests[-1]["body"]["messages"])
 
 
 def predict_one(backend: Backend, llm: fake.FakeLLMServer, text: str, context: dict | None = None) -> str:
@@ -94,7 +94,7 @@ def test_annotation_webhooks_become_examples_and_move_the_version(
     assert setup(learner) == two  # 3 examples: same bucket as 2, no re-prediction for one annotation
 
     learner.post("/webhook", annotation_event("ANNOTATION_UPDATED", 501, 1, "快递很快，包装完好", "负面"))
-    assert '"sentiment": "负面"' in predict_one(learner, llm, "快递很快，东西不错").split("待标注内容")[0]
+    assert '"sentiment": "负面"' in predict_one(learner, llm, "快递很快，东西不错").split("文本 text:")[0]
 
     # Examples survive a restart (same DATA_DIR).
     learner.stop()
@@ -117,7 +117,7 @@ def test_project_instructions_from_extra_params_and_interactive_instruction(
     instructed = setup(learner, {"instructions": "只根据商品质量判断，忽略物流", "language": "English"})
     assert instructed != plain
     prompt = predict_one(learner, llm, "物流慢，但质量很好")
-    assert "只根据商品质量判断，忽略物流" in prompt and "in English" in prompt
+    assert "只根据商品质量判断，忽略物流" in prompt and "使用 English 书写" in prompt
     as_text = json.dumps({"instructions": "只根据商品质量判断，忽略物流", "language": "English"})
     assert setup(learner, as_text) == instructed
 

@@ -35,10 +35,10 @@ def test_prompt_has_one_part_per_pair_and_only_present_texts() -> None:
     s = schema()
     texts, truncated = read_texts(s, {"text": "abcdef", "title": "t"}, max_chars=3)
     assert texts == {"text": "abc", "title": "t"} and truncated == ["text"]
-    user = build_prompt(s, texts)[-1]["content"]
-    for part in ('"topic"', '"mood"', '"note"', '"Tech"', "One-line summary", "abc"):
+    user = "\n".join(m["content"] for m in build_prompt(s, texts))
+    for part in ('"topic"', '"mood"', '"note"', "- Tech", "One-line summary", "abc"):
         assert part in user
-    only_title = build_prompt(s, {"title": "t"})[-1]["content"]
+    only_title = "\n".join(m["content"] for m in build_prompt(s, {"title": "t"}))
     assert '"mood"' in only_title and '"topic"' not in only_title
 
 

@@ -3,64 +3,115 @@
 Models wrap JSON in code fences, add a sentence before or after it, use Chinese
 quotes or full-width punctuation, or answer a single question in plain text. The
 parser recovers the answers where it can and returns nothing where it cannot; it
-never invents an answer.
+never invents an answer. Its work is linear in the reply's length: a 1 MB reply of any
+content is read in well under 0.1 s (tests/test_hardening.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_FULLWIDTH = str.maketrans({"“": '"', "”": '"', "：": ":", "，": ",", "｛": "{", "｝": "}", "［": "[", "］": "]"})
+_FENCE_LANG = re.compile(r"(?:json|JSON)?\s*")
+_FULLWIDTH = {"“": '"', "”": '"', "：": ":", "，": ",", "｛": "{", "｝": "}", "［": "[", "］": "]"}
+_DECODER = json.JSONDecoder()
+# Work bounds that keep parsing linear in the reply's length whatever it holds (20,000 `{` once
+# cost 42 s): at most MAX_STARTS positions tried as the start of an object, and at most
+# SCAN_FACTOR x the reply's length (plus SCAN_SLACK) characters read by the JSON decoder.
+MAX_STARTS = 500
+SCAN_FACTOR = 4
+SCAN_SLACK = 64 * 1024
 
 
-def _candidates(text: str) -> list[str]:
-    """Substrings worth trying as JSON, most likely first."""
-    out = [m.strip() for m in _FENCE.findall(text)]
-    out.append(text.strip())
-    start = text.find("{")
-    while start != -1:
-        end = _matching_brace(text, start)
-        if end != -1:
-            out.append(text[start : end + 1])
-        start = text.find("{", start + 1)
+def _without_think(text: str) -> str:
+    """`text` less its `<think>…</think>` blocks (str.find, linear; a regex was quadratic on `<think>` runs)."""
+    parts, pos = [], 0
+    while (start := text.find("<think>", pos)) != -1:
+        end = text.find("</think>", start + 7)
+        if end == -1:
+            break
+        parts.append(text[pos:start])
+        pos = end + 8
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _fences(text: str) -> list[tuple[int, int, int]]:
+    """(fence start, content start, closing fence start) of the first MAX_STARTS ```` ```json … ``` ```` blocks."""
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    while len(out) < MAX_STARTS and (start := text.find("```", pos)) != -1:
+        close = text.find("```", start + 3)
+        if close == -1:
+            break
+        inner = _FENCE_LANG.match(text, start + 3, close)
+        out.append((start, inner.end() if inner else start + 3, close))
+        pos = close + 3
     return out
 
 
-def _matching_brace(text: str, start: int) -> int:
-    depth, in_str, escape = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_str:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
+def _unfenced(text: str) -> str:
+    """`text` with each fenced block replaced by its content."""
+    parts, pos = [], 0
+    for start, inner, close in _fences(text):
+        parts += [text[pos:start], text[inner:close]]
+        pos = close + 3
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _halfwidth(text: str) -> str:
+    """Chinese quotes and full-width punctuation as JSON's; one character for one, so positions stay valid.
+
+    `str.replace` per character: `str.translate` with a dict costs ~100 ns per non-ASCII character.
+    """
+    for wide, narrow in _FULLWIDTH.items():
+        if wide in text:
+            text = text.replace(wide, narrow)
+    return text
 
 
 def _loads(candidate: str) -> dict[str, Any] | None:
-    for attempt in (candidate, candidate.translate(_FULLWIDTH)):
+    for attempt in (candidate, _halfwidth(candidate)):
         try:
             value = json.loads(attempt)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):
             return value
     return None
+
+
+def _objects(text: str) -> Iterator[dict[str, Any]]:
+    """Every JSON object in `text` (full-width punctuation also tried), most likely first, within bounds."""
+    for _start, inner, close in _fences(text):
+        if (obj := _loads(text[inner:close].strip())) is not None:
+            yield obj
+    if (obj := _loads(text.strip())) is not None:
+        yield obj
+    translated = _halfwidth(text)
+    versions = (text,) if translated == text else (text, translated)
+    budget = SCAN_FACTOR * len(text) + SCAN_SLACK
+    pos = text.find("{")
+    for _ in range(MAX_STARTS):
+        if pos == -1 or budget <= 0:
+            return
+        for version in versions:
+            try:
+                value, end = _DECODER.raw_decode(version, pos)
+            except json.JSONDecodeError as exc:
+                budget -= max(1, exc.pos - pos)
+                continue
+            except RecursionError:
+                budget -= len(text) - pos
+                continue
+            budget -= end - pos
+            if isinstance(value, dict):
+                yield value
+                break
+        pos = text.find("{", pos + 1)
 
 
 def parse_reply(text: str, control_names: list[str], extras: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -69,11 +120,8 @@ def parse_reply(text: str, control_names: list[str], extras: tuple[str, ...] = (
     With a single control, a reply that is not JSON is taken as that control's answer
     (plain-text mode), so a model that ignores the format still yields a label.
     """
-    text = _THINK.sub("", text).strip()
-    for candidate in _candidates(text):
-        obj = _loads(candidate)
-        if obj is None:
-            continue
+    text = _without_think(text).strip()
+    for obj in _objects(text):
         if not any(k in obj for k in control_names) and len(obj) == 1 and len(control_names) == 1:
             obj = {control_names[0]: next(iter(obj.values()))}  # {"label": "x"} for a lone control
         answers = {k: v for k, v in obj.items() if k in control_names}
@@ -84,5 +132,5 @@ def parse_reply(text: str, control_names: list[str], extras: tuple[str, ...] = (
         if answers:
             return answers
     if len(control_names) == 1 and text and not text.lstrip().startswith("{"):
-        return {control_names[0]: _FENCE.sub(lambda m: m.group(1), text).strip()}
+        return {control_names[0]: _unfenced(text).strip()}
     return {}

@@ -13,14 +13,52 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .controls import HANDLERS
+from .controls.base import Lang
 from .schema import LabelingSchema, Target, TextSource
 
 CONFIDENCE_KEY = "_confidence"
+REASON_KEY = "_reason"  # LLM_REASONING=on: a short reason, written before the answers
 
 logger = logging.getLogger(__name__)
 
 # Bump when the wording changes: it is part of model_version, so Label Studio re-predicts.
-PROMPT_VERSION = "3"
+PROMPT_VERSION = "4"
+
+# The prompt's scaffolding in each language it speaks (`prompt_language` picks one per task).
+WORDS: dict[Lang, dict[str, str]] = {
+    "en": {
+        "role": "You are a careful data-annotation assistant pre-labelling data for Label Studio.",
+        "task": "## Task description",
+        "instructions": "## Project instructions",
+        "fields": "## Fields to fill in\nRead the whole text first, then fill in:",
+        "about": "for",
+        "note": "Note: ",
+        "format": "## Output format",
+        "output": "Reply with one JSON object and nothing else:",
+        "reason_shape": '"<one short sentence>"',
+        "reason": f'"{REASON_KEY}": first, in one short sentence, what the text is about and why your answers fit.',
+        "confidence": f'"{CONFIDENCE_KEY}": how likely your whole answer is right, from 0 to 1.',
+        "language": "Write free-text answers in {language}.",
+        "examples": "## Annotated examples",
+        "text": "Text",
+    },
+    "zh": {
+        "role": "你是一个专业、严谨的数据标注助手，为 Label Studio 做预标注。",
+        "task": "## 任务说明",
+        "instructions": "## 项目要求",
+        "fields": "## 需要填写的字段\n先读完全文，再填写：",
+        "about": "针对文本",
+        "note": "说明：",
+        "format": "## 输出格式",
+        "output": "只输出一个 JSON 对象，不要输出其他文字：",
+        "reason_shape": '"<一句简短的理由>"',
+        "reason": f'"{REASON_KEY}"：先用一句话说明文本讲了什么、为什么这样标注。',
+        "confidence": f'"{CONFIDENCE_KEY}"：你的整体答案正确的可能性，0 到 1。',
+        "language": "文字类答案使用 {language} 书写。",
+        "examples": "## 已标注的示例",
+        "text": "文本",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -33,12 +71,15 @@ class PromptGuidance:
 
     instructions: str = ""
     language: str = ""
+    reasoning: bool = False  # LLM_REASONING: a short reason before the answers
 
     def fingerprint(self) -> str:
         """Part of `model_version`: other guidance, other answers."""
-        if not (self.instructions or self.language):
+        if not (self.instructions or self.language or self.reasoning):
             return ""
-        return json.dumps([self.instructions, self.language], ensure_ascii=False)
+        if not self.reasoning:
+            return json.dumps([self.instructions, self.language], ensure_ascii=False)
+        return json.dumps([self.instructions, self.language, "reasoning"], ensure_ascii=False)
 
     def with_instruction(self, extra: str) -> PromptGuidance:
         extra = extra.strip()
@@ -47,20 +88,13 @@ class PromptGuidance:
         joined = f"{self.instructions}\n{extra}" if self.instructions else extra
         return replace(self, instructions=joined)
 
-SYSTEM_PROMPT = (
-    "你是一个专业、严谨的数据标注助手，为 Label Studio 做预标注。"
-    "严格按照要求完成每一项标注，只输出一个 JSON 对象，不要输出任何解释或其他文字。\n"
-    "You are a careful data-annotation assistant. Reply with one json object only."
-)
-
-
 def guidance_from_params(base: PromptGuidance, extra_params: Any) -> PromptGuidance:
     """The project's guidance: Label Studio's ML "extra params" on top of the global one.
 
-    Accepted: `{"instructions": "...", "language": "English"}` (also `prompt` and
-    `output_language`), or plain text, taken as instructions. Project instructions are
-    added after the global ones (LLM_INSTRUCTIONS / PROMPT_FILE); a project language
-    replaces the global one.
+    Accepted: `{"instructions": "...", "language": "English", "reasoning": "on"}` (also
+    `prompt` and `output_language`), or plain text, taken as instructions. Project
+    instructions are added after the global ones (LLM_INSTRUCTIONS / PROMPT_FILE); a
+    project language or reasoning switch replaces the global one.
     """
     if isinstance(extra_params, str):
         text = extra_params.strip()
@@ -73,7 +107,11 @@ def guidance_from_params(base: PromptGuidance, extra_params: Any) -> PromptGuida
     instructions = extra_params.get("instructions") or extra_params.get("prompt") or ""
     language = extra_params.get("language") or extra_params.get("output_language") or ""
     guidance = base.with_instruction(str(instructions))
-    return replace(guidance, language=str(language).strip()) if str(language).strip() else guidance
+    if str(language).strip():
+        guidance = replace(guidance, language=str(language).strip())
+    if (reasoning := extra_params.get("reasoning")) is not None:
+        guidance = replace(guidance, reasoning=str(reasoning).strip().lower() in ("1", "true", "yes", "on"))
+    return guidance
 
 
 def context_instruction(schema: LabelingSchema, context: Any) -> str:
@@ -103,8 +141,20 @@ def read_texts(schema: LabelingSchema, data: dict, max_chars: int) -> tuple[dict
     return texts, truncated
 
 
-def _text_block(source: TextSource, text: str) -> str:
-    return f"### 文本 {source.name} (${source.data_key})\n<<<\n{text}\n>>>"
+def prompt_language(texts: dict[str, str]) -> Lang:
+    """"zh" when the task's text is mostly Chinese, else "en": the prompt speaks the text's language.
+
+    Counted on letters only (CJK ideographs vs Latin letters), so digits, code and
+    punctuation do not decide; Chinese packs more per character, hence the low threshold.
+    """
+    cjk = latin = 0
+    for text in texts.values():
+        for ch in text:
+            if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf":
+                cjk += 1
+            elif ch.isascii() and ch.isalpha():
+                latin += 1
+    return "zh" if cjk and cjk >= 0.25 * (cjk + latin) else "en"
 
 
 def wanted_targets(schema: LabelingSchema, texts: dict[str, str]) -> list[Target]:
@@ -112,38 +162,77 @@ def wanted_targets(schema: LabelingSchema, texts: dict[str, str]) -> list[Target
     return [t for t in schema.targets if any(s.name in texts for s in t.sources)]
 
 
-def answer_schema(schema: LabelingSchema, texts: dict[str, str]) -> dict[str, Any]:
-    """A lean JSON Schema of the reply (one property per control, plus `_confidence`)."""
+def answer_schema(
+    schema: LabelingSchema, texts: dict[str, str], reasoning: bool = False, confidence: bool = True
+) -> dict[str, Any]:
+    """A lean JSON Schema of the reply: `_reason` first when asked, one property per control, `_confidence`."""
     targets = wanted_targets(schema, texts)
-    properties = {t.name: HANDLERS[t.tag].json_schema(t) for t in targets}
-    properties[CONFIDENCE_KEY] = {"type": "number", "minimum": 0, "maximum": 1}
-    return {"type": "object", "properties": properties, "required": [t.name for t in targets]}
+    properties: dict[str, Any] = {REASON_KEY: {"type": "string"}} if reasoning else {}
+    properties |= {t.name: HANDLERS[t.tag].json_schema(t) for t in targets}
+    if confidence:
+        properties[CONFIDENCE_KEY] = {"type": "number", "minimum": 0, "maximum": 1}
+    required = ([REASON_KEY] if reasoning else []) + [t.name for t in targets]
+    return {"type": "object", "properties": properties, "required": required}
 
 
-def describe_target(target: Target) -> str:
-    """The config's own descriptions of a control: its `hint` and its labels' hints.
+def _control_hint(target: Target) -> str:
+    """The config's own description of a control (its `hint`): the cheapest accuracy gain there is."""
+    return str(target.control.attr.get("hint") or "").strip()
 
-    Label names alone are often ambiguous ("其他", "P1"); the project's descriptions are
-    the cheapest accuracy gain there is.
+
+def system_prompt(
+    schema: LabelingSchema,
+    targets: list[Target],
+    present: list[str],
+    guidance: PromptGuidance,
+    lang: Lang,
+    confidence: bool = True,
+) -> str:
+    """What does not depend on the task's text: role, project guidance, fields, label sets, format.
+
+    Kept apart from the task part so that it is the same for every task of a project
+    (servers reuse a common prefix; several tasks can share it) and so that the model
+    has read every allowed value before it sees the text and answers. `confidence`:
+    ask for the self-reported `_confidence` (only needed where no logprobs come back).
     """
-    notes = []
-    if hint := str(target.control.attr.get("hint") or "").strip():
-        notes.append(hint)
-    labels = target.control.labels_attrs or {}
-    hints = {value: str(tag.attr.get("hint") or "").strip() for value, tag in labels.items()}
-    described = [f"{value}：{hint}" for value, hint in hints.items() if hint]
-    if described:
-        notes.append("选项说明 (label descriptions)：" + "；".join(described))
-    return "\n   ".join(notes)
-
-
-def _guidance_blocks(schema: LabelingSchema, guidance: PromptGuidance) -> list[str]:
-    blocks = []
+    w = WORDS[lang]
+    parts = [w["role"]]
     if schema.headers:
-        blocks += ["## 任务说明 (task description)", "\n".join(schema.headers)]
+        parts.append(w["task"] + "\n" + "\n".join(schema.headers))
     if guidance.instructions:
-        blocks += ["## 项目要求 (project instructions)", guidance.instructions]
-    return blocks
+        parts.append(w["instructions"] + "\n" + guidance.instructions)
+    fields = []
+    for n, target in enumerate(targets, start=1):
+        on = ", ".join(s.name for s in target.sources if s.name in present)
+        line = f'{n}. "{target.name}" ({w["about"]} {on}): {HANDLERS[target.tag].instruction(target, lang)}'
+        if hint := _control_hint(target):
+            line += f"\n   {w['note']}{hint}"
+        fields.append(line)
+    parts.append(w["fields"] + "\n" + "\n".join(fields))
+    shape = [f"{json.dumps(REASON_KEY)}: {w['reason_shape']}"] if guidance.reasoning else []
+    shape += [
+        f"{json.dumps(t.name, ensure_ascii=False)}: {HANDLERS[t.tag].answer_format(t, lang)}" for t in targets
+    ]
+    if confidence:
+        shape.append(f'"{CONFIDENCE_KEY}": <0-1>')
+    output = [w["output"], "{" + ", ".join(shape) + "}"]
+    if guidance.reasoning:
+        output.append(w["reason"])
+    if confidence:
+        output.append(w["confidence"])
+    if guidance.language:
+        output.append(w["language"].format(language=guidance.language))
+    parts.append(w["format"] + "\n" + "\n".join(output))
+    return "\n\n".join(parts)
+
+
+def task_prompt(sources: list[TextSource], texts: dict[str, str], lang: Lang, examples: str = "") -> str:
+    """The part that changes per task: the annotated examples chosen for it, then its text(s)."""
+    w = WORDS[lang]
+    parts = [w["examples"] + "\n" + examples] if examples else []
+    for source in sources:
+        parts.append(f"{w['text']} {source.name}:\n<<<\n{texts[source.name]}\n>>>")
+    return "\n\n".join(parts)
 
 
 def build_prompt(
@@ -151,43 +240,21 @@ def build_prompt(
     texts: dict[str, str],
     guidance: PromptGuidance | None = None,
     examples: str = "",
+    confidence: bool = True,
 ) -> list[dict[str, str]]:
     """Messages asking for every target of `schema` whose texts are present in `texts`.
 
-    `examples` is the rendered few-shot block (`fewshot.render_examples`), shown before
-    the task so the model sees how this project's annotators answer.
+    A system part (the config's questions, in the text's language) and a user part (the
+    task). `examples` is the rendered few-shot block (`retrieval.render_examples`), shown
+    before the task's text so the model sees how this project's annotators answer.
+    `confidence`: ask for a self-reported `_confidence` (off where logprobs score the answer).
     """
     guidance = guidance or PromptGuidance()
-    used = [s for s in schema.sources if s.name in texts]
-    parts = []
-    answer_shape = []
-    for n, target in enumerate(wanted_targets(schema, texts)):
-        handler = HANDLERS[target.tag]
-        on = "、".join(s.name for s in target.sources if s.name in texts)
-        part = f'{n + 1}. "{target.name}"（针对文本 {on}）：{handler.instruction(target)}'
-        if description := describe_target(target):
-            part += f"\n   {description}"
-        parts.append(part)
-        answer_shape.append(f"{json.dumps(target.name, ensure_ascii=False)}: {handler.answer_format(target)}")
-    language = (
-        [f"文字类答案使用{guidance.language}书写 (write free-text answers in {guidance.language})。"]
-        if guidance.language
-        else []
-    )
-    user = "\n\n".join(
-        [
-            *_guidance_blocks(schema, guidance),
-            *(["## 已标注的示例 (annotated examples)", examples] if examples else []),
-            "## 待标注内容 (content)",
-            *(_text_block(s, texts[s.name]) for s in used),
-            "## 标注任务 (tasks)",
-            "\n".join(parts),
-            "## 输出格式 (output format)",
-            *language,
-            f'"{CONFIDENCE_KEY}" 是你对整体答案的把握程度，0 到 1 (your confidence in the whole answer, 0-1)。',
-            "只输出如下 JSON 对象 (reply with this json object only):\n{"
-            + ", ".join([*answer_shape, f'"{CONFIDENCE_KEY}": <0-1>'])
-            + "}",
-        ]
-    )
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    lang = prompt_language(texts)
+    sources = [s for s in schema.sources if s.name in texts]
+    targets = wanted_targets(schema, texts)
+    system = system_prompt(schema, targets, [s.name for s in sources], guidance, lang, confidence)
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": task_prompt(sources, texts, lang, examples)},
+    ]

@@ -1,7 +1,11 @@
 """Scores that mean something: token probabilities when the endpoint gives them.
 
-- Region score: with logprobs, the geometric-mean probability of the tokens that
-  spell that region's answer in the reply (the chosen label, the entity text …).
+- Region score: with logprobs, the probability the model gave to the tokens that
+  spell that region's answer in the reply, multiplied (the joint probability of the
+  chosen label, or of an entity's text and label). Only the tokens after the control's
+  own key count, so a label word inside the `_reason` does not stand for the answer.
+  The product, not the geometric mean: the first token of an answer carries the
+  decision and the rest are near-certain, so averaging would flatten the doubt.
 - Prediction score: with logprobs, the mean region score (or, failing that, the
   whole reply's token probability) times coverage; without logprobs, the model's own
   `_confidence` (0–1, asked for in the prompt) times coverage; if it gave none,
@@ -27,6 +31,21 @@ def mean_probability(logprobs: Sequence[float]) -> float | None:
     return math.exp(sum(logprobs) / len(logprobs)) if logprobs else None
 
 
+def _span_logprobs(tokens: Tokens, joined: str, needle: str, after: int) -> tuple[list[float], int] | None:
+    """Logprobs of the tokens spelling `needle` (first found at or after `after`), and where it ends."""
+    start = joined.find(needle, after)
+    if start < 0:
+        start = joined.find(json.dumps(needle, ensure_ascii=False)[1:-1], after)
+    if start < 0:
+        return None
+    end, offset, picked = start + len(needle), 0, []
+    for token, logprob in tokens:
+        if offset < end and offset + len(token) > start:
+            picked.append(logprob)
+        offset += len(token)
+    return picked, end
+
+
 def answer_text(value: dict[str, Any]) -> str | None:
     """The text that spells a region's answer in the reply."""
     if "labels" in value and "text" in value:
@@ -43,23 +62,21 @@ def answer_text(value: dict[str, Any]) -> str | None:
     return None
 
 
-def region_confidence(tokens: Tokens, value: dict[str, Any]) -> float | None:
-    """Token probability of the answer's own tokens, or None without logprobs or a match."""
+def region_confidence(tokens: Tokens, value: dict[str, Any], key: str = "") -> float | None:
+    """Joint probability of the answer's own tokens after `"key"`, or None without logprobs or a match."""
     needle = answer_text(value)
     if not tokens or not needle:
         return None
     joined = "".join(token for token, _ in tokens)
-    start = joined.find(needle)
-    if start < 0:
-        start = joined.find(json.dumps(needle, ensure_ascii=False)[1:-1])
-    if start < 0:
+    after = max(0, joined.find(json.dumps(key, ensure_ascii=False))) if key else 0
+    found = _span_logprobs(tokens, joined, needle, after)
+    if found is None:
         return None
-    end, offset, picked = start + len(needle), 0, []
-    for token, logprob in tokens:
-        if offset < end and offset + len(token) > start:
-            picked.append(logprob)
-        offset += len(token)
-    return mean_probability(picked)
+    picked, end = found
+    if "labels" in value and value["labels"]:  # an entity: its label's tokens count too
+        label = _span_logprobs(tokens, joined, str(value["labels"][0]), end)
+        picked += label[0] if label else []
+    return math.exp(sum(picked)) if picked else None
 
 
 def self_reported(answers: dict[str, Any]) -> float | None:

@@ -87,17 +87,17 @@ def render_examples(examples: Sequence[Example]) -> str:
 
 
 def fewshot_messages(schema: LabelingSchema, texts: dict[str, str], guidance: PromptGuidance, form: Form,
-                     examples: Sequence[Example]) -> list[dict[str, str]]:
+                     examples: Sequence[Example], confidence: bool = True) -> list[dict[str, str]]:
     """The chat messages for a task with `examples` shown in `form`'s style."""
     if form.style != "block" and examples:
         turns: list[dict[str, str]] = []
         for example in examples:
             shown = {name: text for name, text in example.texts.items() if name in texts} or example.texts
-            turns.append(build_prompt(schema, shown, guidance)[-1])
+            turns.append(build_prompt(schema, shown, guidance, confidence=confidence)[-1])
             turns.append({"role": "assistant", "content": json.dumps(example.answers, ensure_ascii=False)})
-        system, *task = build_prompt(schema, texts, guidance)
+        system, *task = build_prompt(schema, texts, guidance, confidence=confidence)
         return [system, *turns, *task]
-    return build_prompt(schema, texts, guidance, render_examples(examples))
+    return build_prompt(schema, texts, guidance, render_examples(examples), confidence)
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,13 @@ class Shots:
     budget_chars: int
 
     def messages(
-        self, schema: LabelingSchema, texts: dict[str, str], guidance: PromptGuidance, task_id: Any = None
+        self, schema: LabelingSchema, texts: dict[str, str], guidance: PromptGuidance, task_id: Any = None,
+        confidence: bool = True,
     ) -> list[dict[str, str]]:
         """The task's messages with its examples (never the task itself, by id or text)."""
         own = int(task_id) if isinstance(task_id, int) or (isinstance(task_id, str) and task_id.isdigit()) else None
         shown = choose(self.index, texts, self.form, self.budget_chars, own)
-        return fewshot_messages(schema, texts, guidance, self.form, shown)
+        return fewshot_messages(schema, texts, guidance, self.form, shown, confidence)
 
     @classmethod
     def of_pool(cls, pool: Sequence[Example], form: Form, budget_chars: int) -> Shots:

@@ -54,6 +54,8 @@ from .pacing import MAX_RETRY_AFTER, AdaptiveLimiter, is_throttle, retry_after, 
 
 logger = logging.getLogger(__name__)
 
+TOP_LOGPROBS = 5  # alternatives returned per token when logprobs are on
+
 
 @dataclass
 class Usage:
@@ -217,6 +219,9 @@ class LLMClient:
             params["response_format"] = fmt
         if self.logprobs:
             params["logprobs"] = True
+            # llama.cpp's servers return no logprobs at all without top_logprobs; the
+            # alternatives of each token are what `scoring` weighs the chosen answer against.
+            params["top_logprobs"] = TOP_LOGPROBS
         if s.max_tokens:
             params["max_tokens"] = s.max_tokens
         if s.top_p is not None:
@@ -251,7 +256,8 @@ class LLMClient:
         lands in the cache for the next retrieve); only new attempts are refused.
         """
         assert self._client is not None
-        retries = 0
+        retries = 0  # server errors, timeouts, dropped connections: LLM_MAX_RETRIES
+        throttles = 0  # 429s, counted apart: waiting on a throttle must not use up the retries of 5xx
         while True:
             if not self.limiter.acquire(deadline):
                 raise deadline_reached()
@@ -266,12 +272,12 @@ class LLMClient:
                     asked = retry_after(exc.response.headers)  # type: ignore[attr-defined]
                     pause = min(asked, MAX_RETRY_AFTER) if asked else None
                 self.limiter.release(started, success=False, throttled=throttled, pause=pause)
-                delay = retry_delay(exc, retries, self.settings.max_retries, deadline)
+                delay = retry_delay(exc, throttles if throttled else retries, self.settings.max_retries, deadline)
                 if delay is None:
                     raise
-                retries += 1
+                throttles, retries = (throttles + 1, retries) if throttled else (throttles, retries + 1)
                 self._count(API_RETRIES)
-                logger.debug("Retry %d in %.2f s after %s", retries, delay, type(exc).__name__)
+                logger.debug("Retry %d in %.2f s after %s", retries + throttles, delay, type(exc).__name__)
                 time.sleep(delay)
                 continue
             self.limiter.release(started, success=True)

@@ -1,37 +1,36 @@
-"""HTTP basic auth for every route, checked before any view runs."""
+"""HTTP basic auth, checked on the raw WSGI header before any view, hook or body read (see `guards`).
+
+Label Studio sends the credentials on /health, /setup, /predict and the Train button's
+/webhook; its annotation-event webhooks carry only the headers set on the webhook.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
-import logging
-from typing import Any
-
-from flask import Flask, jsonify, request
-
-logger = logging.getLogger(__name__)
 
 
-def require_basic_auth(app: Flask, user: str, password: str) -> None:
-    """Answer 401 to any request without the configured credentials (as label-studio-ml 2.x does).
+def basic_credentials(header: str) -> tuple[bytes, bytes] | None:
+    """(user, password) of an `Authorization: Basic …` header, or None; strict on purpose.
 
-    Label Studio sends them on /health, /setup, /predict and the Train button's
-    /webhook; its annotation-event webhooks carry only the headers set on the webhook.
+    Two headers arrive joined by a comma and junk makes base64 invalid: both are simply
+    refused (never partly decoded, never logged).
     """
-    expected = (user.encode(), password.encode())
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    return (user, password) if sep else None
 
-    @app.before_request
-    def check_credentials() -> Any:
-        auth = request.authorization
-        given = (str(auth.username or "").encode(), str(auth.password or "").encode()) if auth else (b"", b"")
-        if hmac.compare_digest(given[0], expected[0]) & hmac.compare_digest(given[1], expected[1]):
-            return None
-        if request.path.rstrip("/") == "/webhook" and auth is None:
-            # Rejected on purpose (events may feed learning), but say how to let them in.
-            logger.warning(
-                "标注事件 webhook 未带认证：请在 Label Studio 的 Webhooks 设置中为它添加 Authorization 头 "
-                "(annotation webhook without credentials: add an Authorization header to the project's webhook)"
-            )
-        response = jsonify({"status": 401, "detail": "需要认证 (authentication required)"})
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
-        return response
+
+def credentials_match(header: str | None, expected: tuple[bytes, bytes]) -> bool:
+    """Whether `header` carries exactly the expected user and password (constant-time compare)."""
+    given = basic_credentials(header) if header else None
+    user, password = given or (b"", b"")
+    same = hmac.compare_digest(user, expected[0]) & hmac.compare_digest(password, expected[1])
+    return bool(same and given)

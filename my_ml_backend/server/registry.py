@@ -3,6 +3,8 @@
 label-studio-ml 1.0.9 keeps one "current model" for the whole server; with Label
 Studio 1.23 that answers a second project with the first project's config. The
 registry keeps one model per (project, config hash), least recently used first out.
+It is bounded by count and by the configs' total size: a parsed config costs about
+80 bytes of memory per character (a 5,000-control config of 414 KB: 34 MB).
 """
 
 from __future__ import annotations
@@ -23,14 +25,24 @@ class BadRequest(Exception):
 class ModelRegistry:
     """Models by (project, labeling config), so interleaved projects never mix configs."""
 
-    def __init__(self, model_class: type, size: int = 32) -> None:
+    def __init__(
+        self, model_class: type, size: int = 32, max_chars: int = 4_000_000, max_config_chars: int = 1_000_000
+    ) -> None:
         self.model_class = model_class
         self.size = size
+        self.max_chars = max_chars  # total config characters kept parsed (the newest model always stays)
+        self.max_config_chars = max_config_chars
         self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._configs: dict[str, str] = {}  # last config seen per project, for requests without one
+        self._sizes: dict[tuple[str, str], int] = {}
+        self._configs: dict[str, str] = {}  # config of a live model per project, for requests without one
         self._lock = threading.Lock()
 
     def get(self, project: str, label_config: str | None) -> Any:
+        if label_config and len(label_config) > self.max_config_chars:
+            raise BadRequest(
+                f"标注配置过大：{len(label_config)} 字符，上限 {self.max_config_chars} "
+                f"(labeling config too large: over MAX_CONFIG_CHARS={self.max_config_chars})"
+            )
         with self._lock:
             if not label_config:
                 label_config = self._configs.get(project)
@@ -48,7 +60,19 @@ class ModelRegistry:
         model = self.model_class(label_config=label_config, project_id=project)
         with self._lock:
             self._models[key] = model
+            self._sizes[key] = len(label_config)
             self._configs[project] = label_config
-            while len(self._models) > self.size:
-                self._models.popitem(last=False)
+            while len(self._models) > 1 and (
+                len(self._models) > self.size or sum(self._sizes.values()) > self.max_chars
+            ):
+                (old_project, old_hash), _ = self._models.popitem(last=False)
+                del self._sizes[(old_project, old_hash)]
+                kept = self._configs.get(old_project)
+                if kept is not None and config_hash(kept) == old_hash:
+                    del self._configs[old_project]
         return model
+
+    def items(self) -> list[tuple[tuple[str, str], Any]]:
+        """((project, config hash), model) pairs, oldest first."""
+        with self._lock:
+            return list(self._models.items())

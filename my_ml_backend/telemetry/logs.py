@@ -3,11 +3,13 @@
 Debug mode (`DEBUG=true` or `LOG_LEVEL=DEBUG`) traces the setup config, each task's
 fields, the prompt, the API call, token usage and the final result, to the console
 and to `logs/ml_backend.log`. Every handler carries `RedactSecrets`, so the API key,
-bearer tokens and basic-auth headers are masked even in debug output.
+bearer tokens and basic-auth headers are masked even in debug output, and control
+characters are escaped (`\n` -> `\\n`), so a task id or a path can never forge a log line.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import sys
@@ -23,6 +25,18 @@ _PATTERNS = [
     re.compile(r"\bms-[0-9a-f]{8}-[0-9a-f-]{20,}\b"),  # ModelScope token shape
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}\b"),  # OpenAI/DashScope key shape
 ]
+
+
+# C0/C1 controls, DEL, Unicode line/paragraph separators and lone surrogates (a UTF-8 log file
+# cannot hold them) as visible escapes; tab is kept.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}
+_CONTROLS |= {c: f"\\u{c:04x}" for c in [0x2028, 0x2029, *range(0xD800, 0xE000)]}
+_CONTROLS |= {0x0A: "\\n", 0x0D: "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """One log record, one line: newlines and other control characters become escapes."""
+    return text.translate(_CONTROLS)
 
 
 def mask(secret: str) -> str:
@@ -50,7 +64,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = self.redact(message)
+        redacted = escape_controls(self.redact(message))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -74,6 +88,8 @@ def configure_logging(
         if getattr(handler, "_ml_backend", False):
             root.removeHandler(handler)
     known = [settings.api_key, settings.label_studio_api_key, settings.basic_auth_pass]
+    if settings.basic_auth_user and settings.basic_auth_pass:  # the header's token, should anything print it
+        known.append(base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass}".encode()).decode())
     redactor = RedactSecrets([s or "" for s in known] + list(secrets or []))
     stream = logging.StreamHandler(console or sys.stdout)
     if quiet and not settings.debug:

@@ -1,10 +1,15 @@
-"""The contract every control handler fulfils."""
+"""The contract every control handler fulfils, and the prompt wording they share."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 from ..schema import TEXT_OBJECT_TAGS, Target
+
+TEXT_OBJECTS = TEXT_OBJECT_TAGS
+
+# The prompt's language: "en" or "zh" (see `prompts.prompt_language`).
+Lang = str
 
 
 class ControlHandler(Protocol):
@@ -13,11 +18,11 @@ class ControlHandler(Protocol):
     tag: str  # lower-case Label Studio tag name, e.g. "choices"
     object_tags: frozenset[str]  # object tags (lower-case) this control can pre-annotate
 
-    def instruction(self, target: Target) -> str:
-        """The prompt part for this control (what to do, which values are allowed)."""
+    def instruction(self, target: Target, lang: Lang) -> str:
+        """The prompt part for this control in `lang` (what to do, which values are allowed)."""
         ...
 
-    def answer_format(self, target: Target) -> str:
+    def answer_format(self, target: Target, lang: Lang) -> str:
         """The JSON value shape expected under the control's key, shown in the prompt."""
         ...
 
@@ -38,4 +43,22 @@ class ControlHandler(Protocol):
         ...
 
 
-TEXT_OBJECTS = TEXT_OBJECT_TAGS
+def say(lang: Lang, en: str, zh: str) -> str:
+    """The wording for `lang`: the prompt speaks the task's language, not both at once."""
+    return zh if lang == "zh" else en
+
+
+def options_block(target: Target, values: list[str] | None = None) -> str:
+    """The allowed values one per line, each with the config's `hint` when it has one.
+
+    A list read top to bottom, each value beside its meaning, rather than a JSON array
+    to copy from: small models copy the first element of an array (position bias).
+    """
+    values = list(target.control.labels or []) if values is None else values
+    attrs = target.control.labels_attrs or {}
+    lines = []
+    for value in values:
+        tag = attrs.get(value)
+        hint = str(tag.attr.get("hint") or "").strip() if tag is not None else ""
+        lines.append(f"   - {value}" + (f": {hint}" if hint else ""))
+    return "\n".join(lines)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from ..schema import Target
-from .base import TEXT_OBJECTS
+from .base import TEXT_OBJECTS, Lang, options_block, say
 from .matching import as_list, match_value
 
 _SPLIT = re.compile(r"[,，;；、|/\n]+")
@@ -25,14 +24,16 @@ class ChoicesHandler:
     tag = "choices"
     object_tags = TEXT_OBJECTS
 
-    def instruction(self, target: Target) -> str:
-        allowed = json.dumps(_allowed(target), ensure_ascii=False)
+    def instruction(self, target: Target, lang: Lang) -> str:
         if _multiple(target):
-            return f"多选分类：从这些选项中选出所有符合的 (multi-label, choose all that apply): {allowed}"
-        return f"单选分类：只能从这些选项中选一个 (single choice, pick exactly one): {allowed}"
+            head = say(lang, "choose every category that applies:", "多选：选出所有符合的类别：")
+        else:
+            head = say(lang, "choose the one category that fits best:", "单选：选出最符合的一个类别：")
+        return f"{head}\n{options_block(target)}"
 
-    def answer_format(self, target: Target) -> str:
-        return '["<选项>", "..."]' if _multiple(target) else '"<选项>"'
+    def answer_format(self, target: Target, lang: Lang) -> str:
+        one = say(lang, '"<category>"', '"<类别>"')
+        return f"[{one}, ...]" if _multiple(target) else one
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         item = {"type": "string", "enum": _allowed(target)}

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..schema import Target
+from .base import Lang, options_block, say
 from .matching import match_value
 from .spans import Span, locate, resolve_overlaps
 
 
 def _allowed(target: Target) -> list[str]:
     return list(target.control.labels or [])
-
-
-def _hints(target: Target) -> str:
-    attrs = target.control.labels_attrs or {}
-    notes = [f"{name}: {tag.attr['hint']}" for name, tag in attrs.items() if tag.attr.get("hint")]
-    return f" 标签说明 (label notes): {'; '.join(notes)}" if notes else ""
 
 
 def _entities(answer: Any) -> list[dict[str, Any]]:
@@ -52,15 +46,18 @@ class LabelsHandler:
     tag = "labels"
     object_tags = frozenset({"text"})  # HyperText/Paragraphs spans use other offset shapes
 
-    def instruction(self, target: Target) -> str:
-        allowed = json.dumps(_allowed(target), ensure_ascii=False)
-        return (
-            "实体/片段抽取：逐字摘录原文中的片段并标注类别，每处提及都列出，没有则返回空列表 "
-            f"(extract spans verbatim from the text, with a label from): {allowed}.{_hints(target)}"
+    def instruction(self, target: Target, lang: Lang) -> str:
+        head = say(
+            lang,
+            "find every mention of these types in the text; copy each mention's words exactly "
+            "as written in the text (never a type name); [] when there is none:",
+            "找出文本中下列类型的每一处提及，text 逐字照抄原文（不要写类型名）；没有则为 []：",
         )
+        return f"{head}\n{options_block(target)}"
 
-    def answer_format(self, target: Target) -> str:
-        return '[{"text": "<原文片段>", "label": "<标签>"}]'
+    def answer_format(self, target: Target, lang: Lang) -> str:
+        en = '[{"text": "<words from the text>", "label": "<type>"}]'
+        return say(lang, en, '[{"text": "<原文片段>", "label": "<类型>"}]')
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         item = {

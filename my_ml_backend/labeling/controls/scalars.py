@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ..schema import Target
-from .base import TEXT_OBJECTS
+from .base import TEXT_OBJECTS, Lang, say
 
 
 def _first(answer: Any) -> Any:
@@ -42,11 +42,12 @@ class RatingHandler:
     def _max(self, target: Target) -> int:
         return int(_bound(target, "maxRating") or 5)
 
-    def instruction(self, target: Target) -> str:
-        return f"评分：1 到 {self._max(target)} 的整数 (rating: an integer from 1 to {self._max(target)})"
+    def instruction(self, target: Target, lang: Lang) -> str:
+        top = self._max(target)
+        return say(lang, f"rating: an integer from 1 to {top}", f"评分：1 到 {top} 的整数")
 
-    def answer_format(self, target: Target) -> str:
-        return "<整数>"
+    def answer_format(self, target: Target, lang: Lang) -> str:
+        return say(lang, "<integer>", "<整数>")
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         return {"type": "integer", "minimum": 1, "maximum": self._max(target)}
@@ -65,13 +66,13 @@ class NumberHandler:
     tag = "number"
     object_tags = TEXT_OBJECTS
 
-    def instruction(self, target: Target) -> str:
+    def instruction(self, target: Target, lang: Lang) -> str:
         low, high = _bound(target, "min"), _bound(target, "max")
-        limits = f"，范围 {low if low is not None else '-∞'} 到 {high if high is not None else '∞'}"
-        return f"数值 (a number){limits}"
+        low_text, high_text = low if low is not None else "-∞", high if high is not None else "∞"
+        return say(lang, f"a number from {low_text} to {high_text}", f"数值，范围 {low_text} 到 {high_text}")
 
-    def answer_format(self, target: Target) -> str:
-        return "<数字>"
+    def answer_format(self, target: Target, lang: Lang) -> str:
+        return say(lang, "<number>", "<数字>")
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "number"}
@@ -104,12 +105,12 @@ class DateTimeHandler:
         only = str(target.control.attr.get("only", "")).split(",")[0].strip()
         return _FORMATS.get(only, "%Y-%m-%dT%H:%M")
 
-    def instruction(self, target: Target) -> str:
+    def instruction(self, target: Target, lang: Lang) -> str:
         example = datetime(2024, 3, 5, 14, 30).strftime(self._format(target))
-        return f"日期/时间，格式如 {example} (date/time, formatted like {example})"
+        return say(lang, f"date/time, formatted like {example}", f"日期/时间，格式如 {example}")
 
-    def answer_format(self, target: Target) -> str:
-        return '"<日期时间>"'
+    def answer_format(self, target: Target, lang: Lang) -> str:
+        return say(lang, '"<date/time>"', '"<日期时间>"')
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         return {"type": "string"}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from ..schema import Target
-from .base import TEXT_OBJECTS
+from .base import TEXT_OBJECTS, Lang, options_block, say
 from .matching import as_list, match_value
 
 SEPARATOR = " / "
@@ -25,12 +24,13 @@ class TaxonomyHandler:
     tag = "taxonomy"
     object_tags = TEXT_OBJECTS
 
-    def instruction(self, target: Target) -> str:
-        options = json.dumps(list(_options(target)), ensure_ascii=False)
-        return f"层级分类：从这些路径中选择最具体的 (hierarchical class, pick the most specific paths): {options}"
+    def instruction(self, target: Target, lang: Lang) -> str:
+        en = "hierarchical category: choose the most specific path(s) that fit:"
+        head = say(lang, en, "层级分类：选出最符合的最具体路径：")
+        return f"{head}\n{options_block(target, list(_options(target)))}"
 
-    def answer_format(self, target: Target) -> str:
-        return '["<路径>"]'
+    def answer_format(self, target: Target, lang: Lang) -> str:
+        return say(lang, '["<path>"]', '["<路径>"]')
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         return {"type": "array", "items": {"type": "string", "enum": list(_options(target))}}

