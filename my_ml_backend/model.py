@@ -129,7 +129,8 @@ class NewModel(LabelStudioMLBase):
                 raise RuntimeError("example index not available")
             return choose_form(self.label_config, settings, self.guidance, index)
 
-        if autotune.start(self.store, self.project_id, self.schema.config_hash, bucket, run):
+        # Once chosen, this model switches at once (new form, new version); other workers at their next /setup.
+        if autotune.start(self.store, self.project_id, self.schema.config_hash, bucket, run, self.setup):
             logger.info("少样本自动评估开始 (few-shot auto evaluation started): project %s, %d examples",
                         self.project_id, count)
 

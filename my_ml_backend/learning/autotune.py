@@ -171,8 +171,9 @@ def start(
     config_hash: str,
     bucket: int,
     run: Callable[[], Choice],
+    done: Callable[[], None] = lambda: None,
 ) -> bool:
-    """Run `run` in a background thread unless this project's evaluation is already running anywhere."""
+    """Run `run` in a background thread unless this project's evaluation is already running anywhere; then `done`."""
     key = (project, config_hash)
     running_key = f"fewshot_eval_running:{config_hash}"
     with _lock:
@@ -206,6 +207,7 @@ def start(
                 project, choice.form, choice.reason, choice.samples,
                 {f: round(a, 3) for f, a in choice.accuracy.items()}, choice.calls,
             )
+            done()
         except Exception:  # noqa: BLE001 - a failed evaluation keeps the previous choice
             logger.exception("少样本自动评估失败 (few-shot auto evaluation failed), project %s", project)
         finally:
