@@ -14,6 +14,7 @@ COPY requirements.txt overrides.txt ./
 # overrides.txt: the current Flask/Werkzeug/Jinja2 stack instead of label-studio-ml 1.0.9's 2021 pins.
 RUN pip install "uv>=0.5,<1" && uv pip install --system -r requirements.txt --override overrides.txt
 COPY my_ml_backend ./my_ml_backend
+COPY gunicorn.conf.py ./
 COPY examples ./examples
 COPY check_modelscope_env.py test_openai_client.py test_modelscope_text.py test_ml_backend.py ./
 
@@ -21,4 +22,4 @@ EXPOSE 9090
 VOLUME ["/data"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9090'), timeout=3)"
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout 120 my_ml_backend._wsgi:app"]
+CMD ["sh", "-c", "exec gunicorn --config gunicorn.conf.py --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout 120 my_ml_backend._wsgi:app"]

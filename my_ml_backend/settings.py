@@ -116,6 +116,7 @@ class Settings:
     model_cache_chars: int = 4_000_000  # MODEL_CACHE_CHARS: configs kept parsed per worker (~80 B of RAM per char)
     max_instructions_chars: int = 20_000  # MAX_INSTRUCTIONS_CHARS: a project's ML extra params (instructions)
     predict_slots: int | None = None  # PREDICT_SLOTS: concurrent /predict per worker; None = unbounded
+    slot_lease: float = 15.0  # LLM_SLOT_LEASE: seconds a killed process may keep a shared slot (REDIS_URL)
 
     @property
     def has_api_key(self) -> bool:
@@ -180,6 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_cache_chars=max(1000, _int(env, "MODEL_CACHE_CHARS", 4_000_000)),
         max_instructions_chars=max(0, _int(env, "MAX_INSTRUCTIONS_CHARS", 20_000)),
         predict_slots=_int(env, "PREDICT_SLOTS", 0) or None,
+        slot_lease=max(1.0, _float(env, "LLM_SLOT_LEASE", 15.0) or 15.0),
     )
 
 

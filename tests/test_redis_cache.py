@@ -6,11 +6,13 @@ CI=true a missing binary is a failure, so the store is never silently untested.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import redis
 
-from my_ml_backend.llm.cache import REDIS_PREFIX, CachedAnswer, RedisStore, ResponseCache, open_cache
+from my_ml_backend.llm.cache import CLAIM_PREFIX, REDIS_PREFIX, CachedAnswer, RedisStore, ResponseCache, open_cache
 from my_ml_backend.llm.client import LLMClient
 from my_ml_backend.settings import Settings, load_settings
 from my_ml_backend.telemetry.metrics import CACHE_ERRORS, METRICS
@@ -75,3 +77,58 @@ def test_backend_replicas_share_the_redis_cache(llm: fake.FakeLLMServer, redis_d
         for b in replicas:
             b.stop()
     assert not (tmp_path / "a" / "data" / "llm_cache.sqlite3").exists()
+
+
+def test_a_request_in_flight_in_one_process_is_not_sent_again_by_another(
+    llm: fake.FakeLLMServer, redis_db: str
+) -> None:
+    """Two clients with their own cache objects (two processes) ask the same at once: one call."""
+    llm.latency = 1.0
+    first, second = client(llm, redis_db), client(llm, redis_db)
+    replies: list = []
+    thread = threading.Thread(target=lambda: replies.append(first.chat(MESSAGES)))
+    thread.start()
+    while llm.in_flight < 1:
+        time.sleep(0.01)
+    late = second.chat(MESSAGES, deadline=time.monotonic() + 10)
+    thread.join()
+    assert llm.chat_calls == 1
+    assert late.cached and late.text == replies[0].text
+    assert redis.Redis.from_url(redis_db).keys(CLAIM_PREFIX + "*") == []  # the claim is gone with its request
+
+
+def test_a_dead_claim_blocks_for_its_lease_only(redis_db: str) -> None:
+    dead = RedisStore(redis_db)
+    assert dead.try_claim("k", lease=1.0) is not None
+    dead._claims.clear()  # a killed process: nothing renews its claim any more
+    cache = ResponseCache(RedisStore(redis_db))
+    started = time.monotonic()
+    assert cache.claim("k", deadline=time.monotonic() + 0.3) is False  # still claimed: wait, then give up
+    assert cache.claim("k", deadline=time.monotonic() + 5) is True  # lease over: ours
+    assert 0.8 < time.monotonic() - started < 2.0
+    cache.release("k")
+
+
+def test_two_backend_processes_pay_once_for_the_same_task(
+    llm: fake.FakeLLMServer, redis_db: str, tmp_path: Path
+) -> None:
+    """Two real backends (replicas) asked for the same task at the same time: one request."""
+    llm.latency = 1.0
+    llm.set_default(fake.chat('{"sentiment": "正面"}'))
+    env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "REDIS_URL": redis_db}
+    backends = [Backend(env, tmp_path / f"b{i}") for i in range(2)]
+    tasks = [{"id": 1, "data": {"text": "同一个任务"}}]
+    cfg = config("text_classification")
+    try:
+        results: list = []
+        threads = [threading.Thread(target=lambda b=b: results.append(b.predict(cfg, tasks))) for b in backends]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for b in backends:
+            b.stop()
+    assert len(results) == 2
+    assert results[0][0]["result"][0]["value"] == results[1][0]["result"][0]["value"] == {"choices": ["正面"]}
+    assert llm.chat_calls == 1

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,8 +129,13 @@ class BatchJob:
             summary.total = max(summary.total, expected or 0)
         return summary
 
-    def _predict_and_post(self, chunk: list[dict[str, Any]], summary: Summary) -> int:
-        """Predict one chunk and post its successful predictions; returns how many were posted."""
+    def _predict_and_post(
+        self, chunk: list[dict[str, Any]], summary: Summary, on_posted: Callable[[int], None] | None = None
+    ) -> int:
+        """Predict one chunk and post its successful predictions; returns how many were posted.
+
+        `on_posted(task_id)` runs right after each post (the queued job marks the task done).
+        """
         posted = 0
         for task, prediction in zip(chunk, self.predictor.predict_batch(chunk), strict=True):
             if "result" not in prediction:
@@ -152,6 +157,8 @@ class BatchJob:
                 continue
             summary.posted += 1
             posted += 1
+            if on_posted is not None:
+                on_posted(task["id"])
         return posted
 
 
@@ -188,6 +195,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="tasks per chunk (default: 4 x LLM_CONCURRENCY, at least 8)")
     parser.add_argument("--limit", type=int, default=None, help="predict at most this many tasks in this run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--queue", action="store_true",
+                        help="enqueue chunks as RQ jobs for `rq worker llm-preannotation` processes (needs REDIS_URL)")
     return parser.parse_args(argv)
 
 
@@ -213,7 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     predictor = build_predictor(label_config, settings)
     chunk_size = args.chunk_size or max(8, 4 * settings.concurrency)
-    summary = BatchJob(client, args.project, predictor, chunk_size).run(args.limit, progress=not args.no_progress)
+    if args.queue:
+        if not settings.redis_url:
+            print("--queue 需要 REDIS_URL (--queue needs REDIS_URL, shared with the workers)", file=sys.stderr)
+            return 2
+        from .queue import run_queued  # RQ only for the queued mode
+
+        summary = run_queued(client, args.project, predictor, settings, chunk_size, args.limit, not args.no_progress)
+    else:
+        summary = BatchJob(client, args.project, predictor, chunk_size).run(args.limit, progress=not args.no_progress)
     for line in summary.lines():
         print(line)
     return 0 if not summary.failed and not summary.stopped else 1

@@ -13,9 +13,11 @@ Stores (both behind `CacheStore`):
 - `RedisStore` when `REDIS_URL` is set: the shared store for several replicas.
 
 A store that fails (disk full, Redis down) costs a warning and a miss, never a task.
-Identical requests in flight at once in one process are sent once (`claim`): a
-second retrieve arriving while the first one's late calls are still running waits
-for them instead of paying again.
+Identical requests in flight at once are sent once (`claim`): a second retrieve
+arriving while the first one's late calls are still running waits for them instead
+of paying again. Within a process through an event per key; with Redis, across every
+process and replica too, through a claim key with a lease (renewed while the request
+runs, so a killed process blocks nobody for longer than the lease).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,12 +38,20 @@ from ..settings import Settings
 from ..storage import redis_db
 from ..storage.sqlite_db import SharedSQLite
 from ..telemetry.metrics import CACHE_ERRORS, METRICS
+from .limits import Renewer
 
 logger = logging.getLogger(__name__)
 
 KEY_VERSION = 1  # bump when the key payload or the stored entry changes shape
 SQLITE_FILE = "llm_cache.sqlite3"
 REDIS_PREFIX = "llm-preannotation:response:"
+CLAIM_PREFIX = "llm-preannotation:inflight:"
+CLAIM_LEASE = 15.0  # seconds a killed process's claim keeps others waiting (renewed every third while alive)
+CLAIM_POLL = 0.1  # seconds between two looks for the answer another process is computing
+_UNCLAIM = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RENEW_CLAIM = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
 PRUNE_EVERY = 500  # SQLite writes between two size/TTL prunes (per process)
 
 
@@ -168,6 +179,9 @@ class RedisStore:
         self.prefix = prefix
         self.description = redis_db.describe(url)
         self._redis = redis_db.connect(url)
+        self._claims: dict[str, tuple[str, float]] = {}  # in-flight claims this process holds: key -> token
+        self._claims_lock = threading.Lock()
+        self._renewer: Renewer | None = None
 
     def get(self, key: str) -> str | None:
         value = self._redis.get(self.prefix + key)
@@ -176,6 +190,28 @@ class RedisStore:
     def set(self, key: str, value: str) -> None:
         self._redis.set(self.prefix + key, value, ex=int(self.ttl) if self.ttl else None)
 
+    def try_claim(self, key: str, lease: float = CLAIM_LEASE) -> str | None:
+        """A token when this process now computes `key` for everyone, None when another one does."""
+        token = uuid.uuid4().hex
+        if not self._redis.set(CLAIM_PREFIX + key, token, nx=True, px=int(lease * 1000)):
+            return None
+        with self._claims_lock:
+            self._claims[key] = (token, lease)
+            if self._renewer is None:
+                self._renewer = Renewer(lease / 3, self._renew_claims, name="inflight-claims")
+        return token
+
+    def unclaim(self, key: str, token: str) -> None:
+        with self._claims_lock:
+            self._claims.pop(key, None)
+        self._redis.eval(_UNCLAIM, 1, CLAIM_PREFIX + key, token)
+
+    def _renew_claims(self) -> None:
+        with self._claims_lock:
+            claims = list(self._claims.items())
+        for key, (token, lease) in claims:
+            self._redis.eval(_RENEW_CLAIM, 1, CLAIM_PREFIX + key, token, int(lease * 1000))
+
 
 class ResponseCache:
     """Cached answers by key over any `CacheStore`, plus a per-process in-flight registry."""
@@ -183,6 +219,7 @@ class ResponseCache:
     def __init__(self, store: CacheStore) -> None:
         self.store = store
         self._inflight: dict[str, threading.Event] = {}
+        self._shared: dict[str, str] = {}  # key -> token of the store-wide claim this process holds
         self._lock = threading.Lock()
         self._last_warning = 0.0
 
@@ -203,9 +240,10 @@ class ResponseCache:
     def claim(self, key: str, deadline: float | None = None) -> CachedAnswer | bool:
         """The cached answer, or True: the caller must compute it and call `release(key)`.
 
-        When another thread of this process is already computing the same key, wait for
-        it (never past `deadline`) and return what it stored; False when the deadline
-        came first or it stored nothing (the caller may look again and claim).
+        When another thread of this process, or another process sharing the store, is
+        already computing the same key, wait for it (never past `deadline`) and return
+        what it stored; False when the deadline came first or it stored nothing (the
+        caller may look again and claim).
         """
         answer = self.get(key)
         if answer is not None:
@@ -214,14 +252,51 @@ class ResponseCache:
             event = self._inflight.get(key)
             if event is None:
                 self._inflight[key] = threading.Event()
-                return True
+        if event is None:
+            shared = self._claim_shared(key, deadline)
+            if shared is not True:
+                self.release(key)  # our threads waiting on this key look again
+            return shared
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         event.wait(timeout)
         return self.get(key) or False
 
+    def _claim_shared(self, key: str, deadline: float | None) -> CachedAnswer | bool:
+        """The store-wide part of `claim`, for stores shared by processes (Redis)."""
+        try_claim = getattr(self.store, "try_claim", None)
+        if try_claim is None:
+            return True
+        while True:
+            try:
+                token = try_claim(key)
+            except Exception as exc:  # noqa: BLE001 - without the claim we may pay twice, never lose a task
+                self._store_failed("read", exc)
+                return True
+            if token is not None:
+                answer = self.get(key)  # stored by the previous holder just before it let go?
+                if answer is None:
+                    with self._lock:
+                        self._shared[key] = token
+                    return True
+                self.store.unclaim(key, token)  # type: ignore[attr-defined]
+                return answer
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            time.sleep(CLAIM_POLL if deadline is None else min(CLAIM_POLL, deadline - now))
+            answer = self.get(key)
+            if answer is not None:
+                return answer
+
     def release(self, key: str) -> None:
         with self._lock:
             event = self._inflight.pop(key, None)
+            token = self._shared.pop(key, None)
+        if token is not None:
+            try:
+                self.store.unclaim(key, token)  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - the lease ends the claim anyway
+                self._store_failed("write", exc)
         if event is not None:
             event.set()
 

@@ -49,8 +49,9 @@ from .errors import (
     missing_key,
     server_message,
 )
+from .limits import open_limiter
 from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
-from .pacing import MAX_RETRY_AFTER, AdaptiveLimiter, is_throttle, retry_after, retry_delay
+from .pacing import MAX_RETRY_AFTER, is_throttle, retry_after, retry_delay
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class LLMClient:
     def __init__(self, settings: Settings, cache: ResponseCache | None = None) -> None:
         self.settings = settings
         self.cache = cache
-        self.limiter = AdaptiveLimiter(settings.concurrency, name=settings.model)
+        self.limiter = open_limiter(settings)  # per process, or shared by all through REDIS_URL
         self._local = threading.local()  # the tally of the batch the current thread works for
         self._extra_body: dict[str, Any] = {}
         self.mode = initial_mode(settings.base_url, settings.output_mode)
@@ -305,7 +306,19 @@ def _cache_entry(reply: ChatReply) -> CachedAnswer:
     return CachedAnswer(reply.text, usage.prompt_tokens, usage.completion_tokens, tuple(reply.tokens), reply.mode)
 
 
-@lru_cache(maxsize=8)
+_SHARED_LOCK = threading.Lock()
+
+
 def shared_client(settings: Settings) -> LLMClient:
-    """One client (one connection pool, one limiter, one learned `enable_thinking`) per settings."""
+    """One client (one connection pool, one limiter, one learned `enable_thinking`) per settings.
+
+    Locked: the first batches of a fresh process arrive together, and `lru_cache`
+    alone would let each build its own client, hence its own concurrency limit.
+    """
+    with _SHARED_LOCK:
+        return _shared_client(settings)
+
+
+@lru_cache(maxsize=8)
+def _shared_client(settings: Settings) -> LLMClient:
     return LLMClient(settings, cache=open_cache(settings))

@@ -5,9 +5,12 @@ we really send (retries included) and how many did the cache save. So every chat
 call reports to two tallies: the process-wide `METRICS` (served at `/metrics`) and,
 optionally, the tally of the batch it belongs to (logged when the batch ends).
 
-Counters are per process. Under gunicorn with several workers each worker has its
-own, and a scrape sees the worker that happened to answer it (the `pid` label of
-`ml_backend_process_info` says which); see README.
+`METRICS` is backed by `prometheus_client`. Under gunicorn, `gunicorn.conf.py` sets
+`PROMETHEUS_MULTIPROC_DIR` before the workers start: each worker then writes its
+counters to files there and any worker answering a scrape adds up all of them
+(`prometheus_client.multiprocess`), so one scrape covers the whole replica.
+Without it (`python _wsgi.py`, a batch job) the counters are this process's.
+Gauges read at scrape time (`gauge()`) are always the answering process's view.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 # Counter names (without the `ml_backend_` prefix and `_total` suffix).
 CACHE_HITS = "cache_hits"
@@ -83,59 +92,95 @@ class Tally:
             return [(n, lbl, v) for (n, lbl), v in self._counts.items()]
 
 
-class Metrics(Tally):
-    """The process-wide tally plus gauges read at scrape time, rendered as Prometheus text."""
+class Metrics:
+    """The process-wide counters (`prometheus_client` counters) plus gauges read at scrape time.
 
-    def __init__(self) -> None:
-        super().__init__()
+    Same interface as `Tally` for counting (`inc`, `get`: this process's own values),
+    and `render()` for `/metrics`: the whole replica in multiprocess mode.
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.registry = CollectorRegistry()
         self.started = time.time()
+        self.multiprocess_dir = multiprocess_dir
+        self._counters: dict[str, prometheus_client.Counter] = {}
+        self._lock = threading.Lock()
         self._gauges: dict[str, tuple[str, Callable[[], Iterable[tuple[Labels, float]]]]] = {}
+        for name in _HELP:
+            self._counter(name, ("kind",) if name == ERRORS else ())
+        info = f"{PREFIX}process_info"
+        if multiprocess_dir:  # `liveall`: one sample per live worker, labelled with its pid
+            Gauge(info, "Worker processes counted (pid label).", registry=self.registry,
+                  multiprocess_mode="liveall").set(1)
+        else:
+            Gauge(info, "The process these numbers belong to.", ["pid"], registry=self.registry).labels(
+                str(os.getpid())
+            ).set(1)
+        Gauge(f"{PREFIX}process_start_time_seconds", "Start of counting, Unix time (the earliest worker).",
+              registry=self.registry, multiprocess_mode="min").set(self.started)
+        self.registry.register(_ScrapeGauges(self._gauges))
+
+    def _counter(self, name: str, labelnames: tuple[str, ...]) -> prometheus_client.Counter:
+        with self._lock:
+            counter = self._counters.get(name)
+            if counter is None:  # a name nobody declared in _HELP: created on first use
+                counter = prometheus_client.Counter(
+                    PREFIX + name, _HELP.get(name, name), labelnames, registry=self.registry
+                )
+                self._counters[name] = counter
+            return counter
+
+    def inc(self, name: str, value: float = 1, **labels: str) -> None:
+        if not value:
+            return
+        counter = self._counter(name, tuple(sorted(labels)))
+        (counter.labels(**labels) if labels else counter).inc(value)
+
+    def get(self, name: str, **labels: str) -> float:
+        """This process's count; without labels, the sum over all label values of `name`."""
+        counter = self._counters.get(name)
+        if counter is None:
+            return 0.0
+        return sum(
+            sample.value
+            for metric in counter.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
     def gauge(self, name: str, help_text: str, read: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
         """Register a gauge whose samples are read when `/metrics` is scraped."""
         self._gauges[name] = (help_text, read)
 
     def render(self) -> str:
-        """Prometheus text exposition format 0.0.4."""
-        lines = [
-            f"# HELP {PREFIX}process_info The worker process these numbers belong to (counters are per process).",
-            f"# TYPE {PREFIX}process_info gauge",
-            f'{PREFIX}process_info{{pid="{os.getpid()}"}} 1',
-            f"# HELP {PREFIX}process_start_time_seconds Start of counting, Unix time.",
-            f"# TYPE {PREFIX}process_start_time_seconds gauge",
-            f"{PREFIX}process_start_time_seconds {self.started:.3f}",
-        ]
-        samples: dict[str, list[tuple[Labels, float]]] = {name: [] for name in _HELP}
-        for name, labels, value in self.items():
-            samples.setdefault(name, []).append((labels, value))
-        for name, values in samples.items():
-            metric = f"{PREFIX}{name}_total"
-            lines += [f"# HELP {metric} {_HELP.get(name, name)}", f"# TYPE {metric} counter"]
-            if not values and name != ERRORS:  # a labelled family with no sample yet stays empty
-                values = [((), 0)]
-            lines += [f"{metric}{_labels(labels)} {_number(value)}" for labels, value in sorted(values)]
+        """Prometheus text exposition format 0.0.4: every worker's counters in multiprocess mode."""
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry).decode("utf-8")
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        registry.register(_ScrapeGauges(self._gauges))
+        return generate_latest(registry).decode("utf-8")
+
+
+class _ScrapeGauges:
+    """A collector that reads the registered gauges (e.g. the AIMD limit) at scrape time."""
+
+    def __init__(self, gauges: dict[str, tuple[str, Callable[[], Iterable[tuple[Labels, float]]]]]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Any]:
         for name, (help_text, read) in sorted(self._gauges.items()):
-            metric = f"{PREFIX}{name}"
-            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
-            lines += [f"{metric}{_labels(labels)} {_number(value)}" for labels, value in read()]
-        return "\n".join(lines) + "\n"
+            samples = list(read())
+            labelnames = [k for k, _ in samples[0][0]] if samples else []
+            family = GaugeMetricFamily(f"{PREFIX}{name}", help_text, labels=labelnames)
+            for labels, value in samples:
+                family.add_metric([v for _, v in labels], value)
+            yield family
 
 
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+prometheus_client.disable_created_metrics()  # no `_created` series: the names and output stay as before
 
+METRICS = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)
+"""What this process (or, under gunicorn, every worker of this replica) has spent; served at `/metrics`."""
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-METRICS = Metrics()
-"""What this process has spent since it started; served at `/metrics`."""
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

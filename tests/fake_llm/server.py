@@ -369,16 +369,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._not_found()
                 return
             owner = self.server.owner
-            reply = owner._next_reply(entry["body"])
-            wait = max(0.0, float(owner.latency) + float(reply.delay))
-            # Event.wait instead of time.sleep so stop() does not hang on long delays.
-            if wait and owner._stopping.wait(wait):
-                self._drop()
-                return
-            if reply.drop:
-                self._drop()
-                return
-            self._answer(reply, entry["body"])
+            owner._enter()
+            try:
+                reply = owner._next_reply(entry["body"])
+                wait = max(0.0, float(owner.latency) + float(reply.delay))
+                # Event.wait instead of time.sleep so stop() does not hang on long delays.
+                if wait and owner._stopping.wait(wait):
+                    self._drop()
+                    return
+                if reply.drop:
+                    self._drop()
+                    return
+                self._answer(reply, entry["body"])
+            finally:
+                owner._leave()
         except _CONNECTION_ERRORS:
             self.close_connection = True
 
@@ -518,6 +522,8 @@ class FakeLLMServer:
         self._stopped = False
         self.requests: list[dict] = []
         self.latency: float = 0.0
+        self.in_flight = 0  # chat requests being answered now
+        self.max_in_flight = 0  # the most ever answered at once since the last reset
         self._httpd = _HTTPServer((host, port), _Handler)
         self._httpd.owner = self
 
@@ -584,6 +590,7 @@ class FakeLLMServer:
             self._queue.clear()
             self._default = None
             self._responder = None
+            self.max_in_flight = self.in_flight
 
     def enqueue(self, *responses: Reply) -> None:
         """Append replies consumed one per chat request, in order."""
@@ -620,6 +627,16 @@ class FakeLLMServer:
         """Record a request under the lock (handlers run concurrently)."""
         with self._lock:
             self.requests.append(entry)
+
+    def _enter(self) -> None:
+        """A chat request starts being answered (for `max_in_flight`)."""
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def _next_reply(self, body: Any) -> Reply:
         """Pick the reply for one chat request by the documented precedence."""

@@ -1,0 +1,301 @@
+"""`batch_predict.py --queue`: the batch job spread over RQ workers on any number of machines.
+
+The command lists the project's tasks without a prediction of our `model_version`
+(as the in-process job does), enqueues them in chunks as RQ jobs, and shows one
+progress bar and one summary for the whole run, read from Redis. `rq worker
+llm-preannotation` processes, started wherever the code and `.env` are, run
+`predict_chunk`: they predict with the backend's own engine and post through the
+Label Studio SDK, with `LLM_CONCURRENCY` shared by all of them through Redis
+(`llm.limits`).
+
+RQ queues, runs and retries the jobs; what it cannot know is which *task* is done.
+So each task is claimed in Redis before it is predicted (a key with a lease the
+worker renews while it works, `LLM_SLOT_LEASE`) and added to a `done` set once its
+prediction is posted. A chunk skips done tasks and waits for tasks another worker
+holds; a task claimed by a worker that died (kill -9, a lost machine) is free again
+when its lease ends, and one that was claimed before is first looked up in Label
+Studio, in case the dead worker posted it just before dying. Hence: no task is
+predicted twice, and interrupting and re-running resumes (Ctrl-C cancels the chunks
+not started; chunks running finish).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+from rq import Worker
+from tqdm import tqdm
+
+from ..engine import build_predictor
+from ..llm.limits import Renewer
+from ..predictor import Predictor
+from ..settings import Settings, load_env_file, load_settings
+from ..storage import redis_db
+from .batch import CHUNK_DEADLINE, BatchJob, Summary, chunks, counters
+
+logger = logging.getLogger(__name__)
+
+QUEUE = "llm-preannotation"
+PREFIX = "llm-preannotation:batch:"
+JOB_TIMEOUT = 3600  # seconds for one chunk (RQ kills a job past it; the chunk's posted tasks stay done)
+KEEP = 30 * 86400  # seconds the done set, run summaries and failed chunks are kept
+RESULT_TTL = 86400  # seconds a finished chunk (it holds its tasks' data) is kept
+POLL = 0.5  # seconds between two progress reads
+WAIT_FOR_BUSY = 0.5  # seconds between two looks at tasks another worker holds
+INTERRUPTED = "被中断，未开始的块已取消 (interrupted: chunks not started were cancelled)"
+STATS = ("predicted", "posted", "failed", "skipped", "api_calls", "cache_hits", "prompt_tokens", "completion_tokens")
+
+# KEYS: done set, tried set. ARGV: claim key prefix, token, lease_ms, task ids...
+# Returns one code per task: 0 done already, 1 claimed now, 2 claimed now but tried before, 3 busy.
+_CLAIM = """
+local codes = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('SISMEMBER', KEYS[1], id) == 1 then codes[#codes + 1] = 0
+  elseif redis.call('SET', ARGV[1] .. id, ARGV[2], 'NX', 'PX', ARGV[3]) then
+    codes[#codes + 1] = 2 - redis.call('SADD', KEYS[2], id)
+  else codes[#codes + 1] = 3 end
+end
+return codes
+"""
+# KEYS: done set. ARGV: claim key prefix, token, done (1/0), keep seconds, task ids... Lets go of claims.
+_FINISH = """
+for i = 5, #ARGV do
+  local key = ARGV[1] .. ARGV[i]
+  if ARGV[3] == '1' then redis.call('SADD', KEYS[1], ARGV[i]) end
+  if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+# KEYS: claim keys. ARGV: token, lease_ms. Extends the claims still ours.
+_RENEW = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return 1
+"""
+
+
+class RunState:
+    """The Redis side of one project's batch runs for one `model_version`."""
+
+    def __init__(self, redis: Any, project: int, model_version: str) -> None:
+        self.redis = redis
+        self.base = f"{PREFIX}{project}:{model_version}"
+        self.done_key, self.tried_key, self.jobs_key = f"{self.base}:done", f"{self.base}:tried", f"{self.base}:jobs"
+        self.claim_prefix = f"{self.base}:claim:"
+
+    def stats_key(self, run: str) -> str:
+        return f"{self.base}:run:{run}:stats"
+
+    def errors_key(self, run: str) -> str:
+        return f"{self.base}:run:{run}:errors"
+
+    def claim(self, task_ids: Iterable[int], token: str, lease: float) -> dict[int, int]:
+        ids = list(task_ids)
+        codes = self.redis.eval(_CLAIM, 2, self.done_key, self.tried_key, self.claim_prefix, token,
+                                int(lease * 1000), *ids)
+        return dict(zip(ids, (int(c) for c in codes), strict=True))
+
+    def finish(self, task_ids: Iterable[int], token: str, *, done: bool) -> None:
+        ids = list(task_ids)
+        if ids:
+            self.redis.eval(_FINISH, 1, self.done_key, self.claim_prefix, token, "1" if done else "0", KEEP, *ids)
+
+    def renew(self, task_ids: Iterable[int], token: str, lease: float) -> None:
+        keys = [self.claim_prefix + str(i) for i in task_ids]
+        if keys:
+            self.redis.eval(_RENEW, len(keys), *keys, token, int(lease * 1000))
+
+    def add(self, run: str, values: dict[str, float], errors: dict[str, int] | None = None) -> None:
+        with self.redis.pipeline() as pipe:
+            for name, value in values.items():
+                if value:
+                    pipe.hincrby(self.stats_key(run), name, int(value))
+            for message, count in (errors or {}).items():
+                pipe.hincrby(self.errors_key(run), message, count)
+            pipe.expire(self.stats_key(run), KEEP)
+            pipe.expire(self.errors_key(run), KEEP)
+            pipe.execute()
+
+    def read(self, run: str) -> tuple[dict[str, int], dict[str, int]]:
+        stats = {k.decode(): int(v) for k, v in self.redis.hgetall(self.stats_key(run)).items()}
+        errors = {k.decode(): int(v) for k, v in self.redis.hgetall(self.errors_key(run)).items()}
+        return stats, errors
+
+
+# -- the worker side -------------------------------------------------------------------
+
+
+class ChunkWorker(Worker):
+    """`rq worker -w my_ml_backend.jobs.queue.ChunkWorker llm-preannotation`: RQ's worker, warm.
+
+    RQ forks a work-horse per job; naming this class makes the worker import the
+    engine (openai, the SDK: ~3.5 s) once, before forking, instead of in every chunk.
+    """
+
+
+def predict_chunk(project: int, model_version: str, run: str, chunk: list[dict[str, Any]]) -> dict[str, int]:
+    """RQ job: predict and post the tasks of one chunk that nobody has done; returns this chunk's counts.
+
+    The chunk carries the tasks' data: a worker that fetched a task by id
+    (`GET /api/tasks/<id>`) would make Label Studio ask a connected backend for a
+    prediction of it, as opening it in the labeling view does.
+    """
+    load_env_file()
+    settings = dataclasses.replace(load_settings(), batch_deadline=CHUNK_DEADLINE)
+    if not settings.redis_url or not settings.label_studio_url or not settings.label_studio_api_key:
+        raise RuntimeError("worker needs REDIS_URL, LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (env or .env)")
+    client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+    predictor = build_predictor(client.projects.get(id=project).label_config, settings)
+    if predictor.model_version != model_version:  # this machine's settings differ: never mix versions
+        raise RuntimeError(f"worker model_version {predictor.model_version} != run's {model_version}: "
+                           "give every worker the same MODELSCOPE_*/LLM_* settings as the command")
+    state = RunState(redis_db.connect(settings.redis_url), project, model_version)
+    token, lease = uuid.uuid4().hex, settings.slot_lease
+    held: set[int] = set()
+    renewer = Renewer(lease / 3, lambda: state.renew(list(held), token, lease), name="task-claims")
+    totals: dict[str, int] = dict.fromkeys(STATS, 0)
+    try:
+        data = {int(t["id"]): t for t in chunk}
+        remaining = list(data)
+        while remaining:
+            codes = state.claim(remaining, token, lease)
+            mine = [i for i in remaining if codes[i] in (1, 2)]
+            held.update(mine)
+            try:
+                _predict_and_post(client, project, predictor, state, run, token, [data[i] for i in mine],
+                                  tried={i for i in mine if codes[i] == 2}, totals=totals)
+            finally:
+                held.difference_update(mine)
+            remaining = [i for i in remaining if codes[i] == 3]  # another worker holds them: wait and look again
+            if remaining:
+                time.sleep(WAIT_FOR_BUSY)
+    finally:
+        renewer.stop()
+    return totals
+
+
+def _predict_and_post(client: LabelStudio, project: int, predictor: Predictor, state: RunState, run: str,
+                      token: str, chunk: list[dict[str, Any]], tried: set[int], totals: dict[str, int]) -> None:
+    """`BatchJob._predict_and_post`, with every outcome recorded in Redis for the whole run."""
+    if not chunk:
+        return
+    version = predictor.model_version
+    already = [i for i in tried if any(p.model_version == version for p in client.predictions.list(task=i))]
+    state.finish(already, token, done=True)  # posted by a worker that died before saying so
+    tasks = [t for t in chunk if t["id"] not in already]
+    job = BatchJob(client, project, predictor, max(1, len(tasks)))
+    summary = Summary()
+    before = counters()
+    if tasks:
+        job._predict_and_post(tasks, summary, on_posted=lambda task_id: state.finish([task_id], token, done=True))
+    spent = {name: int(value - before[name]) for name, value in counters().items()}
+    state.finish([t["id"] for t in tasks], token, done=False)  # the failed ones: for the next run
+    values = {
+        "predicted": summary.predicted, "posted": summary.posted, "failed": summary.failed, "skipped": len(already),
+        "api_calls": spent["api_requests"], "cache_hits": spent["cache_hits"],
+        "prompt_tokens": spent["prompt_tokens"], "completion_tokens": spent["completion_tokens"],
+    }
+    state.add(run, values, dict(summary.errors))
+    for name, value in values.items():
+        totals[name] += value
+
+
+# -- the command side ------------------------------------------------------------------
+
+
+def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings: Settings, chunk_size: int,
+               limit: int | None = None, progress: bool = True) -> Summary:
+    """Enqueue the pending tasks in chunks, then follow the run in Redis until every chunk ended."""
+    from rq import Queue, Retry
+    from rq.job import Job, JobStatus
+    from rq.registry import StartedJobRegistry
+
+    assert settings.redis_url
+    redis = redis_db.connect(settings.redis_url)
+    queue = Queue(QUEUE, connection=redis)
+    version = predictor.model_version
+    state = RunState(redis, project, version)
+    started = time.monotonic()
+    run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    summary = Summary(project=project, model_version=version)
+    _cancel_queued(redis, state, Job, JobStatus)  # an interrupted run's chunks: their tasks are listed again
+    job = BatchJob(client, project, predictor, chunk_size)
+    done = job.done_task_ids()
+    expected = client.projects.get(id=project).task_number or None
+    pending = job.pending(done, summary)
+    jobs = []
+    redis.delete(state.jobs_key)
+    try:
+        for chunk in chunks(pending, chunk_size, limit):
+            jobs.append(queue.enqueue(
+                predict_chunk, project, version, run, chunk, job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                failure_ttl=KEEP, retry=Retry(max=1), description=f"project {project}: {len(chunk)} tasks",
+            ))
+            redis.rpush(state.jobs_key, jobs[-1].id)  # at once: an interrupted enqueue is cancelled next run
+            redis.expire(state.jobs_key, KEEP)
+    except KeyboardInterrupt:
+        _cancel_queued(redis, state, Job, JobStatus)
+        summary.stopped = INTERRUPTED
+        jobs = []  # nothing to follow
+    if limit is not None and not summary.stopped and next(pending, None) is not None:
+        summary.stopped = f"已达到 --limit {limit}，还有未预测的任务 (reached --limit, tasks remain)"
+    enqueued = sum(len(j.args[3]) for j in jobs)
+    print(f"已排队 (queued) {enqueued} 个任务 (tasks) in {len(jobs)} chunks on '{QUEUE}', run {run}; workers: "
+          f"rq worker --url <REDIS_URL> -w {ChunkWorker.__module__}.ChunkWorker {QUEUE}", file=sys.stderr)
+    bar = tqdm(total=expected, initial=len(done), unit="task", disable=not progress, file=sys.stderr,
+               desc="pre-annotating")
+    registry = StartedJobRegistry(queue=queue)
+    failed_jobs: list[str] = []
+    try:
+        while True:
+            registry.cleanup()  # chunks of a worker that died go back to the queue (RQ's retry)
+            stats, _ = state.read(run)
+            accounted = stats.get("posted", 0) + stats.get("failed", 0) + stats.get("skipped", 0)
+            bar.n = len(done) + accounted
+            bar.set_postfix(failed=stats.get("failed", 0), calls=stats.get("api_calls", 0))
+            bar.refresh()
+            statuses = [j.get_status(refresh=True) for j in jobs]
+            if all(s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
+                   for s in statuses):
+                failed_jobs = [j.id for j, s in zip(jobs, statuses, strict=True) if s == JobStatus.FAILED]
+                break
+            time.sleep(POLL)
+    except KeyboardInterrupt:
+        _cancel_queued(redis, state, Job, JobStatus)
+        summary.stopped = INTERRUPTED
+    finally:
+        bar.close()
+    stats, errors = state.read(run)
+    summary.predicted, summary.posted = stats.get("predicted", 0), stats.get("posted", 0)
+    summary.failed = stats.get("failed", 0)
+    summary.api_calls, summary.cache_hits = stats.get("api_calls", 0), stats.get("cache_hits", 0)
+    summary.prompt_tokens, summary.completion_tokens = stats.get("prompt_tokens", 0), stats.get("completion_tokens", 0)
+    summary.skipped += stats.get("skipped", 0)
+    summary.errors.update(errors)
+    for job_id in failed_jobs:
+        reason = (Job.fetch(job_id, connection=redis).latest_result() or None)
+        message = getattr(reason, "exc_string", "") or "job failed"
+        summary.errors[f"块失败 (chunk failed): {message.strip().splitlines()[-1][:200]}"] += 1
+    if failed_jobs and not summary.stopped:
+        summary.stopped = f"{len(failed_jobs)} 个块失败 (chunks failed)"
+    summary.seconds = time.monotonic() - started
+    summary.total = max(summary.total, expected or 0)
+    return summary
+
+
+def _cancel_queued(redis: Any, state: RunState, job_class: Any, status: Any) -> None:
+    """Cancel the last run's chunks no worker has started (their tasks are listed again by the next run)."""
+    ids = [i.decode() for i in redis.lrange(state.jobs_key, 0, -1)]
+    for job in job_class.fetch_many(ids, connection=redis):
+        if job is not None and job.get_status(refresh=False) in (status.QUEUED, status.DEFERRED, status.SCHEDULED):
+            job.cancel()
