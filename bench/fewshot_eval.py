@@ -179,9 +179,10 @@ def run_auto(server: LocalModelServer, work: Path, test: list, eval_calls: int) 
         f"{time.monotonic() - started - eval_seconds:.0f} s |",
         "",
         f"auto evaluation (Train button): {evaluation.get('ml_backend_fewshot_eval_calls_total', 0):.0f} calls, "
-        f"{evaluation.get('ml_backend_fewshot_eval_samples', 0):.0f} annotated tasks per form, {eval_seconds:.0f} s; "
+        f"{sum(v for k, v in evaluation.items() if k.startswith('ml_backend_fewshot_eval_samples')):.0f} annotated "
+        f"tasks per form, {eval_seconds:.0f} s; "
         f"leave-one-out accuracy on the pool: {accuracy}",
-        *[f"log: {line.split(' - ', 1)[-1]}" for line in chosen],
+        *[f"log: {line.split(' - ', 1)[-1]}" for line in dict.fromkeys(chosen)],  # stdout and log file: once
     ]
 
 
