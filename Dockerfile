@@ -6,6 +6,7 @@ ENV PYTHONUNBUFFERED=1 \
     PORT=9090 \
     WORKERS=1 \
     THREADS=8 \
+    GUNICORN_TIMEOUT=120 \
     DATA_DIR=/data \
     LOG_DIR=/data/logs
 
@@ -17,9 +18,11 @@ COPY my_ml_backend ./my_ml_backend
 COPY gunicorn.conf.py ./
 COPY examples ./examples
 COPY check_modelscope_env.py test_openai_client.py test_modelscope_text.py test_ml_backend.py ./
+# The command-line jobs, so that users can run them in the container (docker compose exec ml-backend python …).
+COPY batch_predict.py evaluate.py ./
 
 EXPOSE 9090
 VOLUME ["/data"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9090'), timeout=3)"
-CMD ["sh", "-c", "exec gunicorn --config gunicorn.conf.py --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout 120 my_ml_backend._wsgi:app"]
+CMD ["sh", "-c", "exec gunicorn --config gunicorn.conf.py --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout ${GUNICORN_TIMEOUT} my_ml_backend._wsgi:app"]

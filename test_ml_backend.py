@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from my_ml_backend.jobs.diagnostics import Report, force_utf8_stdout
+from my_ml_backend.jobs.diagnostics import Report, force_utf8_stdout, plain
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
@@ -61,7 +61,7 @@ def main() -> int:
     prediction = body["results"][0]
     print(json.dumps(prediction, ensure_ascii=False, indent=2))
     if "error" in prediction:
-        report.fail(f"/predict: {prediction['error']}")
+        report.fail(f"/predict: {plain(prediction['error'])}")
     else:
         count = len(prediction["result"])
         report.ok(f"/predict: {count} 个结果 (results), model_version={prediction['model_version']}")

@@ -7,6 +7,7 @@ Spends exactly one API call (plus retries on throttling/5xx). Exits non-zero on 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -17,7 +18,9 @@ from my_ml_backend.llm.errors import PredictionError
 
 def main() -> int:
     force_utf8_stdout()
-    prompt = sys.argv[1] if len(sys.argv) > 1 else "用一句话介绍你自己。(Introduce yourself in one sentence.)"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", nargs="?", default="用一句话介绍你自己。(Introduce yourself in one sentence.)")
+    prompt = parser.parse_args().prompt  # --help exits here, before any call
     settings = settings_from_env()
     print(describe(settings))
     report = Report()

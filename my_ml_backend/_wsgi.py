@@ -15,12 +15,16 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # executed as a script by `label-studio-ml start`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from my_ml_backend.server.launcher import ensure_dependencies  # standard library only
+
+    ensure_dependencies(Path(__file__).resolve().parent.parent, __file__)  # a venv or a hint, not a traceback
 
 from label_studio_ml.api import init_app  # noqa: E402
 
 from my_ml_backend.llm.client import shared_client  # noqa: E402
 from my_ml_backend.model import NewModel  # noqa: E402
 from my_ml_backend.server.guards import server_options, warn_if_exposed  # noqa: E402
+from my_ml_backend.server.launcher import follow_launcher  # noqa: E402
 from my_ml_backend.server.routes import install  # noqa: E402
 from my_ml_backend.settings import load_env_file, load_settings  # noqa: E402
 from my_ml_backend.telemetry.logs import configure_logging  # noqa: E402
@@ -63,4 +67,5 @@ if __name__ == "__main__":
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     parser.add_argument("-d", "--debug", action="store_true", help="Flask debug mode (auto-reload)")
     args, _unknown = parser.parse_known_args()
+    follow_launcher()  # `label-studio-ml start` stopped by a signal must not leave this server running
     app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)

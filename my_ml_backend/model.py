@@ -144,7 +144,7 @@ class NewModel(LabelStudioMLBase):
         if instruction := context_instruction(self.schema, context):
             guidance = self.guidance.with_instruction(instruction)
             logger.info("交互式指令 (interactive instruction): %d chars", len(instruction))
-        return self.predictor.predict_batch(tasks, guidance)
+        return self.predictor.predict_batch(tasks, guidance, project=self.project_id)
 
     def fit(self, tasks: Any = (), workdir: str | None = None, event: str | None = None, **kwargs: Any) -> dict:
         """Keep annotations as examples; on START_TRAINING re-read them all from Label Studio.

@@ -18,15 +18,18 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from .labeling import packing
 from .labeling.parsing import parse_reply
 from .labeling.prompts import CONFIDENCE_KEY, PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
 from .labeling.results import build_results
-from .labeling.schema import LabelingSchema
+from .labeling.schema import LabelingSchema, Target
 from .labeling.scoring import prediction_score, region_confidence
 from .learning.retrieval import Shots
 from .llm.client import ChatReply, LLMClient
 from .llm.errors import PredictionError, deadline_reached, no_text, unexpected_error
+from .llm.packed import Ask, answer_pack, default_tasks_per_call, pack_outcomes, plan_packs
 from .settings import Settings
+from .telemetry.activity import ACTIVITY, BatchProgress
 from .telemetry.metrics import (
     API_REQUESTS,
     API_RETRIES,
@@ -65,8 +68,29 @@ class BatchStats:
 
     def count_error(self, err: PredictionError) -> None:
         METRICS.inc(ERRORS, kind=str(err.kind))
+        ACTIVITY.error(str(err.kind), err.message)
         with self._lock:
             self.errors[str(err)] += 1
+
+
+@dataclass
+class PreparedTask:
+    """A task ready to ask: its texts, the controls asked, its one-task call, its own size in tokens."""
+
+    task: dict[str, Any]
+    texts: dict[str, str]
+    wanted: list[Target]
+    ask: Ask
+    tokens: int
+
+
+@dataclass
+class Plan:
+    """How a packed batch will be asked: outcomes known without a call, and the packs to send."""
+
+    prepared: dict[int, PreparedTask]
+    ready: dict[int, dict[str, Any] | PredictionError]
+    groups: list[list[int]]
 
 
 @dataclass(frozen=True)
@@ -107,7 +131,7 @@ class Predictor:
         return PromptInputs(guidance or self.guidance, shots)
 
     def predict_batch(
-        self, tasks: list[dict[str, Any]], guidance: PromptGuidance | None = None
+        self, tasks: list[dict[str, Any]], guidance: PromptGuidance | None = None, project: str = ""
     ) -> list[dict[str, Any]]:
         """One prediction per task, in order; never raises for a task's failure.
 
@@ -121,6 +145,8 @@ class Predictor:
         stats = BatchStats(tasks=len(tasks))
         METRICS.inc(BATCHES)
         METRICS.inc(TASKS, len(tasks))
+        ACTIVITY.configure(self.settings)
+        progress = ACTIVITY.start_batch(project, len(tasks), self.settings.batch_deadline)  # the status page's row
         fatal: list[PredictionError] = []  # the first error that would repeat for every task
 
         def run(task: dict[str, Any]) -> dict[str, Any]:
@@ -136,13 +162,26 @@ class Predictor:
                 raise
 
         predictions: list[dict[str, Any] | None] = [None] * len(tasks)
+        plan = self.plan(tasks, inputs, stats.calls) if self.tasks_per_call != 1 else None
         workers = max(1, min(self.settings.concurrency, len(tasks)))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
-        futures = {pool.submit(run, task): i for i, task in enumerate(tasks)}
+        if plan is None:
+            futures = {pool.submit(run, task): [i] for i, task in enumerate(tasks)}
+        else:
+            for i, ready in plan.ready.items():
+                predictions[i] = self._settled(ready, tasks[i], stats)
+            futures = {pool.submit(self._run_pack, plan, group, stats, deadline, fatal): group
+                       for group in plan.groups}
         try:
             for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
-                i = futures[future]
-                predictions[i] = self._outcome(future, tasks[i], stats)
+                group = futures[future]
+                if plan is None:  # one task per call
+                    predictions[group[0]] = self._outcome(future, tasks[group[0]], stats)
+                    ACTIVITY.task_done(progress, "result" in predictions[group[0]])
+                    continue
+                for i, outcome in zip(group, pack_outcomes(future, len(group)), strict=True):
+                    predictions[i] = self._settled(outcome, tasks[i], stats)
+                    ACTIVITY.task_done(progress, "result" in predictions[i])
         except TimeoutError:
             logger.warning("批次接近时限，未完成的任务返回空预测 (batch deadline reached)")
         finally:
@@ -152,23 +191,76 @@ class Predictor:
                 err = deadline_reached()
                 stats.count_error(err)
                 predictions[i] = self.failed_prediction(err)
-        self._log_batch(stats, time.monotonic() - started)
+        self._log_batch(stats, time.monotonic() - started, progress)
         return [p for p in predictions if p is not None]
 
     def _outcome(self, future: Future, task: dict[str, Any], stats: BatchStats) -> dict[str, Any]:
         try:
-            prediction = future.result()
+            outcome = future.result()
         except PredictionError as exc:
-            err = exc
+            outcome = exc
         except Exception:  # a bug must cost one task, not the batch
             logger.exception("Task %s: unexpected error", task.get("id"))
-            err = unexpected_error()
-        else:
+            outcome = unexpected_error()
+        return self._settled(outcome, task, stats)
+
+    def _settled(self, outcome: dict[str, Any] | PredictionError, task: dict[str, Any], stats: BatchStats) -> dict:
+        """The item for one task's outcome, counted in the batch's stats."""
+        if not isinstance(outcome, PredictionError):
             stats.count_success()
-            return prediction
-        stats.count_error(err)
-        logger.debug("Task %s failed: %s", task.get("id"), err)
-        return self.failed_prediction(err)
+            return outcome
+        stats.count_error(outcome)
+        logger.debug("Task %s failed: %s", task.get("id"), outcome)
+        return self.failed_prediction(outcome)
+
+    @property
+    def tasks_per_call(self) -> int:
+        """LLM_TASKS_PER_CALL: N, or 0 for auto; unset: the endpoint's default."""
+        n = self.settings.tasks_per_call
+        return default_tasks_per_call(self.settings.base_url) if n is None else n
+
+    def plan(self, tasks: list[dict[str, Any]], inputs: PromptInputs | None = None, tally: Tally | None = None) -> Plan:
+        """Prepare every task, take what the cache knows, group the rest into packs (no call made)."""
+        inputs = inputs or self.prompt_inputs()
+        prepared: dict[int, PreparedTask] = {}
+        ready: dict[int, dict[str, Any] | PredictionError] = {}
+        for i, task in enumerate(tasks):
+            try:
+                prepared[i] = self.prepare_task(task, inputs)
+            except PredictionError as err:
+                ready[i] = err
+        n = self.tasks_per_call
+        budget, max_tokens = self.settings.pack_token_budget, self.settings.max_tokens
+
+        def sizes(pending: list[int]) -> list[int]:
+            if n >= 1:
+                return packing.fixed_pack_sizes(len(pending), n)
+            return packing.auto_pack_sizes([prepared[i].tokens for i in pending], budget, max_tokens)
+
+        asks = {i: p.ask for i, p in prepared.items()}
+        cached, groups = plan_packs(self.client, asks, sizes, packing.pack_family, tally)
+        ready.update({i: self.finish_task(prepared[i], reply) for i, reply in cached.items()})
+        return Plan(prepared, ready, groups)
+
+    def _run_pack(
+        self, plan: Plan, group: list[int], stats: BatchStats, deadline: float, fatal: list[PredictionError]
+    ) -> list[dict[str, Any] | PredictionError]:
+        """The outcomes of one pack's tasks (in order), asked together."""
+        if fatal:
+            return [fatal[0]] * len(group)
+        if time.monotonic() > deadline:
+            return [deadline_reached()] * len(group)
+        asks = [plan.prepared[i].ask for i in group]
+        replies = answer_pack(self.client, asks, packing, deadline=deadline, tally=stats.calls)
+        outcomes: list[dict[str, Any] | PredictionError] = []
+        for i, reply in zip(group, replies, strict=True):
+            if isinstance(reply, PredictionError):
+                if reply.fatal:
+                    fatal.append(reply)
+                outcomes.append(reply)
+            else:
+                outcomes.append(self.finish_task(plan.prepared[i], reply))
+        return outcomes
 
     def predict_task(
         self,
@@ -182,6 +274,19 @@ class Predictor:
         No request starts after `deadline`; a request already sent finishes even after
         it, so its answer reaches the cache and the next retrieve gets it for free.
         """
+        prepared = self.prepare_task(task, inputs)
+        ask = prepared.ask
+        reply = self.client.chat(
+            ask.messages,
+            ask.schema,
+            deadline=deadline,
+            accept=ask.accept,
+            tally=stats.calls if stats is not None else None,
+        )
+        return self.finish_task(prepared, reply)
+
+    def prepare_task(self, task: dict[str, Any], inputs: PromptInputs | None = None) -> PreparedTask:
+        """The task's texts and its one-task call; raises `PredictionError` when it has no text."""
         data = task.get("data") or {}
         texts, truncated = read_texts(self.schema, data, self.settings.max_input_chars)
         if not texts:
@@ -208,13 +313,18 @@ class Predictor:
             results, _ = build_results(self.schema, parse_reply(reply.text, names), texts)
             return bool(results)
 
-        reply = self.client.chat(
-            messages,
-            answer_schema(self.schema, texts, inputs.guidance.reasoning, confidence),
-            deadline=deadline,
-            accept=worth_caching,
-            tally=stats.calls if stats is not None else None,
-        )
+        ask = Ask(messages, answer_schema(self.schema, texts, inputs.guidance.reasoning, confidence), worth_caching)
+        tokens = packing.estimate_tokens("\n".join(texts.values()))
+        return PreparedTask(task, texts, wanted, ask, tokens)
+
+    def finish_task(self, prepared: PreparedTask, reply: ChatReply) -> dict[str, Any]:
+        """The prediction made of a reply: results, score, model_version."""
+        task, texts, wanted = prepared.task, prepared.texts, prepared.wanted
+        names = [t.name for t in wanted]
+        if reply.model:
+            logger.debug("Task %s answered by %s", task.get("id"), reply.model)
+        if not reply.cached:  # the status page's "model that answered last"
+            ACTIVITY.model_answered(reply.model or self.settings.model, reply.quota_remaining)
         logger.debug(
             "Task %s reply (%d prompt + %d completion tokens%s):\n%s",
             task.get("id"), reply.usage.prompt_tokens, reply.usage.completion_tokens,
@@ -243,9 +353,12 @@ class Predictor:
         """
         return {"model_version": self.model_version, "score": 0.0, "error": err.message}
 
-    def _log_batch(self, stats: BatchStats, seconds: float) -> None:
+    def _log_batch(self, stats: BatchStats, seconds: float, progress: BatchProgress) -> None:
         failed = stats.tasks - stats.succeeded
         calls = stats.calls
+        tokens = int(calls.get(PROMPT_TOKENS) + calls.get(COMPLETION_TOKENS))
+        requests, hits = int(calls.get(API_REQUESTS)), int(calls.get(CACHE_HITS))
+        ACTIVITY.finish_batch(progress, stats.succeeded, requests, hits, tokens)
         logger.info(
             "批次完成 (batch done): %d 个任务, %d 成功, %d 失败, 缓存命中 %d/未命中 %d (cache hits/misses), "
             "API 请求 %d (requests), 重试 %d (retries), 429 × %d, 并发上限 %d (concurrency limit), "

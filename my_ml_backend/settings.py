@@ -117,6 +117,10 @@ class Settings:
     max_instructions_chars: int = 20_000  # MAX_INSTRUCTIONS_CHARS: a project's ML extra params (instructions)
     predict_slots: int | None = None  # PREDICT_SLOTS: concurrent /predict per worker; None = unbounded
     slot_lease: float = 15.0  # LLM_SLOT_LEASE: seconds a killed process may keep a shared slot (REDIS_URL)
+    fallback_models: tuple[str, ...] = ()  # MODELSCOPE_FALLBACK_MODELS: tried in order after `model`
+    tasks_per_call: int | None = None  # LLM_TASKS_PER_CALL: N tasks per chat call, 0 = auto, None = endpoint default
+    pack_token_budget: int = 1500  # LLM_PACK_TOKENS: prompt tokens of task text per packed call (auto)
+    quota_reset: str = "00:00 Asia/Shanghai"  # LLM_QUOTA_RESET: when the free tier's quota day starts
 
     @property
     def has_api_key(self) -> bool:
@@ -136,6 +140,9 @@ class Settings:
             "max_tokens": self.max_tokens,
             "top_p": self.top_p,
             "max_input_chars": self.max_input_chars,
+            # a pool and packing change who answers and how: new keys only when used, so old versions stay
+            **({"fallback_models": list(self.fallback_models)} if self.fallback_models else {}),
+            **({"tasks_per_call": self.tasks_per_call} if self.tasks_per_call not in (None, 1) else {}),
         }
 
 
@@ -182,12 +189,50 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_instructions_chars=max(0, _int(env, "MAX_INSTRUCTIONS_CHARS", 20_000)),
         predict_slots=_int(env, "PREDICT_SLOTS", 0) or None,
         slot_lease=max(1.0, _float(env, "LLM_SLOT_LEASE", 15.0) or 15.0),
+        fallback_models=_fallback_models(env),
+        tasks_per_call=_tasks_per_call(env),
+        pack_token_budget=max(100, _int(env, "LLM_PACK_TOKENS", 1500)),
+        quota_reset=env.get("LLM_QUOTA_RESET", "").strip() or "00:00 Asia/Shanghai",
     )
 
 
 def _fewshot_auto(env: Mapping[str, str]) -> bool:
     """FEWSHOT_EXAMPLES unset or `auto`: the backend measures per project whether examples help."""
     return env.get("FEWSHOT_EXAMPLES", "").strip().lower() in ("", "auto")
+
+
+# Models reported as served by ModelScope API-Inference in 2026 (issue 14): the default pool
+# after MODELSCOPE_MODEL, on ModelScope only. The seed's default model was reported withdrawn.
+SERVED_MODELS_2026 = (
+    "Qwen/Qwen3-235B-A22B-Instruct-2507",
+    "Qwen/Qwen3-30B-A3B-Instruct-2507",
+    "Qwen/Qwen3-Coder-30B-A3B-Instruct",
+    "ZhipuAI/GLM-4.6",
+)
+
+
+def _fallback_models(env: Mapping[str, str]) -> tuple[str, ...]:
+    """MODELSCOPE_FALLBACK_MODELS (comma list; "none" for none); unset: the served list, on ModelScope only."""
+    raw = env.get("MODELSCOPE_FALLBACK_MODELS")
+    if raw is None or not raw.strip():
+        on_modelscope = "modelscope.cn" in (env.get("MODELSCOPE_API_URL", "") or DEFAULT_API_URL)
+        raw = ",".join(SERVED_MODELS_2026) if on_modelscope else ""
+    if raw.strip().lower() in ("none", "off", "0"):
+        return ()
+    main = env.get("MODELSCOPE_MODEL", "").strip() or DEFAULT_MODEL
+    models = [m.strip() for m in raw.split(",") if m.strip() and m.strip() != main]
+    return tuple(dict.fromkeys(models))
+
+
+def _tasks_per_call(env: Mapping[str, str]) -> int | None:
+    raw = env.get("LLM_TASKS_PER_CALL", "").strip().lower()
+    if not raw:
+        return None
+    if raw == "auto":
+        return 0
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"LLM_TASKS_PER_CALL 只能是 auto 或正整数 (must be auto or a positive integer), got {raw!r}")
+    return int(raw)
 
 
 def _instructions(env: Mapping[str, str]) -> str:

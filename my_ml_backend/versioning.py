@@ -13,6 +13,9 @@ import json
 from .labeling.prompts import PROMPT_VERSION
 from .settings import Settings
 
+BACKEND_VERSION = "1.0.0"
+"""This backend's release, shown on the status page (bump it with each release)."""
+
 
 def model_version(
     settings: Settings, config_hash: str, guidance: str = "", examples_bucket: int = 0, fewshot_form: str = ""

@@ -62,6 +62,7 @@ class Backend:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = tmp / "logs"
         self.stdout = tmp / "stdout.log"
+        self.env, self.data_dir = dict(env), tmp / "data"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSCOPE_", "LLM_"))}
         full_env.update({"LOG_DIR": str(self.log_dir), "DATA_DIR": str(tmp / "data"), "PYTHONUNBUFFERED": "1"})
         full_env.update(env)
@@ -128,6 +129,13 @@ class Backend:
         assert status == 200, body
         assert len(body["results"]) == len(tasks)
         return body["results"]
+
+    def forget_quota(self) -> None:
+        """Clear the quota ledger the backend keeps in its DATA_DIR (what a new quota day does)."""
+        from my_ml_backend.llm.quota import open_ledger
+        from my_ml_backend.settings import load_settings
+
+        open_ledger(load_settings({**self.env, "DATA_DIR": str(self.data_dir)})).clear()
 
     def logs(self) -> str:
         text = self.stdout.read_text(encoding="utf-8", errors="replace")
@@ -203,3 +211,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_db(redis_url: str) -> Iterator[str]:
     redis.Redis.from_url(redis_url).flushdb()
     yield redis_url
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bin/ of a venv without any package: `python` for a user who did not activate the project's venv."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    return venv / "bin"

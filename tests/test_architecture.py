@@ -17,7 +17,7 @@ ENGINE = LABELING_LLM_LEARNING | {"versioning", "predictor", "engine"}
 ALLOWED: dict[str, set[str]] = {
     "settings": set(),
     "storage": set(),
-    "telemetry": {"settings"},
+    "telemetry": {"settings", "storage"},
     "labeling": set(),
     "llm": BASE,
     "learning": BASE | {"labeling"},

@@ -92,7 +92,7 @@ def test_fatal_error_stops_the_batch(backend: Backend, llm: fake.FakeLLMServer) 
 def test_errors_reach_predict_as_messages(backend: Backend, llm: fake.FakeLLMServer) -> None:
     cfg = config("text_classification")
     cases = [
-        (fake.quota_exhausted(), "API调用配额已用完"),
+        (fake.quota_exhausted(), "今日额度已用完"),
         (fake.model_unavailable("Qwen/Qwen3-Coder-480B-A35B-Instruct"), "模型不可用"),
         (fake.bind_aliyun(), "无权限访问此模型"),
         (fake.null_choices(), "响应格式异常"),
@@ -103,6 +103,7 @@ def test_errors_reach_predict_as_messages(backend: Backend, llm: fake.FakeLLMSer
         llm.set_default(reply)
         [pred] = backend.predict(cfg, [{"id": 1, "data": {"text": "x"}}])
         assert message in pred["error"], (message, pred)
+        backend.forget_quota()  # a used-up or retired model is otherwise skipped for the rest of the day
     llm.reset()
     llm.set_default(fake.timeout(3))
     [pred] = backend.predict(cfg, [{"id": 1, "data": {"text": "x"}}])

@@ -218,7 +218,9 @@ def test_debug_logs_and_replies_hold_no_credential(guarded: Backend, llm: fake.F
     time.sleep(0.5)  # let the handlers flush
 
     output = all_output(guarded)
-    assert "Task 1 prompt" in output and "很好" in output  # debug mode traces the fields and the prompt
+    # Debug mode traces what the seed promises: the fields, the prompt, the reply and its token usage.
+    assert "Task 1 fields" in output and "Task 1 prompt" in output and "很好" in output
+    assert "completion tokens" in output and "正面" in output
     assert "/predict -> 200" in output  # one line per request instead of headers and body
     assert len(output) < 2_000_000, len(output)  # no request body in the log
     planted = [PASS, LS_KEY, ACCESS_TOKEN, TASK_PASSWORD, INTRUDER_PASS, JUNK_PASS, BODY_MARK, TEST_KEY]
@@ -265,7 +267,7 @@ def send_chunked(backend: Backend, path: str, chunks: list[bytes], headers: list
 def test_chunked_body_over_the_limit_is_cut(guarded: Backend) -> None:
     """Without Content-Length (chunked), reading stops one byte past the limit."""
     answer = send_chunked(guarded, "/predict", [b"{" + b" " * (1024 * 1024)] * 7, AUTH)
-    assert answer.startswith("HTTP/1.1 413") and "MAX_REQUEST_MB" in answer, answer[:300]
+    assert answer.split()[1] == "413" and "MAX_REQUEST_MB" in answer, answer[:300]
     answer = send_chunked(guarded, "/predict", [b'{"tasks": ', b"[]}"], AUTH)
     assert answer.split("\r\n")[0].split()[1] in ("200", "400"), answer[:300]  # read as usual
 
@@ -316,7 +318,7 @@ def test_model_registry_memory_is_bounded(gunicorn_only: Backend) -> None:
     print(f"worker RSS {[round(b) for b in before]} -> {[round(a) for a in after]} MB")
     assert sum(growth) < 280, growth
     found = [call(gunicorn_only, "POST", "/versions", {"project": f"{100 + i}.1"})[1]["versions"] for i in range(24)]
-    assert not any(found[:20]), found  # the oldest configs were let go
+    assert sum(bool(f) for f in found) <= 2, found  # each of the 2 workers keeps only its newest config
 
 
 # 3. 429s do not use up the retry budget of server errors -------------------------------------
@@ -331,6 +333,7 @@ def test_model_registry_memory_is_bounded(gunicorn_only: Backend) -> None:
         ([fake.throttled()] * 4 + ["ok"], True, 5),
         ([fake.server_error()] * 3 + ["ok"], False, 3),  # LLM_MAX_RETRIES=2 still holds for 5xx
     ],
+    ids=["429,429,500,ok", "429,500,500,ok", "500,500,ok", "429x4,ok", "500x3:fails"],
 )
 def test_throttles_are_counted_apart_from_server_errors(
     guarded: Backend, llm: fake.FakeLLMServer, script: list, ok: bool, calls: int
@@ -484,7 +487,8 @@ def test_health_answers_within_1s_while_16_predictions_hang(open_gunicorn: Backe
           f"predict answers: {sorted(results)}")
     assert max(health_times) < 1.0, health_times
     assert len(results) == 16 and {s for s, _ in results} <= {200, 503}
-    assert sum(s == 200 for s, _ in results) >= 8  # most went through; the rest were told to retry
+    # Each worker runs up to 7 (= 8 threads - 1); gunicorn may hand all 16 to one worker: the rest hear "retry".
+    assert sum(s == 200 for s, _ in results) >= 7
 
 
 # 8. Exposure ------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_model_not_served(llm: fake.FakeLLMServer, reply: fake.Reply) -> None:
 
 def test_quota_used_up_is_not_retried(llm: fake.FakeLLMServer) -> None:
     err = failure(llm, fake.quota_exhausted(), fake.chat("should not be reached"))
-    assert err.kind == ErrorKind.QUOTA and "API调用配额已用完" in err.message and err.fatal
+    assert err.kind == ErrorKind.QUOTA and "今日额度已用完" in err.message and "恢复" in err.message and err.fatal
     assert llm.chat_calls == 1
 
 

@@ -149,6 +149,12 @@ def test_a_killed_holder_frees_its_slot_within_the_lease(redis_db: str, llm: fak
 def test_without_redis_concurrent_first_batches_share_the_process_limit(llm: fake.FakeLLMServer,
                                                                          tmp_path: Path) -> None:
     """Batches arriving together at a fresh process get one client, so one LLM_CONCURRENCY (per process)."""
+    # A request an earlier test abandoned (a killed process's) may still be held by the fake server: wait for it
+    # to end, so that max_in_flight counts only this test's requests.
+    deadline = time.monotonic() + 30
+    while llm.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    llm.reset()
     llm.latency = 0.3
     llm.set_default(fake.chat('{"sentiment": "正面"}'))
     env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_CONCURRENCY": "2"}

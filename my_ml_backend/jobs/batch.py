@@ -28,10 +28,13 @@ from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
 from ..engine import build_predictor
+from ..labeling import packing
+from ..llm.pool import MODEL_ANSWERS, MODEL_REFUSALS
 from ..predictor import Predictor
 from ..settings import load_env_file, load_settings
 from ..telemetry.logs import configure_logging, mask
 from ..telemetry.metrics import API_REQUESTS, CACHE_HITS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS
+from .estimate import estimate
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class Summary:
     seconds: float = 0.0
     stopped: str = ""
     errors: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)  # answers per pool model
+    refusals: Counter[str] = field(default_factory=Counter)  # refusals that took a model out, per model
 
     def lines(self) -> list[str]:
         out = [
@@ -67,6 +72,10 @@ class Summary:
             f"API 调用 (API calls): {self.api_calls}; 缓存命中 (cache hits): {self.cache_hits}; "
             f"tokens: {self.prompt_tokens} + {self.completion_tokens}; 用时 (time): {self.seconds:.1f} s",
         ]
+        if self.models or self.refusals:
+            answered = ", ".join(f"{m} × {n}" for m, n in self.models.most_common()) or "-"
+            refused = ", ".join(f"{m} × {n}" for m, n in self.refusals.most_common()) or "-"
+            out.append(f"回答的模型 (answered by): {answered}; 拒绝 (refusals): {refused}")
         out += [f"  {message} × {count}" for message, count in self.errors.most_common()]
         if self.stopped:
             out.append(f"已停止 (stopped): {self.stopped}. 重新运行同一命令即可继续 (rerun the same command to resume)")
@@ -99,7 +108,7 @@ class BatchJob:
     def run(self, limit: int | None = None, progress: bool = True) -> Summary:
         started = time.monotonic()
         summary = Summary(project=self.project, model_version=self.predictor.model_version)
-        before = counters()
+        before, before_models = counters(), model_counts()
         done = self.done_task_ids()
         expected = self.client.projects.get(id=self.project).task_number or None
         bar = tqdm(total=expected, unit="task", disable=not progress, file=sys.stderr, desc="pre-annotating")
@@ -112,6 +121,9 @@ class BatchJob:
                 bar.update(len(chunk))
                 bar.set_postfix(failed=summary.failed, calls=int(counters()[API_REQUESTS] - before[API_REQUESTS]))
                 failed_chunks = 0 if succeeded else failed_chunks + 1
+                if not self.predictor.client.pool.usable():  # every model is out for today
+                    summary.stopped = self.predictor.client.pool.exhausted_error().message
+                    break
                 if failed_chunks >= STOP_AFTER_FAILED_CHUNKS:
                     summary.stopped = "连续多批全部失败 (every task of the last chunks failed)"
                     break
@@ -125,6 +137,7 @@ class BatchJob:
             spent = {name: int(value - before[name]) for name, value in counters().items()}
             summary.api_calls, summary.cache_hits = spent[API_REQUESTS], spent[CACHE_HITS]
             summary.prompt_tokens, summary.completion_tokens = spent[PROMPT_TOKENS], spent[COMPLETION_TOKENS]
+            summary.models, summary.refusals = model_counts(before_models)
             summary.seconds = time.monotonic() - started
             summary.total = max(summary.total, expected or 0)
         return summary
@@ -137,7 +150,7 @@ class BatchJob:
         `on_posted(task_id)` runs right after each post (the queued job marks the task done).
         """
         posted = 0
-        for task, prediction in zip(chunk, self.predictor.predict_batch(chunk), strict=True):
+        for task, prediction in zip(chunk, self.predictor.predict_batch(chunk, project=str(self.project)), strict=True):
             if "result" not in prediction:
                 summary.failed += 1
                 summary.errors[prediction.get("error", "unknown error")] += 1
@@ -162,6 +175,17 @@ class BatchJob:
         return posted
 
 
+def model_counts(
+    since: tuple[Counter[str], Counter[str]] | None = None,
+) -> tuple[Counter[str], Counter[str]]:
+    """Answers and refusals per pool model in this process (minus `since`)."""
+    answers = Counter({m: int(v) for m, v in METRICS.by_label(MODEL_ANSWERS, "model").items()})
+    refusals = Counter({m: int(v) for m, v in METRICS.by_label(MODEL_REFUSALS, "model").items()})
+    if since is not None:
+        answers, refusals = answers - since[0], refusals - since[1]
+    return answers, refusals
+
+
 def counters() -> dict[str, float]:
     """This process's API requests, cache hits and tokens so far (the summary shows the difference)."""
     return {name: METRICS.get(name) for name in (API_REQUESTS, CACHE_HITS, PROMPT_TOKENS, COMPLETION_TOKENS)}
@@ -181,6 +205,12 @@ def chunks(items: Iterator[dict[str, Any]], size: int, limit: int | None) -> Ite
         yield chunk
 
 
+def default_chunk_size(predictor: Predictor) -> int:
+    """Tasks per chunk: 4 per worker (at least 8), times the tasks a call can take, so packs can fill."""
+    per_call = predictor.tasks_per_call
+    return max(8, 4 * predictor.settings.concurrency) * (per_call if per_call >= 1 else packing.MAX_PACK)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="batch_predict.py",
@@ -192,9 +222,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
                         help="Label Studio API key or personal access token (env LABEL_STUDIO_API_KEY)")
     parser.add_argument("--chunk-size", type=int, default=0,
-                        help="tasks per chunk (default: 4 x LLM_CONCURRENCY, at least 8)")
+                        help="tasks per chunk (default: 4 x LLM_CONCURRENCY, at least 8, x tasks per call)")
     parser.add_argument("--limit", type=int, default=None, help="predict at most this many tasks in this run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="只估算调用次数、tokens、用时和今日额度，不调用模型 (estimate calls, tokens, time and "
+                             "today's quota without calling the model)")
     parser.add_argument("--queue", action="store_true",
                         help="enqueue chunks as RQ jobs for `rq worker llm-preannotation` processes (needs REDIS_URL)")
     return parser.parse_args(argv)
@@ -221,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
               f"with key {mask(args.api_key)}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
         return 2
     predictor = build_predictor(label_config, settings)
-    chunk_size = args.chunk_size or max(8, 4 * settings.concurrency)
+    chunk_size = args.chunk_size or default_chunk_size(predictor)
+    if args.dry_run:
+        for line in estimate(BatchJob(client, args.project, predictor, chunk_size), args.limit).lines():
+            print(line)
+        return 0
     if args.queue:
         if not settings.redis_url:
             print("--queue 需要 REDIS_URL (--queue needs REDIS_URL, shared with the workers)", file=sys.stderr)

@@ -1,28 +1,44 @@
-"""Shared bits of the top-level diagnostic scripts: ✅/❌ lines and loading `.env`."""
+"""Shared bits of the top-level diagnostic scripts: ✅/❌ lines and loading `.env`.
+
+Standard library only at import time: `check_modelscope_env.py` must be able to say
+which packages are missing when run by a Python that has none of them.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from ..settings import Settings, load_env_file, load_settings
-from ..telemetry.logs import mask
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+STATUS_MARKS = ("✅", "⚠️", "❌", "⏱")
+
+
+def plain(message: str) -> str:
+    """The message without a leading status mark: error texts carry their own (`❌ API Key未设置…`)."""
+    stripped = message.lstrip()
+    for mark in STATUS_MARKS:
+        if stripped.startswith(mark):
+            return stripped[len(mark) :].lstrip()
+    return message
 
 
 class Report:
-    """Collects ✅/⚠️/❌ lines; `exit_code` is 1 when anything failed."""
+    """Collects ✅/⚠️/❌ lines (one mark each); `exit_code` is 1 when anything failed."""
 
     def __init__(self) -> None:
         self.failed = 0
 
     def ok(self, message: str) -> None:
-        print(f"✅ {message}")
+        print(f"✅ {plain(message)}")
 
     def warn(self, message: str) -> None:
-        print(f"⚠️  {message}")
+        print(f"⚠️  {plain(message)}")
 
     def fail(self, message: str) -> None:
         self.failed += 1
-        print(f"❌ {message}")
+        print(f"❌ {plain(message)}")
 
     @property
     def exit_code(self) -> int:
@@ -31,11 +47,15 @@ class Report:
 
 def settings_from_env() -> Settings:
     """Settings as the backend would see them, `.env` included."""
+    from ..settings import load_env_file, load_settings
+
     load_env_file()
     return load_settings()
 
 
 def describe(settings: Settings) -> str:
+    from ..telemetry.logs import mask
+
     return f"model={settings.model} url={settings.base_url} key={mask(settings.api_key or '')}"
 
 

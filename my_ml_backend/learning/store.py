@@ -94,6 +94,8 @@ class ExampleStore(Protocol):
 
     def set_meta(self, project: str, key: str, value: str) -> None: ...
 
+    def counts(self) -> dict[str, int]: ...
+
 
 class SQLiteExampleStore:
     def __init__(self, path: Path) -> None:
@@ -231,6 +233,11 @@ class SQLiteExampleStore:
         with self._db.connect() as conn:
             conn.execute("INSERT OR REPLACE INTO meta (project, key, value) VALUES (?, ?, ?)", (project, key, value))
 
+    def counts(self) -> dict[str, int]:
+        """Stored examples per project (for the status page)."""
+        with self._db.connect() as conn:
+            return dict(conn.execute("SELECT project, COUNT(*) FROM examples GROUP BY project").fetchall())
+
     def close(self) -> None:
         self._db.close()
 
@@ -319,6 +326,11 @@ class RedisExampleStore:
 
     def set_meta(self, project: str, key: str, value: str) -> None:
         self._redis.hset(self.prefix + project + ":meta", key, value)
+
+    def counts(self) -> dict[str, int]:
+        """Stored examples per project (for the status page); SCAN, so Redis is never blocked."""
+        keys = [k.decode() if isinstance(k, bytes) else k for k in self._redis.scan_iter(self.prefix + "*")]
+        return {k[len(self.prefix) :]: int(self._redis.hlen(k)) for k in keys}
 
 
 _stores: dict[str, ExampleStore] = {}

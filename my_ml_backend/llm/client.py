@@ -52,6 +52,8 @@ from .errors import (
 from .limits import open_limiter
 from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
 from .pacing import MAX_RETRY_AFTER, is_throttle, retry_after, retry_delay
+from .pool import ModelPool, pool_models
+from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, open_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class ChatReply:
     quota_remaining: int | None = None
     mode: str = "text"
     cached: bool = False  # served from the response cache: no request, no tokens paid
+    model: str = ""  # the pool model that answered ("" when served from the cache)
 
     @property
     def token_confidence(self) -> float | None:
@@ -85,9 +88,14 @@ class ChatReply:
 class LLMClient:
     """Thread-safe chat client shared by all predictions of one backend process."""
 
-    def __init__(self, settings: Settings, cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self, settings: Settings, cache: ResponseCache | None = None, ledger: QuotaLedger | None = None
+    ) -> None:
         self.settings = settings
         self.cache = cache
+        if ledger is None:  # no shared store: this client still learns, for its own lifetime
+            ledger = QuotaLedger(MemoryLedger(), DayClock(settings.quota_reset), account_id(settings))
+        self.pool = ModelPool(pool_models(settings), ledger)
         self.limiter = open_limiter(settings)  # per process, or shared by all through REDIS_URL
         self._local = threading.local()  # the tally of the batch the current thread works for
         self._extra_body: dict[str, Any] = {}
@@ -122,6 +130,7 @@ class LLMClient:
         deadline: float | None = None,
         accept: Callable[[ChatReply], bool] | None = None,
         tally: Tally | None = None,
+        tasks: int = 1,
     ) -> ChatReply:
         """Send one chat completion; raise `PredictionError` with a user-facing message on failure.
 
@@ -131,10 +140,12 @@ class LLMClient:
         `deadline` (monotonic): no request or retry starts after it.
         `accept`: whether a reply is good enough to cache (e.g. it parses); others are
         returned but asked again next time. `tally`: the batch's counters.
+        `tasks`: how many tasks the call answers (packed calls), for the cost ledger.
         """
         if self._client is None:
             raise missing_key()
         self._local.tally = tally
+        self._local.tasks = tasks
         try:
             return self._chat(messages, schema, deadline, accept)
         finally:
@@ -147,11 +158,11 @@ class LLMClient:
         deadline: float | None,
         accept: Callable[[ChatReply], bool] | None,
     ) -> ChatReply:
-        adaptations = 0
+        adaptations = switches = 0
         while True:
             mode = self.mode if schema is not None else OutputMode.TEXT
-            params = self._params(messages, mode, schema)
-            key = cache_key(self.settings.base_url, params) if self.cache is not None else None
+            params = self._params(messages, mode, schema, model=self.pool.pick())
+            key = self._cache_key(params) if self.cache is not None else None
             if key is not None:
                 assert self.cache is not None
                 claimed = self.cache.claim(key, deadline)
@@ -169,6 +180,11 @@ class LLMClient:
                     self.cache.put(key, _cache_entry(reply))
                 return reply
             except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
+                if switches < len(self.pool.models) and self.pool.refused(params["model"], exc):
+                    switches += 1
+                    continue  # that model is out for today: the next one, or the "quota used up" error
+                if _too_long(exc):  # no output mode is the cure: the caller sends less (smaller packs)
+                    raise self._classify(exc) from None
                 if adaptations <= len(LADDER) + 2 and self._adapt(exc, mode, params):
                     adaptations += 1
                     continue
@@ -211,11 +227,15 @@ class LLMClient:
         return classify(exc, model=s.model, base_url=s.base_url, timeout=s.timeout)
 
     def _params(
-        self, messages: list[dict[str, str]], mode: OutputMode, schema: dict[str, Any] | None
+        self,
+        messages: list[dict[str, str]],
+        mode: OutputMode,
+        schema: dict[str, Any] | None,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """The request body: everything that decides the answer, hence also the cache key."""
         s = self.settings
-        params: dict[str, Any] = {"model": s.model, "messages": messages, "temperature": s.temperature}
+        params: dict[str, Any] = {"model": model or s.model, "messages": messages, "temperature": s.temperature}
         if (fmt := response_format(mode, schema)) is not None:
             params["response_format"] = fmt
         if self.logprobs:
@@ -231,7 +251,23 @@ class LLMClient:
             params["extra_body"] = dict(self._extra_body)
         return params
 
+    def _cache_key(self, params: dict[str, Any]) -> str:
+        """The request's cache key, with the pool standing for the model: any pool model's answer serves."""
+        return cache_key(self.settings.base_url, {**params, "model": self.pool.cache_name})
+
+    def _record_answer(self, params: dict[str, Any], raw: Any, usage: Usage, seconds: float) -> None:
+        """Tell the pool which model answered (ledger, metrics) and what the answer cost (dry-run calibration)."""
+        model = params["model"]
+        self.pool.answered(model, raw.headers)
+        chars = sum(len(str(m.get("content") or "")) for m in params.get("messages") or [])
+        tasks = getattr(self._local, "tasks", 1)
+        cost = Cost(1, chars, usage.prompt_tokens, usage.completion_tokens, seconds, tasks)
+        self.pool.ledger.add_cost(model, cost)
+        logger.debug("Answered by %s (%d+%d tokens, %.2f s)", model, usage.prompt_tokens,
+                     usage.completion_tokens, seconds)
+
     def _create(self, params: dict[str, Any], mode: OutputMode, deadline: float | None = None) -> ChatReply:
+        started = time.monotonic()
         raw = self._send(params, deadline)
         completion = raw.parse()
         quota = _quota_remaining(raw.headers)
@@ -242,13 +278,17 @@ class LLMClient:
             usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
             self._count(PROMPT_TOKENS, usage.prompt_tokens)  # paid, whatever the content turns out to be
             self._count(COMPLETION_TOKENS, usage.completion_tokens)
+        self._record_answer(params, raw, usage, time.monotonic() - started)
         choices = getattr(completion, "choices", None)
         if not choices or choices[0].message is None:
             raise bad_response("no choices in reply")
         text = choices[0].message.content or ""
         if not text.strip():
             raise bad_response("empty content")
-        return ChatReply(text=text, usage=usage, tokens=_tokens(choices[0]), quota_remaining=quota, mode=str(mode))
+        return ChatReply(
+            text=text, usage=usage, tokens=_tokens(choices[0]), quota_remaining=quota, mode=str(mode),
+            model=params["model"],
+        )
 
     def _send(self, params: dict[str, Any], deadline: float | None) -> Any:
         """One request through the limiter, repeated while `pacing.retry_delay` says it is worth it.
@@ -291,6 +331,16 @@ def _quota_remaining(headers: Any) -> int | None:
     return min(numbers) if numbers else None
 
 
+_CONTEXT_MARKERS = ("context window", "context length", "context_length_exceeded", "maximum context")
+
+
+def _too_long(exc: BaseException) -> bool:
+    """The request did not fit the model's context (llama.cpp, vLLM and OpenAI wordings)."""
+    return isinstance(exc, openai.BadRequestError) and any(
+        m in server_message(exc).lower() for m in _CONTEXT_MARKERS
+    )
+
+
 def _tokens(choice: Any) -> list[tuple[str, float]]:
     content = getattr(getattr(choice, "logprobs", None), "content", None) or []
     return [(t.token, t.logprob) for t in content if getattr(t, "logprob", None) is not None]
@@ -321,4 +371,4 @@ def shared_client(settings: Settings) -> LLMClient:
 
 @lru_cache(maxsize=8)
 def _shared_client(settings: Settings) -> LLMClient:
-    return LLMClient(settings, cache=open_cache(settings))
+    return LLMClient(settings, cache=open_cache(settings), ledger=open_ledger(settings))

@@ -31,6 +31,7 @@ from ..settings import Settings, load_settings
 from ..telemetry.metrics import CONTENT_TYPE, METRICS
 from .guards import RequestGuard, check_webhook, parse_json, server_options
 from .registry import BadRequest, ModelRegistry
+from .status import install_status_page
 
 MAX_PROJECT_CHARS = 100
 
@@ -66,6 +67,10 @@ def install(
     registry = ModelRegistry(
         model_class, max_chars=settings.model_cache_chars, max_config_chars=settings.max_config_chars
     )
+    # JSON bodies in readable UTF-8 ("API Key未设置"), not "\\u672a…"; Label Studio reads both.
+    app.config["JSON_AS_ASCII"] = False  # Flask < 2.3
+    if hasattr(getattr(app, "json", None), "ensure_ascii"):
+        app.json.ensure_ascii = False  # Flask >= 2.3
     _drop_stock_logging(app)
     _hosts, threads = server_options()
     slots = settings.predict_slots or (max(1, threads - 1) if threads else None)
@@ -173,6 +178,7 @@ def install(
     app.view_functions["health"] = health
     app.view_functions["get_version"] = versions
     app.view_functions["_is_training"] = is_training
+    install_status_page(app, registry)  # browsers asking for `/` (basic auth is checked before, in RequestGuard)
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest) -> Any:

@@ -58,9 +58,16 @@ _HELP: dict[str, str] = {
     CONCURRENCY_DECREASES: "Times repeated 429 answers made the client lower its concurrency.",
     "fewshot_evaluations": "Automatic few-shot evaluations run (FEWSHOT_EXAMPLES=auto).",
     "fewshot_eval_calls": "LLM requests spent by automatic few-shot evaluations (within FEWSHOT_EVAL_CALLS).",
+    "model_answers": "Chat answers received, by the pool model that answered (llm.pool).",
+    "model_refusals": "Refusals that took a pool model out for the quota day, by model and reason.",
 }
 
 Labels = tuple[tuple[str, str], ...]
+_LABELS: dict[str, tuple[str, ...]] = {  # label names of the labelled counters (sorted)
+    ERRORS: ("kind",),
+    "model_answers": ("model",),
+    "model_refusals": ("model", "reason"),
+}
 
 
 class Tally:
@@ -107,7 +114,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._gauges: dict[str, tuple[str, Callable[[], Iterable[tuple[Labels, float]]]]] = {}
         for name in _HELP:
-            self._counter(name, ("kind",) if name == ERRORS else ())
+            self._counter(name, _LABELS.get(name, ()))
         info = f"{PREFIX}process_info"
         if multiprocess_dir:  # `liveall`: one sample per live worker, labelled with its pid
             Gauge(info, "Worker processes counted (pid label).", registry=self.registry,
@@ -147,6 +154,17 @@ class Metrics:
             for sample in metric.samples
             if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in labels.items())
         )
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """This process's counts of `name` per value of `label` (summed over its other labels)."""
+        counter = self._counters.get(name)
+        out: dict[str, float] = {}
+        for metric in counter.collect() if counter is not None else ():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    key = sample.labels.get(label, "")
+                    out[key] = out.get(key, 0.0) + sample.value
+        return out
 
     def gauge(self, name: str, help_text: str, read: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
         """Register a gauge whose samples are read when `/metrics` is scraped."""

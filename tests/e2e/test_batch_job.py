@@ -31,7 +31,12 @@ pytestmark = pytest.mark.e2e
 
 
 def run_batch(
-    label_studio: LabelStudioServer, llm: fake.FakeLLMServer, tmp_path: Path, *args: str, api_key: str | None = None
+    label_studio: LabelStudioServer,
+    llm: fake.FakeLLMServer,
+    tmp_path: Path,
+    *args: str,
+    api_key: str | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The command as a user runs it, with the backend's settings in the environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSCOPE_", "LLM_", "LABEL_STUDIO_"))}
@@ -45,11 +50,14 @@ def run_batch(
             "LABEL_STUDIO_API_KEY": api_key or label_studio.installation.token,
             "DATA_DIR": str(tmp_path / "batch-data"),
             "LOG_DIR": str(tmp_path / "batch-logs"),
+            **(env_extra or {}),
         }
     )
     cmd = [sys.executable, str(ROOT / "batch_predict.py"), "--no-progress", *args]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
-    report(f"batch_predict {' '.join(args)} -> exit {proc.returncode}: " + " | ".join(proc.stdout.splitlines()[1:4]))
+    # Its summary when it ran, else what it said on stderr (an argparse error leaves stdout empty).
+    said = proc.stdout.splitlines()[1:4] or proc.stderr.strip().splitlines()[-2:] or ["(no output)"]
+    report(f"batch_predict {' '.join(args)} -> exit {proc.returncode}: " + " | ".join(said))
     return proc
 
 
@@ -107,3 +115,20 @@ def test_batch_job_explains_a_wrong_label_studio_key(
     assert "Traceback" not in proc.stderr
     assert wrong not in proc.stdout + proc.stderr
     assert llm.chat_calls == 0
+
+
+def test_batch_dry_run_estimates_without_a_call(
+    ls: LabelStudioClient,
+    label_studio: LabelStudioServer,
+    start_backend: StartBackend,
+    llm: fake.FakeLLMServer,
+    tmp_path: Path,
+) -> None:
+    project, _, _, _ = connected_project(ls, start_backend(), "e2e dry run", 12)
+    dry = run_batch(label_studio, llm, tmp_path, "--project", str(project), "--dry-run",
+                    env_extra={"LLM_TASKS_PER_CALL": "4"})
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "待预测 (to predict): 12" in dry.stdout, dry.stdout
+    assert "调用次数 (calls) at LLM_TASKS_PER_CALL=4: 3" in dry.stdout, dry.stdout
+    assert "今日额度是否够用 (fits in today's quota): 未知 (unknown)" in dry.stdout
+    assert llm.chat_calls == 0 and ls.predictions(project) == []

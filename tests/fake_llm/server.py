@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import socket
 import sys
@@ -349,11 +350,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._record("GET")
             if self._route().endswith("/models"):
+                quota = self.server.owner.quota
+                served = quota.served_models() if quota is not None else [DEFAULT_MODEL]
                 self._send(
                     200,
                     {
                         "object": "list",
-                        "data": [{"id": DEFAULT_MODEL, "object": "model"}],
+                        "data": [{"id": m, "object": "model"} for m in served],
                     },
                 )
             else:
@@ -371,7 +374,16 @@ class _Handler(BaseHTTPRequestHandler):
             owner = self.server.owner
             owner._enter()
             try:
-                reply = owner._next_reply(entry["body"])
+                quota = owner.quota
+                if quota is not None:
+                    refusal, quota_headers = quota.admit(entry["body"])
+                    if refusal is not None:
+                        self._answer(refusal, entry["body"])
+                        return
+                    reply = owner._next_reply(entry["body"])
+                    reply = dataclasses.replace(reply, headers={**quota_headers, **reply.headers})
+                else:
+                    reply = owner._next_reply(entry["body"])
                 wait = max(0.0, float(owner.latency) + float(reply.delay))
                 # Event.wait instead of time.sleep so stop() does not hang on long delays.
                 if wait and owner._stopping.wait(wait):
@@ -503,6 +515,98 @@ def _status_phrase(status: int) -> str:
         return f"HTTP {status}"
 
 
+ACCOUNT_LIMIT_HEADER = "modelscope-ratelimit-requests-limit"
+ACCOUNT_REMAINING_HEADER = "modelscope-ratelimit-requests-remaining"
+MODEL_LIMIT_HEADER = "modelscope-ratelimit-model-requests-limit"
+MODEL_REMAINING_HEADER = "modelscope-ratelimit-model-requests-remaining"
+
+
+class ModelScopeQuota:
+    """ModelScope API-Inference's free tier as publicly reported (2025-2026).
+
+    - a daily cap per account (about 2,000 calls) and per model (100-500);
+    - every answer, refusals included, carries the four ``modelscope-ratelimit-*``
+      headers for the account and the model asked;
+    - over a cap: 429 with an ``errors`` body (not ``error``);
+    - a retired model: 404, or 400 "Model id : X , has no provider supported";
+      it counts against nothing and is absent from ``GET /models``.
+
+    Every request that reaches a served model under its caps counts, whatever the
+    scripted reply then is (a 5xx too): the real service counts calls, not answers.
+    """
+
+    def __init__(
+        self, account_limit: int, model_limits: dict[str, int], retired: dict[str, int], default_model_limit: int
+    ) -> None:
+        self.account_limit = account_limit
+        self.model_limits = model_limits
+        self.retired = retired
+        self.default_model_limit = default_model_limit
+        self._lock = threading.Lock()
+        self.account_used = 0
+        self.used: dict[str, int] = {}  # calls counted per model today
+        self.refused: dict[str, int] = {}  # refusals sent per model (quota or retired), all days
+
+    def limit_of(self, model: str) -> int:
+        return self.model_limits.get(model, self.default_model_limit)
+
+    def served_models(self) -> list[str]:
+        """What ``GET /models`` lists: every model with a cap, the default one, never a retired one."""
+        known = dict.fromkeys([DEFAULT_MODEL, *self.model_limits])
+        return [m for m in known if m not in self.retired]
+
+    def new_day(self) -> None:
+        """The quota day rolls over: every cap is full again."""
+        with self._lock:
+            self.account_used = 0
+            self.used.clear()
+
+    def admit(self, body: Any) -> tuple[Reply | None, dict[str, str]]:
+        """Count one request; return (refusal or None, the quota headers to send)."""
+        model = body.get("model") if isinstance(body, dict) else None
+        model = model if isinstance(model, str) and model else DEFAULT_MODEL
+        with self._lock:
+            if model in self.retired:
+                self.refused[model] = self.refused.get(model, 0) + 1
+                status = self.retired[model]
+                headers = {
+                    ACCOUNT_LIMIT_HEADER: str(self.account_limit),
+                    ACCOUNT_REMAINING_HEADER: str(max(0, self.account_limit - self.account_used)),
+                }
+                text = (
+                    f"Model {model} not found"
+                    if status == 404
+                    else f"Model id : {model} , has no provider supported"
+                )
+                return error(status, text, key="errors", headers=headers), headers
+            used = self.used.get(model, 0)
+            limit = self.limit_of(model)
+            if self.account_used >= self.account_limit or used >= limit:
+                self.refused[model] = self.refused.get(model, 0) + 1
+                which = "account" if self.account_used >= self.account_limit else f"model {model}"
+                headers = self._headers(model)
+                refusal = error(
+                    429,
+                    f"Request limit exceeded: you have used up today's quota for {which}, please try tomorrow.",
+                    key="errors",
+                    code="RateLimitExceeded",
+                    headers=headers,
+                )
+                return refusal, headers
+            self.account_used += 1
+            self.used[model] = used + 1
+            return None, self._headers(model)
+
+    def _headers(self, model: str) -> dict[str, str]:
+        limit = self.limit_of(model)
+        return {
+            ACCOUNT_LIMIT_HEADER: str(self.account_limit),
+            ACCOUNT_REMAINING_HEADER: str(max(0, self.account_limit - self.account_used)),
+            MODEL_LIMIT_HEADER: str(limit),
+            MODEL_REMAINING_HEADER: str(max(0, limit - self.used.get(model, 0))),
+        }
+
+
 class FakeLLMServer:
     """OpenAI-compatible chat endpoint on a real local socket, scriptable by tests.
 
@@ -522,6 +626,7 @@ class FakeLLMServer:
         self._stopped = False
         self.requests: list[dict] = []
         self.latency: float = 0.0
+        self.quota: ModelScopeQuota | None = None  # see :meth:`modelscope`
         self.in_flight = 0  # chat requests being answered now
         self.max_in_flight = 0  # the most ever answered at once since the last reset
         self._httpd = _HTTPServer((host, port), _Handler)
@@ -591,6 +696,25 @@ class FakeLLMServer:
             self._default = None
             self._responder = None
             self.max_in_flight = self.in_flight
+            self.quota = None
+
+    def modelscope(
+        self,
+        account_limit: int = 2000,
+        model_limits: dict[str, int] | None = None,
+        retired: dict[str, int] | None = None,
+        default_model_limit: int = 500,
+    ) -> ModelScopeQuota:
+        """Behave like ModelScope API-Inference's free tier: daily caps, quota headers, retired models.
+
+        ``model_limits``: daily cap per model (others get ``default_model_limit``);
+        ``retired``: model -> status of its refusal (404, or 400 "has no provider").
+        Returns the quota state, e.g. to read ``served`` counts or start a new day.
+        """
+        quota = ModelScopeQuota(account_limit, dict(model_limits or {}), dict(retired or {}), default_model_limit)
+        with self._lock:
+            self.quota = quota
+        return quota
 
     def enqueue(self, *responses: Reply) -> None:
         """Append replies consumed one per chat request, in order."""

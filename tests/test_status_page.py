@@ -1,0 +1,159 @@
+"""The status page at `/` and the activity registry it reads; readable UTF-8 JSON replies."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from my_ml_backend.settings import load_settings
+from my_ml_backend.telemetry.activity import Activity
+from tests.conftest import TEST_KEY, Backend, config
+from tests.fake_llm import server as fake
+
+HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # what a browser sends
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Content-Type", ""), err.read()
+
+
+def test_activity_counts_a_batch_its_errors_and_the_quota() -> None:
+    activity = Activity()
+    batch = activity.start_batch("7", 3, 90)
+    activity.task_done(batch, True)
+    snap = activity.snapshot()
+    assert [(b.project, b.done, b.total) for b in snap.running] == [("7", 1, 3)]
+    activity.task_done(batch, False)
+    activity.error("quota", "❌ API调用配额已用完")
+    activity.error("quota", "❌ API调用配额已用完")
+    activity.model_answered("Qwen/Qwen3-8B", 41)
+    activity.finish_batch(batch, succeeded=1, calls=4, cache_hits=1, tokens=120)
+    snap = activity.snapshot()
+    assert snap.running == [] and not snap.shared and "pid" in snap.where
+    [done] = snap.finished
+    assert (done.total, done.succeeded, done.failed, done.calls, done.cache_hits, done.tokens) == (3, 1, 2, 4, 1, 120)
+    assert [(e.kind, e.count) for e in snap.errors] == [("quota", 2)]
+    assert [(m.model, m.quota_remaining) for m in snap.models] == [("Qwen/Qwen3-8B", 41)]
+
+
+def test_activity_is_shared_through_redis(redis_db: str) -> None:
+    """Two processes (two registries) with one REDIS_URL see each other's batches and errors."""
+    settings = load_settings({"REDIS_URL": redis_db})
+    worker_a, worker_b = Activity(), Activity()
+    worker_a.configure(settings)
+    worker_b.configure(settings)
+    batch = worker_a.start_batch("3", 5, 90)
+    worker_a.task_done(batch, True)
+    snap = worker_b.snapshot()
+    assert snap.shared and "Redis" in snap.where and "@" not in snap.where
+    assert [(b.project, b.done, b.total) for b in snap.running] == [("3", 1, 5)]
+    worker_a.error("auth", "❌ API认证失败")
+    worker_a.finish_batch(batch, succeeded=1, calls=1, cache_hits=0, tokens=10)
+    snap = worker_b.snapshot()
+    assert snap.running == [] and [b.succeeded for b in snap.finished] == [1]
+    assert [(e.kind, e.count, e.message) for e in snap.errors] == [("auth", 1, "❌ API认证失败")]
+
+
+def test_activity_survives_a_redis_outage() -> None:
+    """Nothing listens on port 1: reports still reach memory and the page says Redis is unavailable."""
+    activity = Activity()
+    activity.configure(load_settings({"REDIS_URL": "redis://127.0.0.1:1/0"}))
+    batch = activity.start_batch("1", 2, 90)
+    activity.task_done(batch, True)
+    snap = activity.snapshot()
+    assert "Redis" in snap.where and [b.done for b in snap.running] == [1]
+
+
+def test_page_shows_a_batch_masked_settings_and_links(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    headers = {"modelscope-ratelimit-requests-remaining": "1234"}
+    llm.set_responder(lambda _req: fake.chat('{"sentiment": "正面"}', headers=headers))
+    backend.predict(config("text_classification"), [{"id": i, "data": {"text": f"好评 {i}"}} for i in range(3)],
+                    project="42.1700000000")
+    status, content_type, body = fetch(backend.url + "/", HTML)
+    page = body.decode("utf-8")
+    assert status == 200 and content_type.startswith("text/html")
+    assert "进行中的批次 (batches in progress)" in page and "最近的批次 (last batches)" in page
+    assert 'href="/metrics"' in page and 'href="/health"' in page
+    assert TEST_KEY not in page and f"{TEST_KEY[:4]}…{TEST_KEY[-4:]}" in page
+    assert "仅本进程" in page and "REDIS_URL" in page  # says the view is per process
+    # The last batch: project 42, 3 tasks, 3 succeeded, 0 failed, 3 calls; the quota from the reply headers.
+    assert re.search(r"<td>42</td><td>3</td><td>3</td><td>0</td><td>3</td>", page), page
+    assert "<td>1234</td>" in page
+    # Anything not asking for HTML (curl, Label Studio) still gets the stock health JSON.
+    status, content_type, body = fetch(backend.url + "/")
+    assert status == 200 and content_type.startswith("application/json") and b'"status":"UP"' in body.replace(
+        b" ", b""
+    )
+
+
+def test_page_shows_errors_by_kind_with_their_message(keyless_backend: Backend) -> None:
+    keyless_backend.predict(config("text_classification"), [{"id": 1, "data": {"text": "差评"}}])
+    page = fetch(keyless_backend.url + "/", HTML)[2].decode("utf-8")
+    assert "<td>missing_key</td>" in page and "API Key未设置" in page
+
+
+def test_json_replies_are_readable_utf8(keyless_backend: Backend) -> None:
+    """A curl user reads "API Key未设置", not "\\u672a\\u8bbe\\u7f6e"; 400s and 200s alike."""
+    cfg = config("text_classification")
+    payload = {"tasks": [{"id": 1, "data": {"text": "t"}}], "project": "1.1", "label_config": cfg}
+    for body, expected_status, expected_text in [
+        (json.dumps(payload).encode(), 200, "API Key未设置"),
+        (b"not json", 400, "请求体"),
+    ]:
+        req = urllib.request.Request(keyless_backend.url + "/predict", data=body, method="POST")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        assert status == expected_status and expected_text.encode() in raw and b"\\u" not in raw, raw
+
+
+def test_page_needs_basic_auth_when_set(llm_server: fake.FakeLLMServer, tmp_path: Path) -> None:
+    env = {"MODELSCOPE_API_URL": llm_server.base_url, "BASIC_AUTH_USER": "ann", "BASIC_AUTH_PASS": "s3cret-pass"}
+    b = Backend(env, tmp_path)
+    try:
+        status, _, body = fetch(b.url + "/", HTML)
+        assert status == 401 and b"s3cret" not in body
+        token = "Basic YW5uOnMzY3JldC1wYXNz"  # base64("ann:s3cret-pass")
+        status, _, body = fetch(b.url + "/", {**HTML, "Authorization": token})
+        assert status == 200 and "s3cret-pass" not in body.decode("utf-8") and "<td>ann</td>" in body.decode()
+    finally:
+        b.stop()
+
+
+def test_progress_moves_while_a_batch_runs(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    """Server side of the live view: two loads during one batch show more tasks done."""
+    llm.latency = 0.25
+    llm.set_responder(lambda _req: fake.chat('{"sentiment": "中性"}'))
+    tasks = [{"id": i, "data": {"text": f"一般 {i}"}} for i in range(12)]
+    runner = threading.Thread(target=backend.predict, args=(config("text_classification"), tasks))
+    runner.start()
+    seen = []
+    try:
+        while runner.is_alive():
+            page = fetch(backend.url + "/", HTML)[2].decode("utf-8")
+            if m := re.search(r'class="done">(\d+)</span> / <span class="total">12<', page):
+                seen.append(int(m.group(1)))
+            time.sleep(0.4)
+    finally:
+        runner.join()
+    assert len(set(seen)) >= 2 and seen == sorted(seen), seen
+
+
+@pytest.mark.parametrize("accept", ["application/json", "*/*", ""])
+def test_root_without_html_stays_json(keyless_backend: Backend, accept: str) -> None:
+    status, content_type, _ = fetch(keyless_backend.url + "/", {"Accept": accept} if accept else {})
+    assert status == 200 and content_type.startswith("application/json")
