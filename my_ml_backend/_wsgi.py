@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # executed as a script by `label-studio-ml start`
 
 from label_studio_ml.api import init_app  # noqa: E402
 
+from my_ml_backend.llm.client import shared_client  # noqa: E402
 from my_ml_backend.model import NewModel  # noqa: E402
 from my_ml_backend.server.guards import server_options, warn_if_exposed  # noqa: E402
 from my_ml_backend.server.launcher import follow_launcher  # noqa: E402
@@ -46,6 +47,7 @@ def create_app():  # noqa: ANN201 - a Flask app
         basic_auth = (settings.basic_auth_user, settings.basic_auth_pass)
         logger.info("已启用基本认证 (basic auth enabled) for user %s", settings.basic_auth_user)
     install(app, NewModel, basic_auth, settings)
+    shared_client(settings)  # now, not in the first /setup: SSL and httpx set-up take 0.2-0.6 s of its 3 s
     warn_if_exposed(server_options()[0], auth_on=basic_auth is not None)
     key_state = "已设置 (set)" if settings.has_api_key else "未设置 (NOT set: set MODELSCOPE_API_KEY to predict)"
     logger.info(

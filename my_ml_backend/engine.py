@@ -3,20 +3,28 @@
 The backend's `/setup`, the batch job and the evaluation command must build it the
 same way: the batch job posts predictions under the `model_version` the backend would
 report, so Label Studio treats both as one model and never predicts a task twice.
+The automatic few-shot evaluation predicts through the same engine, so what it
+measures is what the project gets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable
 
 from .labeling.controls import OBJECT_TAGS
 from .labeling.prompts import PromptGuidance
 from .labeling.schema import LabelingSchema, parse_schema
+from .learning.autotune import Choice, candidates, evaluate
 from .learning.events import examples_bucket
-from .learning.examples import Example
+from .learning.examples import Example, answers_from_results
+from .learning.index import ExampleIndex
+from .learning.retrieval import Form, Shots
 from .llm.client import shared_client
-from .predictor import Predictor
+from .llm.errors import PredictionError
+from .predictor import BatchStats, Predictor, PromptInputs
 from .settings import Settings
+from .telemetry.metrics import API_REQUESTS
 from .versioning import model_version
 
 EMPTY_CONFIG = "<View></View>"
@@ -40,14 +48,55 @@ def build_predictor(
     label_config: str | None,
     settings: Settings,
     guidance: PromptGuidance | None = None,
-    examples: Callable[[], Sequence[Example]] | None = None,
+    examples: Callable[[], Shots | None] | None = None,
+    count: int = 0,
+    form: Form | None = None,
 ) -> Predictor:
     """Parse the config (offline, cached), fix the version, attach the process-wide LLM client.
 
-    The version counts the examples available now; the batch that follows uses them.
+    The version counts the examples available now (`count`, from the store) and names
+    the form they are shown in; the batch that follows uses them.
     """
     schema = schema_for(label_config)
     guidance = guidance or PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
-    bucket = examples_bucket(len(examples())) if examples is not None and settings.fewshot_k else 0
-    version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket)
+    form = form or Form(settings.fewshot_k, settings.fewshot_form)
+    bucket = examples_bucket(count) if examples is not None and form.k else 0
+    version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket, form.name)
     return Predictor(schema, settings, shared_client(settings), version, guidance, examples)
+
+
+def task_of(schema: LabelingSchema, example: Example) -> dict:
+    """An annotated example back as a task (its texts under the config's data keys)."""
+    data = {s.data_key: example.texts[s.name] for s in schema.sources if s.name in example.texts}
+    return {"id": example.task_id, "data": data}
+
+
+def _same(guess: object, gold: object) -> bool:
+    """Equal answers; a multiple choice in any order."""
+    if isinstance(guess, list) and isinstance(gold, list):
+        return sorted(map(str, guess)) == sorted(map(str, gold))
+    return guess == gold
+
+
+def choose_form(
+    label_config: str | None, settings: Settings, guidance: PromptGuidance, index: ExampleIndex, seed: int = 0
+) -> Choice:
+    """`FEWSHOT_EXAMPLES=auto`: leave-one-out accuracy of each candidate form on the project's annotations."""
+    schema = schema_for(label_config)
+    settings = dataclasses.replace(settings, batch_deadline=24 * 3600.0)
+    predictor = build_predictor(label_config, settings, guidance)
+    stats = BatchStats()
+
+    def judge(example: Example, form: Form) -> bool | None:
+        shots = Shots(index, form, settings.fewshot_max_chars) if form.k else None
+        try:
+            prediction = predictor.predict_task(task_of(schema, example), stats, None, PromptInputs(guidance, shots))
+        except PredictionError:
+            return None
+        got = answers_from_results(schema, prediction["result"])
+        return all(_same(got.get(name), answer) for name, answer in example.answers.items())
+
+    return evaluate(
+        index, candidates(settings.fewshot_k), settings.fewshot_eval_calls, judge,
+        lambda: int(stats.calls.get(API_REQUESTS)), seed,
+    )

@@ -2,12 +2,14 @@
 
 The story, in Label Studio's order:
 - setup: read the project's labeling config and its instructions (ML "extra params"),
-  count its annotated examples, and derive the `model_version` that identifies these
-  predictions; no network call (Label Studio gives `/setup` 3 s);
+  count its annotated examples (one count query: the example index is built in the
+  background), read the few-shot form chosen for it, and derive the `model_version`
+  that identifies these predictions; no LLM call (Label Studio gives `/setup` 3 s);
 - predict: one chat call per task, with the project's instructions and its most
   relevant annotated examples, answers mapped to results valid for the config;
 - fit: keep annotations as examples (annotation webhooks), re-read them all on the
-  Train button.
+  Train button; with `FEWSHOT_EXAMPLES=auto`, measure which few-shot form helps on the
+  Train button and when the example count enters a new version bucket.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import Any
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from .engine import build_predictor, schema_for
+from .engine import build_predictor, choose_form, schema_for
 from .labeling.prompts import PromptGuidance, context_instruction, guidance_from_params
-from .learning.events import example_pool, record_event, resync
-from .learning.examples import Example
+from .learning import autotune
+from .learning.events import examples_bucket, record_event, resync
+from .learning.live import LiveIndex, live_index
+from .learning.retrieval import Form, Shots
 from .learning.store import open_example_store
 from .settings import load_settings
 
@@ -57,14 +61,19 @@ class NewModel(LabelStudioMLBase):
             self.extra_params = extra_params
         self.settings = load_settings()
         self.schema = schema_for(self.label_config)
-        self.store = open_example_store(self.settings) if self.settings.fewshot_k and self.project_id else None
+        self.store = open_example_store(self.settings) if self.settings.fewshot_enabled and self.project_id else None
         base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
         self.guidance = guidance_from_params(base, self.extra_params)
-        examples = self.examples if self.store is not None else None
-        self.predictor = build_predictor(self.label_config, self.settings, self.guidance, examples)
+        count = self._count()
+        self.form = self._form(count)
+        if self.form.k:  # build the index in the background, from just after /setup has answered
+            live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=2.0)
+        examples = self.shots if self.store is not None else None
+        self.predictor = build_predictor(self.label_config, self.settings, self.guidance, examples, count, self.form)
         self.model_version = self.predictor.model_version
         logger.debug(
-            "Setup: project=%s model=%s url=%s version=%s texts=%s controls=%s instructions=%d chars",
+            "Setup: project=%s model=%s url=%s version=%s texts=%s controls=%s instructions=%d chars "
+            "examples=%d form=%s",
             self.project_id,
             self.settings.model,
             self.settings.base_url,
@@ -72,11 +81,58 @@ class NewModel(LabelStudioMLBase):
             [f"{s.name}<-${s.data_key}" for s in self.schema.sources],
             [f"{t.name}:{t.tag}" for t in self.schema.targets],
             len(self.guidance.instructions),
+            count,
+            self.form.name,
         )
 
-    def examples(self) -> list[Example]:
-        """The project's annotated examples for this config (read from the store)."""
-        return example_pool(self.store, self.project_id, self.schema, self.settings.max_input_chars)
+    def _count(self) -> int:
+        """Annotations stored for the project (one count query, not a read of every example)."""
+        if self.store is None:
+            return 0
+        try:
+            return self.store.count(self.project_id)
+        except Exception as exc:  # noqa: BLE001 - predictions still work without examples
+            logger.warning("无法读取示例库 (cannot read the example store): %s", exc)
+            return 0
+
+    def _form(self, count: int) -> Form:
+        """The explicit FEWSHOT_EXAMPLES, or the form the last automatic evaluation chose (zero-shot before)."""
+        if not self.settings.fewshot_auto:
+            return Form(self.settings.fewshot_k, self.settings.fewshot_form)
+        if self.store is None:
+            return Form(0)
+        choice = autotune.stored_choice(self.store, self.project_id, self.schema.config_hash)
+        self._autotune(count, choice)
+        return Form.parse(choice.form) if choice else Form(0)
+
+    def _live(self) -> LiveIndex:
+        return live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars)
+
+    def shots(self) -> Shots | None:
+        """The project's examples for this batch (index refreshed from the store) in the chosen form."""
+        if self.store is None or not self.form.k:
+            return None
+        return Shots(self._live().current(), self.form, self.settings.fewshot_max_chars)
+
+    def _autotune(self, count: int, choice: autotune.Choice | None = None, force: bool = False) -> None:
+        """Start the automatic evaluation when due: Train button (`force`), or a new example-count bucket."""
+        settings = self.settings
+        if not (settings.fewshot_auto and settings.fewshot_eval_calls > 0 and self.store is not None):
+            return
+        bucket = examples_bucket(count)
+        if not force and (count < autotune.MIN_EXAMPLES or (choice is not None and choice.bucket >= bucket)):
+            return
+
+        def run() -> autotune.Choice:
+            index = self._live().current(wait=600)
+            if index is None:
+                raise RuntimeError("example index not available")
+            return choose_form(self.label_config, settings, self.guidance, index)
+
+        # Once chosen, this model switches at once (new form, new version); other workers at their next /setup.
+        if autotune.start(self.store, self.project_id, self.schema.config_hash, bucket, run, self.setup):
+            logger.info("少样本自动评估开始 (few-shot auto evaluation started): project %s, %d examples",
+                        self.project_id, count)
 
     def predict(self, tasks: list[dict[str, Any]], context: dict | None = None, **kwargs: Any) -> list[dict[str, Any]]:
         """One prediction per task, in order (failed tasks carry an `error` and no result).
@@ -103,7 +159,15 @@ class NewModel(LabelStudioMLBase):
         if self.store is None:
             return {"event": event, "model_version": self.model_version, "examples": "off"}
         done = record_event(self.store, self.schema, project_id, str(event), data)
-        if event == "START_TRAINING":
+        if project_id == self.project_id:
+            if self.form.k:
+                self._live().refresh()
+            if event == "START_TRAINING":
+                done = self._start_resync(project_id)
+            else:
+                count = self._count()
+                self._autotune(count, autotune.stored_choice(self.store, project_id, self.schema.config_hash))
+        elif event == "START_TRAINING":
             done = self._start_resync(project_id)
         logger.info("示例库 (examples): %s", done)
         return {"event": event, "model_version": self.model_version, "examples": done}
@@ -111,6 +175,8 @@ class NewModel(LabelStudioMLBase):
     def _start_resync(self, project_id: str) -> str:
         url, key = self.settings.label_studio_url, self.settings.label_studio_api_key
         if not (url and key):
+            if project_id == self.project_id:
+                self._autotune(self._count(), force=True)
             return "no LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY: kept the examples from annotation webhooks"
 
         def run() -> None:
@@ -118,6 +184,8 @@ class NewModel(LabelStudioMLBase):
                 logger.info("示例库 (examples): %s", resync(self.store, self.schema, project_id, url, key))
             except Exception as exc:  # noqa: BLE001 - a failed re-read keeps what the webhooks stored
                 logger.warning("从 Label Studio 重新读取标注失败 (re-reading annotations failed): %s", exc)
+            if project_id == self.project_id:
+                self._autotune(self._count(), force=True)
 
         threading.Thread(target=run, name=f"resync-{project_id}", daemon=True).start()
         return "re-reading all annotations from Label Studio in the background"

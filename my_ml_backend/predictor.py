@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +24,7 @@ from .labeling.prompts import CONFIDENCE_KEY, PromptGuidance, answer_schema, bui
 from .labeling.results import build_results
 from .labeling.schema import LabelingSchema, Target
 from .labeling.scoring import prediction_score, region_confidence
-from .learning.examples import Example
-from .learning.retrieval import render_examples, select_examples
+from .learning.retrieval import Shots
 from .llm.client import ChatReply, LLMClient
 from .llm.errors import PredictionError, deadline_reached, no_text, unexpected_error
 from .llm.packed import Ask, answer_pack, default_tasks_per_call, pack_outcomes, plan_packs
@@ -96,10 +95,10 @@ class Plan:
 
 @dataclass(frozen=True)
 class PromptInputs:
-    """What every prompt of a batch adds to its task's texts: guidance and the example pool."""
+    """What every prompt of a batch adds to its task's texts: guidance and the examples it may show."""
 
     guidance: PromptGuidance = field(default_factory=PromptGuidance)
-    pool: tuple[Example, ...] = ()
+    shots: Shots | None = None
 
 
 class Predictor:
@@ -112,24 +111,24 @@ class Predictor:
         client: LLMClient,
         model_version: str,
         guidance: PromptGuidance | None = None,
-        examples: Callable[[], Sequence[Example]] | None = None,
+        examples: Callable[[], Shots | None] | None = None,
     ) -> None:
         self.schema = schema
         self.settings = settings
         self.client = client
         self.model_version = model_version
         self.guidance = guidance or PromptGuidance()
-        self.examples = examples  # the project's annotated examples, read once per batch
+        self.examples = examples  # the project's annotated examples and their form, read once per batch
 
     def prompt_inputs(self, guidance: PromptGuidance | None = None) -> PromptInputs:
-        """Guidance (the request's own, else the project's) and the current example pool."""
-        pool: tuple[Example, ...] = ()
-        if self.examples is not None and self.settings.fewshot_k > 0:
+        """Guidance (the request's own, else the project's) and the examples the batch may show."""
+        shots = None
+        if self.examples is not None:
             try:
-                pool = tuple(self.examples())
+                shots = self.examples()
             except Exception as exc:  # noqa: BLE001 - without examples the task is still predicted
                 logger.warning("读取标注示例失败，本批不使用示例 (cannot read examples): %s", exc)
-        return PromptInputs(guidance or self.guidance, pool)
+        return PromptInputs(guidance or self.guidance, shots)
 
     def predict_batch(
         self, tasks: list[dict[str, Any]], guidance: PromptGuidance | None = None, project: str = ""
@@ -298,10 +297,12 @@ class Predictor:
                 task.get("id"), name, self.settings.max_input_chars,
             )
         inputs = inputs or self.prompt_inputs()
-        shown = select_examples(inputs.pool, texts, self.settings.fewshot_k, self.settings.fewshot_max_chars)
         # With logprobs the score comes from them: no self-reported confidence to ask for and pay.
         confidence = not self.client.logprobs
-        messages = build_prompt(self.schema, texts, inputs.guidance, render_examples(shown), confidence)
+        if inputs.shots is not None:
+            messages = inputs.shots.messages(self.schema, texts, inputs.guidance, task.get("id"), confidence)
+        else:
+            messages = build_prompt(self.schema, texts, inputs.guidance, confidence=confidence)
         wanted = wanted_targets(self.schema, texts)
         logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
         logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])

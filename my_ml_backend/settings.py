@@ -101,6 +101,9 @@ class Settings:
     cache_ttl: float = 30 * 86400.0  # seconds; 0: entries never expire
     cache_max_entries: int = 100_000  # SQLite only; 0: unbounded
     fewshot_k: int = 3  # FEWSHOT_EXAMPLES: annotated examples shown per task; 0 turns few-shot off
+    fewshot_auto: bool = True  # FEWSHOT_EXAMPLES=auto: per project, count and form chosen from evidence
+    fewshot_form: str = "block"  # FEWSHOT_FORM: style of an explicit count (block | chat | labels)
+    fewshot_eval_calls: int = 60  # FEWSHOT_EVAL_CALLS: calls one auto evaluation may spend; 0: none, no examples
     fewshot_max_chars: int = 1500  # FEWSHOT_MAX_CHARS: prompt budget for them (~1 token per CJK char)
     instructions: str = ""  # LLM_INSTRUCTIONS or the PROMPT_FILE's text: added to every prompt
     output_language: str = ""  # LLM_OUTPUT_LANGUAGE: language of free-text answers
@@ -122,6 +125,11 @@ class Settings:
     @property
     def has_api_key(self) -> bool:
         return bool(self.api_key)
+
+    @property
+    def fewshot_enabled(self) -> bool:
+        """Annotations are kept as examples (automatic choice, or an explicit count above 0)."""
+        return self.fewshot_auto or self.fewshot_k > 0
 
     def generation_fingerprint(self) -> dict[str, object]:
         """The settings that change what the model answers (part of `model_version`)."""
@@ -165,7 +173,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=env.get("REDIS_URL", "").strip() or None,
         cache_ttl=max(0.0, _float(env, "LLM_CACHE_TTL_DAYS", 30.0) or 0.0) * 86400.0,
         cache_max_entries=max(0, _int(env, "LLM_CACHE_MAX_ENTRIES", 100_000)),
-        fewshot_k=max(0, _int(env, "FEWSHOT_EXAMPLES", 3)),
+        fewshot_k=3 if _fewshot_auto(env) else max(0, _int(env, "FEWSHOT_EXAMPLES", 3)),
+        fewshot_auto=_fewshot_auto(env),
+        fewshot_form=_choice(env, "FEWSHOT_FORM", ("block", "chat", "labels")),
+        fewshot_eval_calls=max(0, _int(env, "FEWSHOT_EVAL_CALLS", 60)),
         fewshot_max_chars=max(0, _int(env, "FEWSHOT_MAX_CHARS", 1500)),
         instructions=_instructions(env),
         output_language=env.get("LLM_OUTPUT_LANGUAGE", "").strip(),
@@ -183,6 +194,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pack_token_budget=max(100, _int(env, "LLM_PACK_TOKENS", 1500)),
         quota_reset=env.get("LLM_QUOTA_RESET", "").strip() or "00:00 Asia/Shanghai",
     )
+
+
+def _fewshot_auto(env: Mapping[str, str]) -> bool:
+    """FEWSHOT_EXAMPLES unset or `auto`: the backend measures per project whether examples help."""
+    return env.get("FEWSHOT_EXAMPLES", "").strip().lower() in ("", "auto")
 
 
 # Models reported as served by ModelScope API-Inference in 2026 (issue 14): the default pool

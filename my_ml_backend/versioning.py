@@ -17,11 +17,14 @@ BACKEND_VERSION = "1.0.0"
 """This backend's release, shown on the status page (bump it with each release)."""
 
 
-def model_version(settings: Settings, config_hash: str, guidance: str = "", examples_bucket: int = 0) -> str:
+def model_version(
+    settings: Settings, config_hash: str, guidance: str = "", examples_bucket: int = 0, fewshot_form: str = ""
+) -> str:
     """E.g. `Qwen3-Coder-480B-A35B-Instruct-3f9a1c2e`: readable model name plus a digest.
 
     `guidance` is the project's instructions fingerprint; `examples_bucket` the size class
-    of its example set (see `learning.examples_bucket`): both change the answers.
+    of its example set (see `learning.examples_bucket`), `fewshot_form` how they are shown
+    (e.g. `chat-3`; default: `FEWSHOT_EXAMPLES` examples in a block): all change the answers.
     """
     fields: dict[str, object] = {
         "settings": settings.generation_fingerprint(),
@@ -30,7 +33,9 @@ def model_version(settings: Settings, config_hash: str, guidance: str = "", exam
     }
     if guidance:
         fields["guidance"] = guidance
-    if examples_bucket and settings.fewshot_k:
+    if examples_bucket and fewshot_form and fewshot_form != "0":
+        fields["examples"] = [examples_bucket, fewshot_form, settings.fewshot_max_chars]
+    elif examples_bucket and settings.fewshot_k and not fewshot_form:
         fields["examples"] = [examples_bucket, settings.fewshot_k, settings.fewshot_max_chars]
     payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:8]

@@ -25,7 +25,8 @@ PROJECT = "7.1700000000"
 
 
 def env_for(llm: fake.FakeLLMServer, **extra: str) -> dict[str, str]:
-    return {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_CACHE": "off", **extra}
+    env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_CACHE": "off"}
+    return {**env, "FEWSHOT_EXAMPLES": "3", **extra}  # an explicit count: examples shown without evaluation
 
 
 @pytest.fixture()

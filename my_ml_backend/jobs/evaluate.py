@@ -21,6 +21,7 @@ from typing import Any
 
 from ..engine import build_predictor, schema_for
 from ..learning.examples import Example, example_from_annotation
+from ..learning.retrieval import Form, Shots
 from ..settings import load_env_file, load_settings
 from ..telemetry.logs import configure_logging
 from .evaluation import Evaluation, write_chart
@@ -78,13 +79,15 @@ def evaluate_stored(label_config: str, tasks: Sequence[dict[str, Any]], model_ve
 
 def evaluate_fresh(label_config: str, tasks: Sequence[dict[str, Any]], k: int) -> Evaluation:
     """Predict every annotated task now, with `k` few-shot examples from the other annotated tasks."""
-    settings = dataclasses.replace(load_settings(), fewshot_k=k, batch_deadline=24 * 3600.0)
+    settings = dataclasses.replace(load_settings(), fewshot_k=k, fewshot_auto=False, batch_deadline=24 * 3600.0)
     schema = schema_for(label_config)
     annotated = [(t, gold) for t in tasks if (gold := latest_annotation(t)) is not None]
     pool: list[Example] = [
         e for t, gold in annotated if (e := example_from_annotation(schema, t, gold, settings.max_input_chars))
     ]
-    predictor = build_predictor(label_config, settings, examples=lambda: pool)
+    form = Form(k, settings.fewshot_form)
+    shots = Shots.of_pool(pool, form, settings.fewshot_max_chars) if k else None
+    predictor = build_predictor(label_config, settings, examples=lambda: shots, count=len(pool), form=form)
     predictions = predictor.predict_batch([{"id": t.get("id"), "data": t.get("data") or {}} for t, _ in annotated])
     evaluation = Evaluation(schema)
     for (_, gold), prediction in zip(annotated, predictions, strict=True):

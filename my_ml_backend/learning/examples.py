@@ -16,7 +16,7 @@ from ..labeling.prompts import read_texts
 from ..labeling.schema import LabelingSchema
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Example:
     """One annotated task: its texts (per object name) and the human's answer per control."""
 

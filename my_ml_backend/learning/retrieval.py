@@ -1,85 +1,79 @@
-"""Choose the annotated examples to show the model for one task, and render them.
+"""Few-shot forms: which annotated examples a task is shown, and how they enter the prompt.
 
-Selection, in this order of concern:
-- relevance: cosine similarity of character bigrams (works for Chinese without word
-  segmentation, and for code and English alike);
-- diversity: a greedy pass that first takes the most similar example of each distinct
-  answer (so a 9-to-1 label imbalance in the pool does not become 3-to-0 in the prompt),
-  then fills up by similarity;
-- a budget in characters (about one token per CJK character; a safe upper bound for
-  English), so examples never crowd out the task itself.
+A form is a number of examples and a style:
+- `block-K`: the K most similar examples, diverse in answers (first the most similar of
+  each distinct answer, so a 9-to-1 label imbalance does not become 3-to-0), in one
+  "annotated examples" block of the user message, most similar first (the original form);
+- `chat-K`: the same examples as earlier chat turns (the example's own prompt as a user
+  turn, the annotator's answer as the assistant's), most similar last, nearest the task;
+- `labels-M`: the M most similar examples of every label, as chat turns, most similar
+  last: the prompt is label-balanced whatever the pool's balance, so a small model is
+  not pushed towards the label it saw most;
+- `0`: no example (zero-shot).
+All stay within a character budget (about one token per CJK character), so examples
+never crowd out the task itself, and never show the task itself.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from ..labeling.prompts import PromptGuidance, build_prompt
+from ..labeling.schema import LabelingSchema
 from .examples import Example
+from .index import ExampleIndex, diverse_choice
 
-_cache: dict[str, Counter[str]] = {}
-
-
-def bigrams(text: str) -> Counter[str]:
-    """Character bigram counts of `text` (lower-cased, whitespace collapsed)."""
-    key = text
-    found = _cache.get(key)
-    if found is not None:
-        return found
-    norm = " ".join(text.lower().split())
-    grams = Counter(norm[i : i + 2] for i in range(max(0, len(norm) - 1))) if len(norm) > 1 else Counter(norm)
-    if len(_cache) > 4096:
-        _cache.clear()
-    _cache[key] = grams
-    return grams
+STYLES = ("block", "chat", "labels")
 
 
-def similarity(a: Counter[str], b: Counter[str]) -> float:
-    if not a or not b:
-        return 0.0
-    small, large = (a, b) if len(a) < len(b) else (b, a)
-    dot = sum(count * large.get(gram, 0) for gram, count in small.items())
-    norm = math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values()))
-    return dot / norm if norm else 0.0
+@dataclass(frozen=True)
+class Form:
+    """How many examples and in which style; `Form(0)` is zero-shot."""
+
+    k: int = 0
+    style: str = "block"
+
+    @property
+    def name(self) -> str:
+        return "0" if self.k <= 0 else f"{self.style}-{self.k}"
+
+    @classmethod
+    def parse(cls, name: str) -> Form:
+        """`0`, `3` (block), `block-3`, `chat-3` or `labels-1`."""
+        name = name.strip().lower()
+        style, _, k = name.rpartition("-")
+        if not style and k.isdigit():
+            return cls(int(k), "block") if int(k) else cls()
+        if style not in STYLES or not k.isdigit():
+            raise ValueError(f"unknown few-shot form {name!r} (0, K, block-K, chat-K or labels-M)")
+        return cls(int(k), style) if int(k) else cls()
 
 
-def _signature(example: Example) -> str:
-    return json.dumps(example.answers, ensure_ascii=False, sort_keys=True)
+def choose(index: ExampleIndex | None, texts: dict[str, str], form: Form, budget_chars: int,
+           task_id: int | None = None) -> list[Example]:
+    """The examples `form` shows for a task, in prompt order."""
+    if index is None or form.k <= 0:
+        return []
+    if form.style == "labels":
+        chosen, used = [], 0
+        for hit in index.per_label(texts, form.k, exclude_task=task_id):  # best first: the least similar
+            if used + hit.size <= budget_chars:  # are dropped when over budget
+                chosen.append(hit.example)
+                used += hit.size
+        return chosen[::-1]
+    chosen = diverse_choice(index.ranked(texts, exclude_task=task_id), form.k, budget_chars)
+    return chosen if form.style == "block" else chosen[::-1]
 
 
-def example_size(example: Example) -> int:
-    """Characters the example adds to the prompt."""
-    return sum(len(t) for t in example.texts.values()) + len(_signature(example)) + 20
-
-
-def select_examples(pool: Sequence[Example], texts: dict[str, str], k: int, budget_chars: int) -> list[Example]:
-    """Up to `k` examples for a task with these texts, within `budget_chars`."""
+def select_examples(pool: Sequence[Example], texts: dict[str, str], k: int, budget_chars: int,
+                    schema: LabelingSchema | None = None) -> list[Example]:
+    """Up to `k` examples of a plain pool for a task with these texts (the `block` form's choice)."""
     if k <= 0 or not pool:
         return []
-    query = bigrams("\n".join(texts.values()))
-    same_text = "\n".join(texts.values())
-    ranked = sorted(
-        (e for e in pool if "\n".join(e.texts.values()) != same_text),  # never the task itself
-        key=lambda e: (-similarity(query, bigrams("\n".join(e.texts.values()))), e.task_id),
-    )
-    chosen: list[Example] = []
-    used = 0
-    seen: set[str] = set()
-    for diverse_pass in (True, False):
-        for example in ranked:
-            if len(chosen) >= k:
-                break
-            if example in chosen or (diverse_pass and _signature(example) in seen):
-                continue
-            size = example_size(example)
-            if used + size > budget_chars:
-                continue
-            chosen.append(example)
-            seen.add(_signature(example))
-            used += size
-    return chosen
+    return choose(ExampleIndex.from_examples(pool, schema), texts, Form(k, "block"), budget_chars)
 
 
 def render_examples(examples: Sequence[Example]) -> str:
@@ -90,3 +84,40 @@ def render_examples(examples: Sequence[Example]) -> str:
         answer = json.dumps(example.answers, ensure_ascii=False)
         blocks.append(f"示例 {n} (example {n})\n{texts}\n答案 (answer): {answer}")
     return "\n\n".join(blocks)
+
+
+def fewshot_messages(schema: LabelingSchema, texts: dict[str, str], guidance: PromptGuidance, form: Form,
+                     examples: Sequence[Example], confidence: bool = True) -> list[dict[str, str]]:
+    """The chat messages for a task with `examples` shown in `form`'s style."""
+    if form.style != "block" and examples:
+        turns: list[dict[str, str]] = []
+        for example in examples:
+            shown = {name: text for name, text in example.texts.items() if name in texts} or example.texts
+            turns.append(build_prompt(schema, shown, guidance, confidence=confidence)[-1])
+            turns.append({"role": "assistant", "content": json.dumps(example.answers, ensure_ascii=False)})
+        system, *task = build_prompt(schema, texts, guidance, confidence=confidence)
+        return [system, *turns, *task]
+    return build_prompt(schema, texts, guidance, render_examples(examples), confidence)
+
+
+@dataclass(frozen=True)
+class Shots:
+    """What a batch's prompts may show: the project's index, the form and the character budget."""
+
+    index: ExampleIndex | None
+    form: Form
+    budget_chars: int
+
+    def messages(
+        self, schema: LabelingSchema, texts: dict[str, str], guidance: PromptGuidance, task_id: Any = None,
+        confidence: bool = True,
+    ) -> list[dict[str, str]]:
+        """The task's messages with its examples (never the task itself, by id or text)."""
+        own = int(task_id) if isinstance(task_id, int) or (isinstance(task_id, str) and task_id.isdigit()) else None
+        shown = choose(self.index, texts, self.form, self.budget_chars, own)
+        return fewshot_messages(schema, texts, guidance, self.form, shown, confidence)
+
+    @classmethod
+    def of_pool(cls, pool: Sequence[Example], form: Form, budget_chars: int) -> Shots:
+        """Shots from a plain list of examples (the evaluation command's leave-one-out pool)."""
+        return cls(ExampleIndex.from_examples(pool), form, budget_chars)

@@ -10,6 +10,12 @@ Stores, chosen like the response cache's (`REDIS_URL` or SQLite in `DATA_DIR`):
   WAL and a busy timeout make concurrent webhooks from several workers safe;
 - `RedisExampleStore`: one hash per project, one field per annotation.
 Each write is a single atomic upsert or delete, so concurrent webhooks lose nothing.
+
+Every write also bumps the project's version (a change counter in the store) and notes
+which annotation changed at that version, so a process holding an in-memory index
+(`learning.index`) notices what another worker or replica wrote and fetches only that;
+counts come from the store without loading the examples. Small per-project values
+(the automatic few-shot choice) live next to the examples (`get_meta`/`set_meta`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,14 +60,39 @@ class StoredAnnotation:
         return cls(int(annotation_id), int(d["task_id"]), d["data"], d["results"], float(d["updated"]))
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a project after a version: rows now stored, and annotation ids now gone."""
+
+    version: int
+    stored: list[StoredAnnotation]
+    removed: list[int]
+
+
 class ExampleStore(Protocol):
     description: str
 
     def upsert(self, project: str, item: StoredAnnotation) -> None: ...
 
+    def upsert_many(self, project: str, items: Iterable[StoredAnnotation]) -> None: ...
+
     def delete(self, project: str, annotation_ids: list[int]) -> int: ...
 
     def all(self, project: str) -> list[StoredAnnotation]: ...
+
+    def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]: ...
+
+    def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]: ...
+
+    def version(self, project: str) -> int: ...
+
+    def count(self, project: str) -> int: ...
+
+    def changes(self, project: str, since: int) -> Changes: ...
+
+    def get_meta(self, project: str, key: str) -> str | None: ...
+
+    def set_meta(self, project: str, key: str, value: str) -> None: ...
 
     def counts(self) -> dict[str, int]: ...
 
@@ -72,33 +105,133 @@ class SQLiteExampleStore:
             self.path,
             [
                 "CREATE TABLE IF NOT EXISTS examples (project TEXT NOT NULL, annotation_id INTEGER NOT NULL,"
-                " payload TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (project, annotation_id))"
+                " payload TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (project, annotation_id))",
+                # One row per annotation ever written: the version (seq) of its last change.
+                "CREATE TABLE IF NOT EXISTS changes (project TEXT NOT NULL, annotation_id INTEGER NOT NULL,"
+                " seq INTEGER NOT NULL, PRIMARY KEY (project, annotation_id))",
+                "CREATE INDEX IF NOT EXISTS changes_seq ON changes (project, seq)",
+                "CREATE TABLE IF NOT EXISTS meta (project TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+                " PRIMARY KEY (project, key))",
             ],
         )
 
-    def upsert(self, project: str, item: StoredAnnotation) -> None:
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One write transaction (BEGIN IMMEDIATE: the version is read and bumped atomically)."""
         with self._db.connect() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO examples (project, annotation_id, payload, updated) VALUES (?, ?, ?, ?)",
-                (project, item.annotation_id, item.dumps(), item.updated),
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _note_change(conn: Any, project: str, annotation_ids: Iterable[int]) -> None:
+        seq = SQLiteExampleStore._version(conn, project)
+        conn.executemany(
+            "INSERT OR REPLACE INTO changes (project, annotation_id, seq) VALUES (?, ?, ?)",
+            [(project, a, seq + n) for n, a in enumerate(annotation_ids, start=1)],
+        )
+
+    def upsert(self, project: str, item: StoredAnnotation) -> None:
+        self.upsert_many(project, [item])
+
+    def upsert_many(self, project: str, items: Iterable[StoredAnnotation]) -> None:
+        rows = [(project, i.annotation_id, i.dumps(), i.updated) for i in items]
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO examples (project, annotation_id, payload, updated) VALUES (?, ?, ?, ?)", rows
             )
+            self._note_change(conn, project, [r[1] for r in rows])
 
     def delete(self, project: str, annotation_ids: list[int]) -> int:
         if not annotation_ids:
             return 0
         marks = ",".join("?" * len(annotation_ids))
-        with self._db.connect() as conn:
-            cursor = conn.execute(
-                f"DELETE FROM examples WHERE project = ? AND annotation_id IN ({marks})", (project, *annotation_ids)
-            )
-            return cursor.rowcount
+        with self._write() as conn:
+            gone = [
+                a
+                for (a,) in conn.execute(
+                    f"SELECT annotation_id FROM examples WHERE project = ? AND annotation_id IN ({marks})",
+                    (project, *annotation_ids),
+                )
+            ]
+            if gone:
+                conn.execute(
+                    f"DELETE FROM examples WHERE project = ? AND annotation_id IN ({marks})", (project, *annotation_ids)
+                )
+                self._note_change(conn, project, gone)
+            return len(gone)
 
     def all(self, project: str) -> list[StoredAnnotation]:
+        return self.snapshot(project)[1]
+
+    def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]:
+        """The version and every row, read in one transaction (so they agree)."""
+        version, rows = self.raw_snapshot(project)
+        return version, [StoredAnnotation.loads(a, p) for a, p in rows]
+
+    def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]:
+        """Like `snapshot`, rows not parsed yet: (annotation id, payload); a big project is parsed in chunks."""
         with self._db.connect() as conn:
-            rows = conn.execute(
-                "SELECT annotation_id, payload FROM examples WHERE project = ? ORDER BY annotation_id", (project,)
-            ).fetchall()
-        return [StoredAnnotation.loads(a, p) for a, p in rows]
+            conn.execute("BEGIN")
+            try:
+                version = self._version(conn, project)
+                rows = conn.execute(
+                    "SELECT annotation_id, payload FROM examples WHERE project = ? ORDER BY annotation_id", (project,)
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return version, rows
+
+    @staticmethod
+    def _version(conn: Any, project: str) -> int:
+        row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes WHERE project = ?", (project,)).fetchone()
+        return int(row[0])
+
+    def version(self, project: str) -> int:
+        with self._db.connect() as conn:
+            return self._version(conn, project)
+
+    def count(self, project: str) -> int:
+        with self._db.connect() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM examples WHERE project = ?", (project,)).fetchone()[0])
+
+    def changes(self, project: str, since: int) -> Changes:
+        with self._db.connect() as conn:
+            conn.execute("BEGIN")
+            try:
+                version = self._version(conn, project)
+                ids = [
+                    a
+                    for (a,) in conn.execute(
+                        "SELECT annotation_id FROM changes WHERE project = ? AND seq > ?", (project, since)
+                    )
+                ]
+                rows = conn.execute(
+                    "SELECT e.annotation_id, e.payload FROM changes c JOIN examples e"
+                    " ON e.project = c.project AND e.annotation_id = c.annotation_id"
+                    " WHERE c.project = ? AND c.seq > ?",
+                    (project, since),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        stored = [StoredAnnotation.loads(a, p) for a, p in rows]
+        kept = {s.annotation_id for s in stored}
+        return Changes(version, stored, [a for a in ids if a not in kept])
+
+    def get_meta(self, project: str, key: str) -> str | None:
+        with self._db.connect() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE project = ? AND key = ?", (project, key)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, project: str, key: str, value: str) -> None:
+        with self._db.connect() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (project, key, value) VALUES (?, ?, ?)", (project, key, value))
 
     def counts(self) -> dict[str, int]:
         """Stored examples per project (for the status page)."""
@@ -109,23 +242,90 @@ class SQLiteExampleStore:
         self._db.close()
 
 
+# KEYS: examples hash, version counter, changes sorted set (member: annotation id, score: version).
+# ARGV: "set" followed by id/payload pairs, or "del" followed by ids. Atomic: a reader never sees
+# a version whose change is not noted yet. Returns how many fields were removed (for "del").
+_REDIS_WRITE = """
+local removed = 0
+if ARGV[1] == "set" then
+  for i = 2, #ARGV, 2 do
+    redis.call("HSET", KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call("ZADD", KEYS[3], redis.call("INCR", KEYS[2]), ARGV[i])
+  end
+else
+  for i = 2, #ARGV do
+    if redis.call("HDEL", KEYS[1], ARGV[i]) == 1 then
+      removed = removed + 1
+      redis.call("ZADD", KEYS[3], redis.call("INCR", KEYS[2]), ARGV[i])
+    end
+  end
+end
+return removed
+"""
+
+
 class RedisExampleStore:
     def __init__(self, url: str, prefix: str = REDIS_PREFIX) -> None:
         self.prefix = prefix
         self.description = redis_db.describe(url)
         self._redis = redis_db.connect(url)
+        self._write = self._redis.register_script(_REDIS_WRITE)
+
+    def _keys(self, project: str) -> list[str]:
+        base = self.prefix + project
+        return [base, base + ":version", base + ":changes"]
 
     def upsert(self, project: str, item: StoredAnnotation) -> None:
-        self._redis.hset(self.prefix + project, str(item.annotation_id), item.dumps())
+        self.upsert_many(project, [item])
+
+    def upsert_many(self, project: str, items: Iterable[StoredAnnotation]) -> None:
+        args: list[str] = []
+        for item in items:
+            args += [str(item.annotation_id), item.dumps()]
+        for start in range(0, len(args), 2000):  # bounded script calls: Redis blocks while one runs
+            self._write(keys=self._keys(project), args=["set", *args[start : start + 2000]])
 
     def delete(self, project: str, annotation_ids: list[int]) -> int:
         if not annotation_ids:
             return 0
-        return int(self._redis.hdel(self.prefix + project, *[str(a) for a in annotation_ids]))
+        return int(self._write(keys=self._keys(project), args=["del", *[str(a) for a in annotation_ids]]))
 
     def all(self, project: str) -> list[StoredAnnotation]:
-        raw = self._redis.hgetall(self.prefix + project)
-        return sorted((StoredAnnotation.loads(int(k), v) for k, v in raw.items()), key=lambda s: s.annotation_id)
+        return self.snapshot(project)[1]
+
+    def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]:
+        version, rows = self.raw_snapshot(project)
+        return version, [StoredAnnotation.loads(a, p) for a, p in rows]
+
+    def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]:
+        rows, version = self._redis.pipeline(transaction=True).hgetall(self._keys(project)[0]).get(
+            self._keys(project)[1]
+        ).execute()
+        return int(version or 0), sorted((int(k), v) for k, v in rows.items())
+
+    def version(self, project: str) -> int:
+        return int(self._redis.get(self._keys(project)[1]) or 0)
+
+    def count(self, project: str) -> int:
+        return int(self._redis.hlen(self._keys(project)[0]))
+
+    def changes(self, project: str, since: int) -> Changes:
+        examples, version_key, changes_key = self._keys(project)
+        version, ids = self._redis.pipeline(transaction=True).get(version_key).zrangebyscore(
+            changes_key, f"({since}", "+inf"
+        ).execute()
+        ids = [int(a) for a in ids]
+        payloads = self._redis.hmget(examples, [str(a) for a in ids]) if ids else []
+        stored = [StoredAnnotation.loads(a, p) for a, p in zip(ids, payloads, strict=True) if p is not None]
+        removed = [a for a, p in zip(ids, payloads, strict=True) if p is None]
+        return Changes(int(version or 0), stored, removed)
+
+    def get_meta(self, project: str, key: str) -> str | None:
+        value = self._redis.hget(self.prefix + project + ":meta", key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def set_meta(self, project: str, key: str, value: str) -> None:
+        self._redis.hset(self.prefix + project + ":meta", key, value)
 
     def counts(self) -> dict[str, int]:
         """Stored examples per project (for the status page); SCAN, so Redis is never blocked."""

@@ -56,6 +56,8 @@ _HELP: dict[str, str] = {
     BATCHES: "Prediction batches handled.",
     ERRORS: "Tasks that got no prediction, by error kind.",
     CONCURRENCY_DECREASES: "Times repeated 429 answers made the client lower its concurrency.",
+    "fewshot_evaluations": "Automatic few-shot evaluations run (FEWSHOT_EXAMPLES=auto).",
+    "fewshot_eval_calls": "LLM requests spent by automatic few-shot evaluations (within FEWSHOT_EVAL_CALLS).",
     "model_answers": "Chat answers received, by the pool model that answered (llm.pool).",
     "model_refusals": "Refusals that took a pool model out for the quota day, by model and reason.",
 }

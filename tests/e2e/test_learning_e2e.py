@@ -89,7 +89,8 @@ def test_train_button_resyncs_annotations_made_while_the_backend_was_away(
     task_ids = ls.import_tasks(project, [{"data": {"text": t}} for t in REVIEWS[:6]])
     for i in range(4):  # no backend connected yet: no webhook saw these
         ls.create_annotation(task_ids[i], sentiment("负面"))
-    creds = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.installation.token}
+    creds = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.installation.token,
+             "FEWSHOT_EXAMPLES": "3"}  # an explicit count: shown without an automatic evaluation
     backend = start_backend(**creds)
     ml = ls.add_ml_backend(project, backend.url)
     empty = version_for(backend, ls, project)

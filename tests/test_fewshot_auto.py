@@ -1,0 +1,189 @@
+"""FEWSHOT_EXAMPLES=auto through the backend's HTTP API, against scripted models on the fake LLM server.
+
+A model HURT by examples answers right without them and wrong with them; a model HELPED
+by examples does the opposite. The backend, measuring on the project's own annotations
+(sent as webhooks), must choose zero-shot for the first and a form with examples for the
+second, say so in /metrics, predict accordingly, and keep the choice across a restart.
+An explicit count is obeyed as given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_KEY, Backend
+from tests.fake_llm import server as fake
+
+CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Choices name="sentiment" toName="text"><Choice value="正面"/><Choice value="负面"/></Choices>
+</View>"""
+PROJECT = "1.1700000000"
+WORDS = ["物流", "包装", "质量", "客服", "价格", "屏幕", "电池", "味道", "尺码", "做工", "发货", "颜色"]
+ANNOTATED = {f"{WORDS[i % 12]}{WORDS[(i * 5) % 12]}，第{i}条评论": "正面" if i % 2 else "负面" for i in range(16)}
+NEW_TASK = "物流包装，一条新评论"
+TRUTH = {**ANNOTATED, NEW_TASK: "正面"}
+
+
+def task_text(messages: list[dict]) -> str:
+    found = re.search(r"<<<\n(.*?)\n>>>", messages[-1]["content"], re.S)
+    assert found, messages[-1]["content"]
+    return found.group(1)
+
+
+def shows_examples(messages: list[dict]) -> bool:
+    return len(messages) > 2 or "示例 1" in messages[-1]["content"]
+
+
+def scripted(examples_help: bool) -> Callable[[dict], fake.Reply]:
+    """A model that is right exactly when examples are shown (`examples_help`) or exactly when not."""
+
+    def reply(body: dict) -> fake.Reply:
+        messages = body["messages"]
+        truth = TRUTH[task_text(messages)]
+        right = shows_examples(messages) == examples_help
+        answer = truth if right else ("负面" if truth == "正面" else "正面")
+        return fake.chat(json.dumps({"sentiment": answer}, ensure_ascii=False))
+
+    return reply
+
+
+def start(llm: fake.FakeLLMServer, tmp: Path, **env: str) -> Backend:
+    base = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_CACHE": "off"}
+    return Backend({**base, **env}, tmp)
+
+
+def metrics(backend: Backend) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(backend.url + "/metrics", timeout=30) as resp:
+        lines = resp.read().decode().splitlines()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
+
+
+def setup(backend: Backend) -> str:
+    return backend.setup(CONFIG, PROJECT)
+
+
+def annotate(backend: Backend) -> None:
+    for n, (text, label) in enumerate(ANNOTATED.items(), start=1):
+        result = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
+        status, body = backend.post("/webhook", {
+            "action": "ANNOTATION_CREATED",
+            "annotation": {"id": n, "task": n, "result": result, "was_cancelled": False},
+            "task": {"id": n, "data": {"text": text}},
+            "project": {"id": 1, "label_config": CONFIG},
+        })
+        assert status == 201, body
+
+
+def settle(backend: Backend, llm: fake.FakeLLMServer) -> dict[str, float]:
+    """Wait until the evaluations due (bucket crossings, /setup) have run and no new one starts."""
+    deadline = time.monotonic() + 60
+    last, stable = (-1.0, -1), 0
+    while time.monotonic() < deadline:
+        setup(backend)  # starts the evaluation of the current bucket if it has not run yet
+        found = metrics(backend)
+        now = (found.get("ml_backend_fewshot_evaluations_total", 0.0), llm.chat_calls)
+        stable = stable + 1 if now == last and now[0] > 0 else 0
+        if stable >= 4:
+            return found
+        last = now
+        time.sleep(0.5)
+    raise AssertionError(f"evaluations did not settle: {backend.logs()[-3000:]}")
+
+
+def chosen(found: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in found.items() if k.startswith('ml_backend_fewshot_examples{')}
+
+
+@pytest.mark.parametrize("examples_help", [False, True], ids=["hurt-by-examples", "helped-by-examples"])
+def test_auto_chooses_from_the_projects_own_annotations(
+    llm: fake.FakeLLMServer, tmp_path: Path, examples_help: bool
+) -> None:
+    llm.set_responder(scripted(examples_help))
+    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40")
+    try:
+        zero_shot = setup(backend)
+        assert llm.chat_calls == 0  # /setup never calls the model
+        annotate(backend)
+        found = settle(backend, llm)
+        calls = llm.chat_calls
+        assert 0 < calls <= 40 * found["ml_backend_fewshot_evaluations_total"]
+        assert found["ml_backend_fewshot_eval_calls_total"] == calls  # every call of the evaluation counted
+        accuracy = {k: v for k, v in found.items() if k.startswith("ml_backend_fewshot_eval_accuracy")}
+        assert accuracy['ml_backend_fewshot_eval_accuracy{form="0",project="1"}'] == (0.0 if examples_help else 1.0)
+        assert len(accuracy) == 4, accuracy  # zero-shot and three forms with examples
+        [(gauge, k)] = chosen(found).items()
+        log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
+        assert log and "calls" in log[-1] and "accuracy on" in log[-1]
+
+        predictions = backend.predict(CONFIG, [{"id": 999, "data": {"text": NEW_TASK}}], PROJECT)
+        sent = llm.requests[-1]["body"]["messages"]
+        assert predictions[0]["result"][0]["value"]["choices"] == ["正面"]  # the better choice was made
+        version = setup(backend)
+        if examples_help:
+            assert k > 0 and 'form="0"' not in gauge and shows_examples(sent) and version != zero_shot
+        else:  # no examples shown: no new version, no re-prediction
+            assert k == 0 and 'form="0"' in gauge and not shows_examples(sent) and version == zero_shot
+    finally:
+        backend.stop()
+
+    # The choice is kept in the store: another worker, or this one restarted, uses it without new calls.
+    calls = llm.chat_calls
+    restarted = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40")
+    try:
+        assert setup(restarted) == version
+        time.sleep(1)
+        assert llm.chat_calls == calls
+        restarted.predict(CONFIG, [{"id": 999, "data": {"text": NEW_TASK}}], PROJECT)
+        assert shows_examples(llm.requests[-1]["body"]["messages"]) == examples_help
+    finally:
+        restarted.stop()
+
+
+def test_no_budget_means_no_evaluation_and_no_examples(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    llm.set_responder(scripted(examples_help=True))
+    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="0")
+    try:
+        zero_shot = setup(backend)
+        annotate(backend)
+        status, _ = backend.post("/webhook", {"action": "START_TRAINING", "project": {"id": 1, "label_config": CONFIG}})
+        assert status == 201
+        time.sleep(1)
+        assert llm.chat_calls == 0 and setup(backend) == zero_shot
+        backend.predict(CONFIG, [{"id": 999, "data": {"text": NEW_TASK}}], PROJECT)
+        assert not shows_examples(llm.requests[-1]["body"]["messages"])
+    finally:
+        backend.stop()
+
+
+@pytest.mark.parametrize(("count", "form", "turns"), [("2", "chat", 2), ("0", "block", 0), ("3", "block", 1)])
+def test_an_explicit_count_is_obeyed_without_evaluation(
+    llm: fake.FakeLLMServer, tmp_path: Path, count: str, form: str, turns: int
+) -> None:
+    llm.set_responder(scripted(examples_help=False))  # examples hurt: auto would say 0; explicit wins
+    backend = start(llm, tmp_path, FEWSHOT_EXAMPLES=count, FEWSHOT_FORM=form)
+    try:
+        setup(backend)
+        annotate(backend)
+        status, _ = backend.post("/webhook", {"action": "START_TRAINING", "project": {"id": 1, "label_config": CONFIG}})
+        assert status == 201
+        time.sleep(1)
+        assert llm.chat_calls == 0 and metrics(backend)["ml_backend_fewshot_evaluations_total"] == 0
+        backend.predict(CONFIG, [{"id": 999, "data": {"text": NEW_TASK}}], PROJECT)
+        sent = llm.requests[-1]["body"]["messages"]
+        if form == "chat":
+            assert [m["role"] for m in sent] == ["system", "user", "assistant", "user", "assistant", "user"]
+        else:
+            assert len(sent) == 2
+            assert sent[-1]["content"].count("答案 (answer)") == (int(count) if int(count) else 0)
+        assert turns == (len(sent) - 2) // 2 or form == "block"
+    finally:
+        backend.stop()
