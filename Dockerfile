@@ -23,6 +23,7 @@ COPY batch_predict.py evaluate.py ./
 
 EXPOSE 9090
 VOLUME ["/data"]
+# The probe sends the basic-auth credentials when they are set: /health answers 401 without them.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9090'), timeout=3)"
+  CMD python -c "import base64, os, urllib.request as u; r = u.Request('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9090')); user = os.environ.get('BASIC_AUTH_USER'); user and r.add_header('Authorization', 'Basic ' + base64.b64encode(('%s:%s' % (user, os.environ.get('BASIC_AUTH_PASS', ''))).encode()).decode()); u.urlopen(r, timeout=3)"
 CMD ["sh", "-c", "exec gunicorn --config gunicorn.conf.py --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout ${GUNICORN_TIMEOUT} my_ml_backend._wsgi:app"]
