@@ -157,3 +157,50 @@ def test_progress_moves_while_a_batch_runs(backend: Backend, llm: fake.FakeLLMSe
 def test_root_without_html_stays_json(keyless_backend: Backend, accept: str) -> None:
     status, content_type, _ = fetch(keyless_backend.url + "/", {"Accept": accept} if accept else {})
     assert status == 200 and content_type.startswith("application/json")
+
+
+def test_page_shows_the_pool_with_todays_quota_from_the_ledger(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    """Models in pool order with the ledger's quota: a retired one, a used-up one, the one answering; the account."""
+    llm.modelscope(account_limit=100, model_limits={"A": 2, "C": 50}, retired={"B": 404})
+    env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "MODELSCOPE_MODEL": "A",
+           "MODELSCOPE_FALLBACK_MODELS": "B,C", "LLM_CACHE": "off"}
+    b = Backend(env, tmp_path)
+    try:
+        llm.set_default(fake.chat('{"sentiment": "正面"}'))
+        b.predict(config("text_classification"), [{"id": i, "data": {"text": f"好评 {i}"}} for i in range(4)])
+        status, _, body = fetch(b.url + "/", HTML)
+    finally:
+        b.stop()
+    page = body.decode("utf-8")
+    assert status == 200
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>[^<]*</td><td>([^<]*)</td></tr>", page)
+    models = {name: (role, quota) for name, role, quota in rows}
+    assert [name for name, *_ in rows[:3]] == ["A", "B", "C"]  # the order the pool tries them
+    assert models["A"][1].startswith("0") and "used up" in models["A"][1]
+    assert "retired" in models["B"][1] and "fallback" in models["B"][0]
+    assert models["C"][1] == "48 / 50" and "answered last" in models["C"][0]
+    assert models["账号 (account)"][1] == "96 / 100"
+
+
+def test_page_shows_each_projects_few_shot_choice_and_its_accuracy(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    """The auto choice kept in the example store (what an evaluation found) is shown per project."""
+    from my_ml_backend.labeling.schema import config_hash
+    from my_ml_backend.learning.autotune import Choice, meta_key
+    from my_ml_backend.learning.store import open_example_store
+
+    cfg = config("text_classification")
+    env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url}
+    b = Backend(env, tmp_path)
+    try:
+        store = open_example_store(load_settings({**env, "DATA_DIR": str(b.data_dir)}))
+        assert store is not None
+        choice = Choice(form="labels-1", samples=20, calls=40, accuracy={"0": 0.7, "labels-1": 0.85})
+        store.set_meta("7", meta_key(config_hash(cfg)), choice.dumps())
+        b.setup(cfg, project="7.1700000000")
+        b.setup(cfg, project="8.1700000000")  # never evaluated
+        _, _, body = fetch(b.url + "/", HTML)
+    finally:
+        b.stop()
+    page = body.decode("utf-8")
+    assert re.search(r"<td>7</td><td>[^<]*</td><td>labels-1（准确率 accuracy 85%）</td>", page), page
+    assert re.search(r"<td>8</td><td>[^<]*</td><td>auto：尚未评估", page), page

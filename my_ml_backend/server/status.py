@@ -25,7 +25,10 @@ from typing import Any
 from flask import Flask, Response, request
 
 from ..labeling.prompts import PROMPT_VERSION
+from ..learning.autotune import stored_choice
 from ..learning.store import open_example_store
+from ..llm.client import shared_client
+from ..llm.quota import ACCOUNT, Quota
 from ..settings import Settings, load_settings
 from ..storage.redis_db import describe as describe_redis
 from ..telemetry.activity import ACTIVITY, BatchProgress, Snapshot
@@ -43,8 +46,10 @@ class StatusData:
 
     settings: Settings
     snapshot: Snapshot
-    projects: dict[str, dict[str, Any]]  # project -> {"examples": n, "model_version": …}
+    projects: dict[str, dict[str, Any]]  # project -> {"examples": n, "model_version": …, "fewshot": …}
     now: float
+    pool: tuple[str, ...] = ()  # the model pool in the order it is tried
+    quotas: dict[str, Quota] = dataclasses.field(default_factory=dict)  # today's ledger, by model (and ACCOUNT)
 
 
 def esc(value: object) -> str:
@@ -85,26 +90,41 @@ def config_section(data: StatusData) -> str:
     return "<h2>配置 (configuration)</h2>" + table(["设置 (setting)", "值 (value)"], rows, "")
 
 
+def quota_text(quota: Quota | None, header: int | None) -> str:
+    """Today's quota from the ledger (remaining / limit, and why the model is out); else the last header seen."""
+    if quota is not None and quota.out == "retired":
+        return "0 — 已下线 (retired)"
+    if quota is not None and (quota.remaining is not None or quota.out):
+        figure = str(quota.remaining or 0) + (f" / {quota.limit}" if quota.limit is not None else "")
+        return figure + (" — 今日额度已用完 (used up today)" if quota.exhausted else "")
+    return str(header) if header is not None else "—"
+
+
 def model_rows(data: StatusData) -> list[list[str]]:
-    """The configured model first, then every model that answered (the pool adds its models here)."""
+    """The pool's models in the order they are tried, then any other model that answered; the account last."""
     seen = {m.model: m for m in data.snapshot.models}
-    names = [data.settings.model, *[m for m in seen if m != data.settings.model]]
+    pool = data.pool or (data.settings.model,)
+    names = [*pool, *[m for m in seen if m not in pool]]
     last = data.snapshot.models[0].model if data.snapshot.models else None
     rows = []
     for name in names:
         info = seen.get(name)
-        quota = info.quota_remaining if info and info.quota_remaining is not None else "—"
         role = ["已配置 (configured)"] if name == data.settings.model else []
+        role += ["备用 (fallback)"] if name in pool and name != data.settings.model else []
         role += ["最近回答 (answered last)"] if name == last else []
+        quota = quota_text(data.quotas.get(name), info.quota_remaining if info else None)
         rows.append([esc(name), esc(", ".join(role)), esc(ago(info.last if info else None, data.now)), esc(quota)])
+    if ACCOUNT in data.quotas:
+        rows.append(["账号 (account)", "", "", esc(quota_text(data.quotas[ACCOUNT], None))])
     return rows
 
 
 def models_section(data: StatusData) -> str:
     headers = ["模型 (model)", "角色 (role)", "最近回答 (last answer)", "剩余配额 (quota remaining)"]
     note = (
-        '<p class="note">剩余配额取自模型最近一次回答的 <code>modelscope-ratelimit-*-remaining</code> 响应头 '
-        "(quota from the last answer's rate-limit headers; — when the endpoint sends none)</p>"
+        '<p class="note">剩余配额取自额度账本（模型回答的 <code>modelscope-ratelimit-*</code> 响应头与拒绝），'
+        "按额度日计算 (today's quota from the quota ledger: rate-limit headers and refusals; — when the endpoint "
+        "reports none)</p>"
     )
     return "<h2>模型 (models)</h2>" + table(headers, model_rows(data), "") + note
 
@@ -158,7 +178,10 @@ def errors_section(data: StatusData) -> str:
 
 def projects_section(data: StatusData) -> str:
     k = data.settings.fewshot_k
-    choice = f"FEWSHOT_EXAMPLES={k}" if k else "关闭 (off: FEWSHOT_EXAMPLES=0)"
+    if data.settings.fewshot_auto:
+        choice = "auto：尚未评估，零样本 (not evaluated yet: zero-shot)"
+    else:
+        choice = f"FEWSHOT_EXAMPLES={k} ({data.settings.fewshot_form})" if k else "关闭 (off: FEWSHOT_EXAMPLES=0)"
     headers = ["项目 (project)", "已存示例 (stored examples)", "少样本 (few-shot)", "model_version"]
     rows = [
         [esc(p), esc(info.get("examples", 0)), esc(info.get("fewshot", choice)), esc(info.get("model_version", "—"))]
@@ -213,20 +236,38 @@ def render(data: StatusData) -> str:
 
 
 def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
-    """The snapshot, the example counts and the projects this process has models for."""
+    """The snapshot, the pool's quota, the example counts and the few-shot choice of the projects seen."""
     ACTIVITY.configure(settings)
     projects: dict[str, dict[str, Any]] = {}
-    for (project, _), model in registry.items():
+    configs: list[tuple[str, str]] = []
+    for (project, config_hash), model in registry.items():
         if project:
             projects.setdefault(project, {})["model_version"] = model.model_version
-    store = open_example_store(settings) if settings.fewshot_k else None
+            configs.append((project, config_hash))
+    store = open_example_store(settings) if settings.fewshot_enabled else None
     if store is not None:
         try:
             for project, count in store.counts().items():
                 projects.setdefault(project, {})["examples"] = count
+            for project, config_hash in configs:
+                if (choice := stored_choice(store, project, config_hash)) is not None:
+                    projects[project]["fewshot"] = fewshot_text(choice.form, choice.accuracy.get(choice.form))
         except Exception:  # noqa: BLE001 - the page shows what it can
             pass
-    return StatusData(settings, ACTIVITY.snapshot(), projects, time.time())
+    pool: tuple[str, ...] = ()
+    quotas: dict[str, Quota] = {}
+    try:
+        client_pool = shared_client(settings).pool
+        pool, quotas = client_pool.models, {q.scope: q for q in client_pool.status()}
+    except Exception:  # noqa: BLE001 - a ledger that cannot be read leaves the header figures
+        pass
+    return StatusData(settings, ACTIVITY.snapshot(), projects, time.time(), pool, quotas)
+
+
+def fewshot_text(form: str, accuracy: float | None) -> str:
+    """`labels-1 (准确率 accuracy 80 %)`: the auto choice and what it measured on the project's annotations."""
+    name = "0 (零样本 zero-shot)" if form == "0" else form
+    return f"{name}（准确率 accuracy {accuracy:.0%}）" if accuracy is not None else name
 
 
 def install_status_page(app: Flask, registry: ModelRegistry) -> None:
