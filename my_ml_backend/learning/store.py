@@ -97,7 +97,22 @@ class ExampleStore(Protocol):
     def counts(self) -> dict[str, int]: ...
 
 
-class SQLiteExampleStore:
+class ParsedSnapshots:
+    """`all` and `snapshot` of a store, parsed from its `raw_snapshot` (one read, so version and rows agree)."""
+
+    def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]:
+        raise NotImplementedError
+
+    def all(self, project: str) -> list[StoredAnnotation]:
+        return self.snapshot(project)[1]
+
+    def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]:
+        """The version and every row."""
+        version, rows = self.raw_snapshot(project)
+        return version, [StoredAnnotation.loads(a, p) for a, p in rows]
+
+
+class SQLiteExampleStore(ParsedSnapshots):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.description = f"SQLite {self.path}"
@@ -166,14 +181,6 @@ class SQLiteExampleStore:
                 )
                 self._note_change(conn, project, gone)
             return len(gone)
-
-    def all(self, project: str) -> list[StoredAnnotation]:
-        return self.snapshot(project)[1]
-
-    def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]:
-        """The version and every row, read in one transaction (so they agree)."""
-        version, rows = self.raw_snapshot(project)
-        return version, [StoredAnnotation.loads(a, p) for a, p in rows]
 
     def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]:
         """Like `snapshot`, rows not parsed yet: (annotation id, payload); a big project is parsed in chunks."""
@@ -264,7 +271,7 @@ return removed
 """
 
 
-class RedisExampleStore:
+class RedisExampleStore(ParsedSnapshots):
     def __init__(self, url: str, prefix: str = REDIS_PREFIX) -> None:
         self.prefix = prefix
         self.description = redis_db.describe(url)
@@ -289,13 +296,6 @@ class RedisExampleStore:
         if not annotation_ids:
             return 0
         return int(self._write(keys=self._keys(project), args=["del", *[str(a) for a in annotation_ids]]))
-
-    def all(self, project: str) -> list[StoredAnnotation]:
-        return self.snapshot(project)[1]
-
-    def snapshot(self, project: str) -> tuple[int, list[StoredAnnotation]]:
-        version, rows = self.raw_snapshot(project)
-        return version, [StoredAnnotation.loads(a, p) for a, p in rows]
 
     def raw_snapshot(self, project: str) -> tuple[int, list[tuple[int, str | bytes]]]:
         rows, version = self._redis.pipeline(transaction=True).hgetall(self._keys(project)[0]).get(
