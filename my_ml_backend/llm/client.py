@@ -53,7 +53,7 @@ from .limits import open_limiter
 from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
 from .pacing import MAX_RETRY_AFTER, is_throttle, retry_after, retry_delay
 from .pool import ModelPool, pool_models
-from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, open_ledger
+from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, header_int, open_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -326,8 +326,7 @@ class LLMClient:
 
 
 def _quota_remaining(headers: Any) -> int | None:
-    values = [headers.get(h) for h in QUOTA_HEADERS]
-    numbers = [int(v) for v in values if v is not None and str(v).strip().lstrip("-").isdigit()]
+    numbers = [n for h in QUOTA_HEADERS if (n := header_int(headers.get(h))) is not None]
     return min(numbers) if numbers else None
 
 

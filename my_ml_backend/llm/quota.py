@@ -235,7 +235,7 @@ class RedisLedger:
         out = {}
         for scope, raw in zip(scopes, pipe.execute(), strict=True):
             fields = {k.decode(): v.decode() for k, v in raw.items()}
-            out[scope] = Quota(scope, _opt_int(fields.get("lim")), _opt_int(fields.get("remaining")),
+            out[scope] = Quota(scope, header_int(fields.get("lim")), header_int(fields.get("remaining")),
                                fields.get("out", ""))
         return out
 
@@ -321,7 +321,7 @@ class QuotaLedger:
         get = getattr(headers, "get", None)
         if get is None:
             return
-        values = {h: _opt_int(get(h)) for h in (ACCOUNT_LIMIT, ACCOUNT_REMAINING, MODEL_LIMIT, MODEL_REMAINING)}
+        values = {h: header_int(get(h)) for h in (ACCOUNT_LIMIT, ACCOUNT_REMAINING, MODEL_LIMIT, MODEL_REMAINING)}
         if not any(v is not None for v in values.values()):
             return
         day = self.clock.day()
@@ -384,7 +384,8 @@ def _store(redis: bool, where: str) -> LedgerStore:
         return MemoryLedger()
 
 
-def _opt_int(value: Any) -> int | None:
+def header_int(value: Any) -> int | None:
+    """A rate-limit header's number (negative ones included), None when absent or not a number."""
     text = str(value).strip() if value is not None else ""
     return int(text) if text.lstrip("-").isdigit() else None
 
