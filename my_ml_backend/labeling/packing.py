@@ -183,15 +183,15 @@ def split_answers(text: str, ids: list[str]) -> dict[str, str]:
     return {}
 
 
-def split_tokens(tokens: list[tuple[str, float]], ids: list[str]) -> dict[str, list[tuple[str, float]]]:
-    """Each id's share of the answer's (token, logprob) pairs: from its key `"Tn"` up to the next id's key.
+def split_tokens(tokens: list[tuple], ids: list[str]) -> dict[str, list[tuple]]:
+    """Each id's share of the answer's (token, logprob, alternatives): from its key `"Tn"` up to the next id's.
 
     Scores come from the tokens of each answer; in a pack every task has the same
     keys, so each task must only see the tokens of its own answer object.
     """
-    joined = "".join(token for token, _ in tokens)
+    joined = "".join(token[0] for token in tokens)
     starts = sorted((pos, i) for i in ids if (pos := joined.find(json.dumps(i))) >= 0)
-    out: dict[str, list[tuple[str, float]]] = {i: [] for _, i in starts}
+    out: dict[str, list[tuple]] = {i: [] for _, i in starts}
     offset, current = 0, -1
     for token in tokens:
         while current + 1 < len(starts) and offset >= starts[current + 1][0]:

@@ -22,8 +22,8 @@ from typing import Any
 
 from .prompts import CONFIDENCE_KEY
 
-# (token, logprob) pairs of a reply, as the LLM client reads them from the endpoint.
-Tokens = Sequence[tuple[str, float]]
+# (token, logprob[, alternatives]) of a reply, as the LLM client reads them from the endpoint.
+Tokens = Sequence[tuple]
 
 
 def mean_probability(logprobs: Sequence[float]) -> float | None:
@@ -39,10 +39,10 @@ def _span_logprobs(tokens: Tokens, joined: str, needle: str, after: int) -> tupl
     if start < 0:
         return None
     end, offset, picked = start + len(needle), 0, []
-    for token, logprob in tokens:
-        if offset < end and offset + len(token) > start:
-            picked.append(logprob)
-        offset += len(token)
+    for token in tokens:
+        if offset < end and offset + len(token[0]) > start:
+            picked.append(token[1])
+        offset += len(token[0])
     return picked, end
 
 
@@ -67,7 +67,7 @@ def region_confidence(tokens: Tokens, value: dict[str, Any], key: str = "") -> f
     needle = answer_text(value)
     if not tokens or not needle:
         return None
-    joined = "".join(token for token, _ in tokens)
+    joined = "".join(token[0] for token in tokens)
     after = max(0, joined.find(json.dumps(key, ensure_ascii=False))) if key else 0
     found = _span_logprobs(tokens, joined, needle, after)
     if found is None:
@@ -92,7 +92,8 @@ def self_reported(answers: dict[str, Any]) -> float | None:
 
 def prediction_score(tokens: Tokens, region_scores: list[float], coverage: float, answers: dict[str, Any]) -> float:
     if tokens:
-        base = sum(region_scores) / len(region_scores) if region_scores else mean_probability([lp for _, lp in tokens])
+        whole = mean_probability([token[1] for token in tokens])
+        base = sum(region_scores) / len(region_scores) if region_scores else whole
     else:
         base = self_reported(answers)
     return round((base if base is not None else 1.0) * coverage, 4)

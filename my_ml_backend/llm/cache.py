@@ -67,6 +67,10 @@ def cache_key(base_url: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+# One answer token: its text, its logprob, and the top alternatives at its position.
+Token = tuple[str, float, tuple[tuple[str, float], ...]]
+
+
 @dataclass(frozen=True)
 class CachedAnswer:
     """What is kept of a reply: enough to rebuild the prediction and its scores."""
@@ -74,7 +78,7 @@ class CachedAnswer:
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    tokens: tuple[tuple[str, float], ...] = ()
+    tokens: tuple[Token, ...] = ()
     mode: str = "text"
 
     def dumps(self) -> str:
@@ -82,7 +86,7 @@ class CachedAnswer:
             {
                 "text": self.text,
                 "usage": [self.prompt_tokens, self.completion_tokens],
-                "tokens": [list(t) for t in self.tokens],
+                "tokens": [[t[0], t[1], [list(a) for a in t[2]]] for t in self.tokens],
                 "mode": self.mode,
             },
             ensure_ascii=False,
@@ -95,7 +99,7 @@ class CachedAnswer:
             data = json.loads(raw)
             text = data["text"]
             prompt, completion = data.get("usage") or (0, 0)
-            tokens = tuple((str(t), float(lp)) for t, lp in data.get("tokens") or ())
+            tokens = tuple(_token(*t) for t in data.get("tokens") or ())
             if not isinstance(text, str) or not text.strip():
                 return None
             return cls(text, int(prompt), int(completion), tokens, str(data.get("mode") or "text"))
@@ -332,3 +336,8 @@ def _shared_cache(kind: str, where: str, ttl: float | None, max_entries: int | N
         return None
     logger.info("响应缓存 (response cache): %s", store.description)
     return ResponseCache(store)
+
+
+def _token(text: Any, logprob: Any, top: Any = ()) -> Token:
+    """A cached token; entries written before alternatives were kept have none."""
+    return str(text), float(logprob), tuple((str(a), float(lp)) for a, lp in top)

@@ -38,7 +38,7 @@ from ..telemetry.metrics import (
     PROMPT_TOKENS,
     Tally,
 )
-from .cache import CachedAnswer, ResponseCache, cache_key, open_cache
+from .cache import CachedAnswer, ResponseCache, Token, cache_key, open_cache
 from .errors import (
     QUOTA_HEADERS,
     ErrorKind,
@@ -57,7 +57,9 @@ from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, header
 
 logger = logging.getLogger(__name__)
 
-TOP_LOGPROBS = 5  # alternatives returned per token when logprobs are on
+# Alternatives returned per token when logprobs are on: 20 (OpenAI's and vLLM's maximum)
+# so that every choice of a label set usually shows up at the answer's first token.
+TOP_LOGPROBS = 20
 
 
 @dataclass
@@ -72,8 +74,9 @@ class ChatReply:
 
     text: str
     usage: Usage = field(default_factory=Usage)
-    # (token, logprob) pairs of the answer, when the endpoint returned logprobs.
-    tokens: list[tuple[str, float]] = field(default_factory=list)
+    # (token, logprob, alternatives) of the answer, when the endpoint returned logprobs;
+    # alternatives: the top (token, logprob) pairs at that position (`labeling.calibration`).
+    tokens: list[Token] = field(default_factory=list)
     quota_remaining: int | None = None
     mode: str = "text"
     cached: bool = False  # served from the response cache: no request, no tokens paid
@@ -82,7 +85,7 @@ class ChatReply:
     @property
     def token_confidence(self) -> float | None:
         """Geometric-mean token probability of the whole answer."""
-        return math.exp(sum(lp for _, lp in self.tokens) / len(self.tokens)) if self.tokens else None
+        return math.exp(sum(t[1] for t in self.tokens) / len(self.tokens)) if self.tokens else None
 
 
 class LLMClient:
@@ -340,9 +343,13 @@ def _too_long(exc: BaseException) -> bool:
     )
 
 
-def _tokens(choice: Any) -> list[tuple[str, float]]:
+def _tokens(choice: Any) -> list[Token]:
     content = getattr(getattr(choice, "logprobs", None), "content", None) or []
-    return [(t.token, t.logprob) for t in content if getattr(t, "logprob", None) is not None]
+    return [
+        (t.token, t.logprob, tuple((a.token, a.logprob) for a in getattr(t, "top_logprobs", None) or ()))
+        for t in content
+        if getattr(t, "logprob", None) is not None
+    ]
 
 
 def _reply_from_cache(answer: CachedAnswer) -> ChatReply:

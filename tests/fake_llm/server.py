@@ -68,7 +68,7 @@ class Reply:
     delay: float = 0.0
     drop: bool = False
     usage: dict | None = None
-    logprobs: list[tuple[str, float]] | None = None
+    logprobs: list[tuple] | None = None  # (token, logprob[, top alternatives]) spelling the content
 
 
 # --------------------------------------------------------------------------
@@ -223,11 +223,14 @@ def _estimate_usage(request_body: Any, content: str | None) -> dict[str, int]:
     }
 
 
-def _logprob_entries(pairs: list[tuple[str, float]]) -> list[dict[str, Any]]:
-    """Convert ``(token, logprob)`` pairs to OpenAI's ``logprobs.content`` items."""
+def _logprob_entries(pairs: list[tuple]) -> list[dict[str, Any]]:
+    """Convert ``(token, logprob[, [(alternative, logprob), ...]])`` to OpenAI's ``logprobs.content`` items."""
     return [
-        {"token": t, "logprob": lp, "bytes": None, "top_logprobs": []}
-        for t, lp in pairs
+        {
+            "token": p[0], "logprob": p[1], "bytes": None,
+            "top_logprobs": [{"token": a, "logprob": alp, "bytes": None} for a, alp in (p[2] if len(p) > 2 else ())],
+        }
+        for p in pairs
     ]
 
 
@@ -477,12 +480,12 @@ class _Handler(BaseHTTPRequestHandler):
         events: list[dict] = [chunk({"role": "assistant", "content": ""})]
         if (
             reply.logprobs is not None
-            and "".join(t for t, _ in reply.logprobs) == content
+            and "".join(t[0] for t in reply.logprobs) == content
         ):
             # Tokens spell the content: one chunk per token, each with its logprob.
             events += [
-                chunk({"content": t}, logprobs=_logprob_entries([(t, lp)]))
-                for t, lp in reply.logprobs
+                chunk({"content": t[0]}, logprobs=_logprob_entries([t]))
+                for t in reply.logprobs
             ]
         else:
             piece = 8

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ..schema import TEXT_OBJECT_TAGS, Target
@@ -48,13 +50,30 @@ def say(lang: Lang, en: str, zh: str) -> str:
     return zh if lang == "zh" else en
 
 
+def _natural(value: str) -> tuple:
+    """Sort key: case-folded, numbers by value ("2 stars" before "10 stars")."""
+    parts = re.split(r"(\d+)", value.casefold())
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts)
+
+
+def ordered(values: Iterable[str]) -> list[str]:
+    """A label set in one canonical (natural, case-folded) order, whatever its order in the config.
+
+    Small models favour a list position (measured: bench/RESULTS.md), so a prompt that
+    lists values in config order gives answers that move when the config's tags are
+    reordered. Every prompt and schema lists label sets through this; the remaining
+    pull of the listed position is divided out by `calibration` where logprobs allow.
+    """
+    return sorted(values, key=lambda v: (_natural(str(v)), str(v)))
+
+
 def options_block(target: Target, values: list[str] | None = None) -> str:
-    """The allowed values one per line, each with the config's `hint` when it has one.
+    """The allowed values one per line in canonical order, each with the config's `hint` when it has one.
 
     A list read top to bottom, each value beside its meaning, rather than a JSON array
     to copy from: small models copy the first element of an array (position bias).
     """
-    values = list(target.control.labels or []) if values is None else values
+    values = ordered(target.control.labels or [] if values is None else values)
     attrs = target.control.labels_attrs or {}
     lines = []
     for value in values:

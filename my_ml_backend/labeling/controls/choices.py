@@ -6,14 +6,14 @@ import re
 from typing import Any
 
 from ..schema import Target
-from .base import TEXT_OBJECTS, Lang, options_block, say
+from .base import TEXT_OBJECTS, Lang, options_block, ordered, say
 from .matching import as_list, match_value
 
 _SPLIT = re.compile(r"[,，;；、|/\n]+")
 
 
 def _allowed(target: Target) -> list[str]:
-    return list(target.control.labels or [])
+    return ordered(target.control.labels or [])
 
 
 def _multiple(target: Target) -> bool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..schema import Target
-from .base import Lang, options_block, say
+from .base import Lang, options_block, ordered, say
 from .matching import match_value
 from .spans import Span, locate, resolve_overlaps
 
 
 def _allowed(target: Target) -> list[str]:
-    return list(target.control.labels or [])
+    return ordered(target.control.labels or [])
 
 
 def _entities(answer: Any) -> list[dict[str, Any]]:

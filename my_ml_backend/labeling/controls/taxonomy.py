@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from ..schema import Target
-from .base import TEXT_OBJECTS, Lang, options_block, say
+from .base import TEXT_OBJECTS, Lang, options_block, ordered, say
 from .matching import as_list, match_value
 
 SEPARATOR = " / "
@@ -33,7 +33,7 @@ class TaxonomyHandler:
         return say(lang, '["<path>"]', '["<路径>"]')
 
     def json_schema(self, target: Target) -> dict[str, Any]:
-        return {"type": "array", "items": {"type": "string", "enum": list(_options(target))}}
+        return {"type": "array", "items": {"type": "string", "enum": ordered(_options(target))}}
 
     def to_values(self, target: Target, answer: Any, text: str = "") -> list[dict[str, Any]]:
         options = _options(target)

@@ -1,0 +1,76 @@
+"""The choice distribution read from token alternatives, batch calibration, and the canonical label order."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from my_ml_backend.labeling.calibration import (
+    PRIVATE_KEY,
+    batch_prior,
+    calibrate,
+    choice_distribution,
+    settle,
+)
+from my_ml_backend.labeling.controls.base import ordered
+
+TOPICS = ["computers", "food", "law", "medicine", "sports"]
+
+
+def reply(answer: str, alternatives: dict[str, float], before: str = '{"topic": "') -> list[tuple]:
+    top = tuple((token, math.log(p)) for token, p in alternatives.items())
+    return [(before, -0.01, ()), (answer, math.log(alternatives[answer]), top), ('"}', -0.01, ())]
+
+
+def test_every_choice_gets_the_probability_of_the_tokens_that_begin_it() -> None:
+    # llama.cpp's real shape: "med" and "medicine" both begin medicine; "biology" begins nothing.
+    tokens = reply("medicine", {"medicine": 0.3, "med": 0.2, "law": 0.1, "biology": 0.3, "Food": 0.1})
+    dist = choice_distribution(tokens, "topic", TOPICS)
+    assert dist == pytest.approx([0.0, 1 / 7, 1 / 7, 5 / 7, 0.0])  # renormalised over the choices
+
+
+def test_the_answer_token_is_found_after_its_own_key_even_with_a_quote_glued_to_it() -> None:
+    tokens = [
+        ('{"_reason": "a law firm", ', -0.01, ()),
+        ('"topic":', -0.01, ()),
+        (' "law', math.log(0.6), ((' "law', math.log(0.6)), (' "sports', math.log(0.2)))),
+        ('"}', -0.01, ()),
+    ]
+    assert choice_distribution(tokens, "topic", TOPICS) == pytest.approx([0, 0, 0.75, 0, 0.25])
+
+
+def test_no_distribution_without_alternatives_or_when_the_first_token_does_not_decide() -> None:
+    assert choice_distribution(reply("law", {"law": 0.9})[:1], "topic", TOPICS) is None  # key, no answer
+    assert choice_distribution([(t, lp) for t, lp, _ in reply("law", {"law": 0.9})], "topic", TOPICS) is None
+    assert choice_distribution(reply("law", {"law": 0.9}), "other", TOPICS) is None
+    # "非常" begins both choices: the written token leaves the answer open, so no reading of it.
+    assert choice_distribution(reply("非常", {"非常": 0.9, "一般": 0.1}), "topic", ["非常好", "非常差", "一般"]) is None
+    # Shared single-letter alternatives split their share.
+    tokens = reply("pos", {"pos": 0.5, "p": 0.2, "neg": 0.3})
+    split = choice_distribution(tokens, "topic", ["positive", "politics", "neg"])
+    assert split == pytest.approx([0.6, 0.1, 0.3])
+
+
+def test_the_prior_is_the_batch_mean_shrunk_towards_uniform() -> None:
+    assert batch_prior([[1.0, 0.0]], pseudo=0) == [1.0, 0.0]
+    assert batch_prior([[1.0, 0.0]], pseudo=2) == pytest.approx([2 / 3, 1 / 3])
+    assert calibrate([0.6, 0.4], [0.8, 0.2], strength=1) == pytest.approx([0.273, 0.727], abs=1e-3)
+    assert calibrate([0.6, 0.4], [0.8, 0.2], strength=0) == pytest.approx([0.6, 0.4])
+
+
+def test_settle_leaves_multi_control_scores_and_unscored_items_alone() -> None:
+    region = {"from_name": "topic", "value": {"choices": ["food"]}, "score": 0.5}
+    other = {"from_name": "ner", "value": {"labels": ["PER"]}, "score": 0.9}
+    calibrated = {"result": [region, other], "score": 0.35,
+                  PRIVATE_KEY: {"coverage": 0.5, "choices": {"topic": [["food", "law"], [0.5, 0.5]]}}}
+    failed = {"model_version": "v", "score": 0.0, "error": "x"}
+    settle([calibrated, failed])
+    assert PRIVATE_KEY not in calibrated and failed == {"model_version": "v", "score": 0.0, "error": "x"}
+    assert region["score"] == 0.5 and calibrated["score"] == pytest.approx((0.5 + 0.9) / 2 * 0.5)
+
+
+def test_label_sets_have_one_order_whatever_the_config_says() -> None:
+    assert ordered(["sports", "Food", "law"]) == ordered(["law", "sports", "Food"]) == ["Food", "law", "sports"]
+    assert ordered(["10 stars", "2 stars", "1 star"]) == ["1 star", "2 stars", "10 stars"]
+    assert ordered(["负面", "正面"]) == ordered(["正面", "负面"])
