@@ -599,6 +599,7 @@ def main() -> None:
             "LLM_TEMPERATURE": "0",
             "LLM_TIMEOUT": "300",
             "LLM_CACHE": "off",
+            "ML_TIMEOUT_PREDICT": "36000",  # one request at a time on a CPU: no Label Studio deadline here
             "FEWSHOT_EXAMPLES": "0",
             "LLM_OUTPUT_MODE": args.mode,
         }

@@ -119,6 +119,8 @@ class Predictor:
         self.model_version = model_version
         self.guidance = guidance or PromptGuidance()
         self.examples = examples  # the project's annotated examples and their form, read once per batch
+        self._priors: calibration.Priors = {}  # content-free priors, asked once per prompt language
+        self._priors_lock = threading.Lock()
 
     def prompt_inputs(self, guidance: PromptGuidance | None = None) -> PromptInputs:
         """Guidance (the request's own, else the project's) and the examples the batch may show."""
@@ -191,8 +193,23 @@ class Predictor:
                 err = deadline_reached()
                 stats.count_error(err)
                 predictions[i] = self.failed_prediction(err)
+        done = self._settle([p for p in predictions if p is not None], stats, deadline)
         self._log_batch(stats, time.monotonic() - started, progress)
-        return calibration.settle([p for p in predictions if p is not None])
+        return done
+
+    def _settle(self, predictions: list[dict], stats: BatchStats | None, deadline: float | None) -> list[dict]:
+        """Calibrated choices (`calibration`): the content-free calls are made once per language, then kept."""
+        with self._priors_lock:
+            missing = calibration.wanted_priors(predictions) - {lang for _, lang in self._priors}
+            if missing and (deadline is None or time.monotonic() < deadline):
+                def answer(task: dict[str, Any]) -> dict[str, Any] | None:
+                    try:
+                        return self._answer_task(task, stats, deadline, PromptInputs(self.guidance))
+                    except PredictionError:
+                        return None
+
+                self._priors.update(calibration.content_free_priors(missing, self.schema.data_keys, answer))
+        return calibration.settle(predictions, self._priors)
 
     def _outcome(self, future: Future, task: dict[str, Any], stats: BatchStats) -> dict[str, Any]:
         try:
@@ -269,8 +286,8 @@ class Predictor:
         deadline: float | None = None,
         inputs: PromptInputs | None = None,
     ) -> dict[str, Any]:
-        """The prediction for one task alone (calibrated as a batch of one); raises `PredictionError`."""
-        return calibration.settle([self._answer_task(task, stats, deadline, inputs)])[0]
+        """The prediction for one task (its choices calibrated); raises `PredictionError`."""
+        return self._settle([self._answer_task(task, stats, deadline, inputs)], stats, deadline)[0]
 
     def _answer_task(
         self,
@@ -350,8 +367,7 @@ class Predictor:
         region_scores = [r["score"] for r in results if "score" in r]
         score = prediction_score(reply.tokens, region_scores, coverage, answers)
         prediction = {"result": results, "score": score, "model_version": self.model_version}
-        if choices := calibration.distributions(wanted, reply.tokens, results):
-            prediction[calibration.PRIVATE_KEY] = {"coverage": coverage, "choices": choices}
+        calibration.carry(prediction, wanted, reply.tokens, texts, coverage)
         logger.debug("Task %s result: %s", task.get("id"), prediction)
         return prediction
 

@@ -8,9 +8,10 @@ import pytest
 
 from my_ml_backend.labeling.calibration import (
     PRIVATE_KEY,
-    batch_prior,
     calibrate,
     choice_distribution,
+    content_free_prior,
+    content_free_priors,
     settle,
 )
 from my_ml_backend.labeling.controls.base import ordered
@@ -52,9 +53,9 @@ def test_no_distribution_without_alternatives_or_when_the_first_token_does_not_d
     assert split == pytest.approx([0.6, 0.1, 0.3])
 
 
-def test_the_prior_is_the_batch_mean_shrunk_towards_uniform() -> None:
-    assert batch_prior([[1.0, 0.0]], pseudo=0) == [1.0, 0.0]
-    assert batch_prior([[1.0, 0.0]], pseudo=2) == pytest.approx([2 / 3, 1 / 3])
+def test_the_prior_is_the_content_free_mean_mixed_with_uniform() -> None:
+    assert content_free_prior([[1.0, 0.0], [0.5, 0.5]], shrink=0) == [0.75, 0.25]
+    assert content_free_prior([[1.0, 0.0]], shrink=0.2) == pytest.approx([0.9, 0.1])
     assert calibrate([0.6, 0.4], [0.8, 0.2], strength=1) == pytest.approx([0.273, 0.727], abs=1e-3)
     assert calibrate([0.6, 0.4], [0.8, 0.2], strength=0) == pytest.approx([0.6, 0.4])
 
@@ -63,11 +64,28 @@ def test_settle_leaves_multi_control_scores_and_unscored_items_alone() -> None:
     region = {"from_name": "topic", "value": {"choices": ["food"]}, "score": 0.5}
     other = {"from_name": "ner", "value": {"labels": ["PER"]}, "score": 0.9}
     calibrated = {"result": [region, other], "score": 0.35,
-                  PRIVATE_KEY: {"coverage": 0.5, "choices": {"topic": [["food", "law"], [0.5, 0.5]]}}}
+                  PRIVATE_KEY: {"lang": "en", "coverage": 0.5, "choices": {"topic": [["food", "law"], [0.5, 0.5]]}}}
     failed = {"model_version": "v", "score": 0.0, "error": "x"}
-    settle([calibrated, failed])
+    settle([calibrated, failed], {("topic", "zh"): [0.1, 0.9]})  # another language's prior: not used
     assert PRIVATE_KEY not in calibrated and failed == {"model_version": "v", "score": 0.0, "error": "x"}
     assert region["score"] == 0.5 and calibrated["score"] == pytest.approx((0.5 + 0.9) / 2 * 0.5)
+
+
+def test_content_free_priors_ask_each_language_its_own_texts() -> None:
+    asked: list[dict] = []
+
+    def answer(task: dict) -> dict | None:
+        asked.append(task["data"])
+        text = task["data"]["title"]
+        if text == "空白":
+            return None  # a failed call: the other texts still make the prior
+        lang = "zh" if text in ("无", "暂无内容") else "en"
+        return {PRIVATE_KEY: {"lang": lang, "choices": {"topic": [["a", "b"], [0.8, 0.2]]}}}
+
+    priors = content_free_priors({"zh", "en"}, ["title", "body"], answer)
+    assert [d["title"] for d in asked] == ["N/A", "[MASK]", "nothing", "无", "空白", "暂无内容"]
+    assert asked[0] == {"title": "N/A", "body": "N/A"}  # every text field of the config
+    assert priors == {("topic", "en"): pytest.approx([0.74, 0.26]), ("topic", "zh"): pytest.approx([0.74, 0.26])}
 
 
 def test_label_sets_have_one_order_whatever_the_config_says() -> None:

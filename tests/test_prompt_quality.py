@@ -122,36 +122,44 @@ def alternatives(content: str, key: str, distribution: dict[str, float]) -> list
             (content[end:], math.log(0.99), ())]
 
 
-def test_a_batch_answer_is_its_calibrated_argmax(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
-    """The model leans to "food" on every task; the batch's mean shows it and the doubtful answers move.
+def test_answers_are_the_argmax_after_the_content_free_bias_is_divided_out(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    """The model leans to "food"; asked about "N/A" it says so, and the close calls move to "law".
 
-    The model writes "food" each time. Texts 1-3 are clear food texts (0.9); texts 4-6 are
-    close calls with "law" (food 0.5, law 0.45). The batch mean gives food 0.58 and law 0.23,
-    so after dividing out sqrt(mean) the close calls become "law" and keep a lower score.
+    Content-free texts get food 0.7 (prior 0.8 * that + 0.2 uniform: food 0.60, law 0.12).
+    Clear texts: food 0.9. Close calls: food 0.5, law 0.45; after dividing out sqrt(prior),
+    law 0.62 and food 0.31. The content-free calls are made once (3 texts), whatever the batch.
     """
+    bias = {"food": 0.7, "law": 0.1, "sports": 0.1, "medicine": 0.05, "computers": 0.05}
     lean = {"food": 0.9, "law": 0.04, "sports": 0.02, "medicine": 0.02, "computers": 0.02}
     close = {"food": 0.5, "law": 0.45, "sports": 0.02, "medicine": 0.02, "computers": 0.01}
 
     def respond(body: dict) -> fake.Reply:
-        text = body["messages"][-1]["content"]
+        text = body["messages"][-1]["content"].split("<<<\n", 1)[1]
         content = '{"topic": "food"}'
-        return fake.chat(content, logprobs=alternatives(content, "topic", close if "close" in text else lean))
+        dist = close if text.startswith("close") else lean if text.startswith("clear") else bias
+        return fake.chat(content, logprobs=alternatives(content, "topic", dist))
 
     llm.set_responder(respond)
     backend = Backend(env_for(llm, LLM_OUTPUT_MODE="json_schema"), tmp_path / "b")
     try:
         tasks = [{"id": i, "data": {"text": f"{'close' if i > 3 else 'clear'} call number {i}"}} for i in range(1, 7)]
         predictions = backend.predict(topic_config(TOPICS), tasks)
-        [alone] = backend.predict(topic_config(TOPICS), [{"id": 9, "data": {"text": "a close one, alone"}}])
+        only_close = backend.predict(topic_config(TOPICS), tasks[3:])
     finally:
         backend.stop()
     answers = [p["result"][0]["value"]["choices"][0] for p in predictions]
     assert answers == ["food"] * 3 + ["law"] * 3
     scores = [p["score"] for p in predictions]
-    assert min(scores[:3]) > 0.75 > 0.6 > max(scores[3:]) > 0.4  # the close calls rank first for review
-    assert all("_calibration" not in p for p in predictions + [alone])  # the private key never leaves
-    # A batch of one barely moves: its own mean is most of the prior (shrunk towards uniform).
-    assert alone["result"][0]["value"]["choices"] == ["food"] and alone["score"] < 0.6
+    assert min(scores[:3]) > 0.75 > 0.7 > max(scores[3:]) > 0.55  # the close calls rank first for review
+    assert all("_calibration" not in p for p in predictions + only_close)  # the private key never leaves
+    # Another batch, other company: the same answers and scores (the prior is not the batch's mix).
+    assert [p["result"][0]["value"] for p in only_close] == [{"choices": ["law"]}] * 3
+    assert [p["score"] for p in only_close] == scores[3:]
+    asked = [r["body"]["messages"][-1]["content"].split("<<<\n", 1)[1] for r in llm.requests]
+    content_free = sorted(t.removesuffix("\n>>>") for t in asked if not t.startswith(("clear", "close")))
+    assert content_free == ["N/A", "[MASK]", "nothing"]
 
 
 def test_score_is_the_answer_token_probability(backend: Backend, llm: fake.FakeLLMServer) -> None:

@@ -1,32 +1,37 @@
-"""Single choices decided on the model's whole distribution, with the batch's own bias divided out.
+"""Single choices decided on the model's whole distribution, with its own bias divided out.
 
 Why (measured, bench/RESULTS.md): a small model favours a slot of the list it was shown
 (Qwen2.5-0.5B gave the 2nd of 5 topics 42 % of its probability on average, whatever label
 sat there), and its sampled answer is the argmax of that skewed distribution. With token
 logprobs the top alternatives at the answer's first token give the probability of every
-choice. Batch Calibration (Zhou et al. 2023, arXiv:2309.17249) estimates the bias as the
-batch's mean distribution and divides it out; the answer is the calibrated argmax and the
-region score its calibrated probability. No extra call, and the score ranks (AUROC) and is
-calibrated (ECE) far better than the sampled token's own probability.
+choice. Contextual calibration (Zhao et al. 2021, arXiv:2102.09690) asks the same prompt
+about content-free texts ("N/A", "[MASK]", ...): what the model answers for no content is its
+bias. `STRENGTH` of that prior is divided out, the answer is the calibrated argmax and the
+region score its calibrated probability.
 
-The mean is shrunk towards uniform by `PSEUDO_TASKS`, so a batch of one task is left
-almost as it is, and only `STRENGTH` of the bias is divided out: a batch whose true labels
-are skewed (most reviews positive) also shows that skew in its mean, and dividing it all
-out would push answers towards the rare labels.
+Content-free rather than the batch's own mean (Batch Calibration): the batch mean also holds
+the batch's true label skew (most reviews positive), and dividing it out pushed answers to
+the rare labels (measured: -4 to -16 points on batches 80 % one class); the content-free
+prior does not depend on the batch at all. It costs `len(CONTENT_FREE[lang])` calls once per
+config, prompt language and model (cached), and only where logprobs come back, i.e. on
+endpoints that are not metered per call.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .controls.base import ordered
+from .prompts import prompt_language
 from .schema import Target
 
-PSEUDO_TASKS = 2.0  # weight of the uniform prior in the batch mean, in tasks
-STRENGTH = 0.5  # exponent of the divided-out mean: 0 = raw distribution, 1 = full batch calibration
+STRENGTH = 0.5  # exponent of the divided-out prior: 0 = raw distribution, 1 = full calibration
+SHRINK = 0.2  # share of uniform mixed into the content-free prior: a choice it never names is not infinite
+# Content-free texts per prompt language (each must be detected as that language: `prompt_language`).
+CONTENT_FREE = {"en": ("N/A", "[MASK]", "nothing"), "zh": ("无", "空白", "暂无内容")}
 PRIVATE_KEY = "_calibration"  # what a prediction carries until its batch is settled; never sent
 _SKIP = ' \t\r\n:"['
 
@@ -75,10 +80,10 @@ def choice_distribution(tokens: Sequence[tuple], key: str, allowed: Sequence[str
     return [p / total for p in probs] if total > 0 else None
 
 
-def batch_prior(distributions: Sequence[Sequence[float]], pseudo: float = PSEUDO_TASKS) -> list[float]:
-    """The batch's mean distribution, shrunk towards uniform by `pseudo` tasks."""
+def content_free_prior(distributions: Sequence[Sequence[float]], shrink: float = SHRINK) -> list[float]:
+    """The mean distribution over the content-free answers, mixed with `shrink` of uniform."""
     k = len(distributions[0])
-    return [(sum(d[j] for d in distributions) + pseudo / k) / (len(distributions) + pseudo) for j in range(k)]
+    return [(1 - shrink) * sum(d[j] for d in distributions) / len(distributions) + shrink / k for j in range(k)]
 
 
 def calibrate(distribution: Sequence[float], prior: Sequence[float], strength: float = STRENGTH) -> list[float]:
@@ -101,24 +106,53 @@ def distributions(targets: Sequence[Target], tokens: Sequence[tuple], results: l
     return out
 
 
-def settle(predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Calibrate the batch's single-choice answers in place; strip the private key from every item.
+Priors = dict[tuple[str, str], list[float]]  # (control, prompt language) -> content-free prior
 
-    A prediction carries `{PRIVATE_KEY: {"coverage": c, "choices": {control: [allowed, dist]}}}`
-    from `Predictor.finish_task`. Each control's answer becomes the calibrated argmax, its
-    region score the calibrated probability, and the prediction score their mean × coverage.
+
+def wanted_priors(predictions: list[dict[str, Any]]) -> set[str]:
+    """The prompt languages whose content-free priors the batch needs."""
+    return {p[PRIVATE_KEY]["lang"] for p in predictions if p.get(PRIVATE_KEY, {}).get("choices")}
+
+
+def content_free_priors(
+    languages: set[str], data_keys: list[str], answer: Callable[[dict[str, Any]], dict[str, Any] | None]
+) -> Priors:
+    """Each language's prior per control: `answer` (one unsettled prediction, or None) on its content-free texts."""
+    priors: Priors = {}
+    for lang in sorted(languages):
+        found: dict[str, list[Sequence[float]]] = {}
+        for i, text in enumerate(CONTENT_FREE.get(lang, ())):
+            prediction = answer({"id": f"content-free-{lang}-{i}", "data": dict.fromkeys(data_keys, text)}) or {}
+            private = prediction.get(PRIVATE_KEY) or {}
+            if private.get("lang") != lang:  # another language's scaffolding: not this prompt's bias
+                continue
+            for name, (_, dist) in private.get("choices", {}).items():
+                found.setdefault(name, []).append(dist)
+        priors.update({(name, lang): content_free_prior(dists) for name, dists in found.items()})
+    return priors
+
+
+def carry(prediction: dict, targets: Sequence[Target], tokens: Sequence[tuple], texts: dict, coverage: float) -> None:
+    """Attach what `settle` needs (choice distributions, prompt language, coverage) to a new prediction."""
+    if choices := distributions(targets, tokens, prediction["result"]):
+        prediction[PRIVATE_KEY] = {"lang": prompt_language(texts), "coverage": coverage, "choices": choices}
+
+
+def settle(predictions: list[dict[str, Any]], priors: Priors | None = None) -> list[dict[str, Any]]:
+    """Calibrate single-choice answers in place with `priors`; strip the private key from every item.
+
+    A prediction carries `{PRIVATE_KEY: {"lang", "coverage", "choices": {control: [allowed, dist]}}}`
+    from `Predictor.finish_task`. With a prior for its control and language, the answer becomes
+    the calibrated argmax, its region score the calibrated probability; without one, the
+    distribution is used as it is. The prediction score is then the regions' mean × coverage.
     """
-    by_control: dict[str, list[Sequence[float]]] = {}
-    for prediction in predictions:
-        for name, (_, dist) in (prediction.get(PRIVATE_KEY) or {}).get("choices", {}).items():
-            by_control.setdefault(name, []).append(dist)
-    priors = {name: batch_prior(dists) for name, dists in by_control.items()}
     for prediction in predictions:
         private = prediction.pop(PRIVATE_KEY, None)
         if not private or not private.get("choices"):
             continue
         for name, (allowed, dist) in private["choices"].items():
-            calibrated = calibrate(dist, priors[name])
+            prior = (priors or {}).get((name, private["lang"]))
+            calibrated = calibrate(dist, prior) if prior and len(prior) == len(dist) else list(dist)
             best = max(range(len(allowed)), key=calibrated.__getitem__)
             for region in prediction["result"]:
                 if region.get("from_name") == name:
