@@ -119,7 +119,8 @@ class Predictor:
         self.model_version = model_version
         self.guidance = guidance or PromptGuidance()
         self.examples = examples  # the project's annotated examples and their form, read once per batch
-        self._priors: calibration.Priors = {}  # content-free priors, asked once per prompt language
+        self._priors: calibration.Priors = {}  # content-free priors (`_settle`)
+        self._asked: set[str] = set()  # prompt languages whose priors were asked for
         self._priors_lock = threading.Lock()
 
     def prompt_inputs(self, guidance: PromptGuidance | None = None) -> PromptInputs:
@@ -198,10 +199,14 @@ class Predictor:
         return done
 
     def _settle(self, predictions: list[dict], stats: BatchStats | None, deadline: float | None) -> list[dict]:
-        """Calibrated choices (`calibration`): the content-free calls are made once per language, then kept."""
+        """Calibrated choices. Content-free priors are asked once per language, at the end of the first batch
+        whose replies had alternatives, with a quarter of its time left (else it keeps the raw distribution)."""
+        wanted = {p[calibration.PRIVATE_KEY]["lang"] for p in predictions if calibration.PRIVATE_KEY in p}
         with self._priors_lock:
-            missing = calibration.wanted_priors(predictions) - {lang for _, lang in self._priors}
-            if missing and (deadline is None or time.monotonic() < deadline):
+            late = deadline is not None and deadline - time.monotonic() < self.settings.batch_deadline / 4
+            if (missing := wanted - self._asked) and not late:
+                self._asked |= missing  # once, whatever comes back: a failing endpoint is not asked every batch
+
                 def answer(task: dict[str, Any]) -> dict[str, Any] | None:
                     try:
                         return self._answer_task(task, stats, deadline, PromptInputs(self.guidance))
@@ -296,11 +301,8 @@ class Predictor:
         deadline: float | None = None,
         inputs: PromptInputs | None = None,
     ) -> dict[str, Any]:
-        """The task's prediction before its batch is settled (`calibration.settle`).
-
-        No request starts after `deadline`; a request already sent finishes even after
-        it, so its answer reaches the cache and the next retrieve gets it for free.
-        """
+        """The task's prediction, unsettled (`calibration.settle`). No request starts after `deadline`;
+        one already sent finishes even after it, so its answer reaches the cache for the next retrieve."""
         prepared = self.prepare_task(task, inputs)
         ask = prepared.ask
         reply = self.client.chat(
@@ -372,13 +374,9 @@ class Predictor:
         return prediction
 
     def failed_prediction(self, err: PredictionError) -> dict[str, Any]:
-        """The item for a task that could not be predicted.
-
-        It has no `result` key on purpose: Label Studio then stores nothing for this
-        task (and only this task), so the next "Retrieve predictions" tries it again.
-        An item with `result: []` would be stored under the current model_version and
-        the task would be skipped forever after, e.g. once the user has set the key.
-        """
+        """The item for a task that could not be predicted: no `result` key on purpose, so Label Studio stores
+        nothing for this task and the next "Retrieve predictions" tries it again (an item with `result: []`
+        would be stored under this model_version and the task skipped forever after)."""
         return {"model_version": self.model_version, "score": 0.0, "error": err.message}
 
     def _log_batch(self, stats: BatchStats, seconds: float, progress: BatchProgress) -> None:

@@ -233,3 +233,13 @@ def test_without_logprobs_the_score_is_the_models_own_confidence(llm: fake.FakeL
         assert prediction["score"] == pytest.approx(0.7)
     finally:
         backend.stop()
+
+
+def test_no_content_free_call_when_replies_carry_no_alternatives(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    """Endpoints that return no top alternatives (or no logprobs) never pay for the calibration calls."""
+    content = '{"topic": "law"}'
+    llm.set_responder(lambda body: fake.chat(content, logprobs=tokens_of(content, "law", 0.6)))
+    tasks = [{"id": i, "data": {"text": f"A lawyer walks in, take {i}."}} for i in range(4)]
+    predictions = backend.predict(topic_config(TOPICS), tasks)
+    assert [p["result"][0]["value"] for p in predictions] == [{"choices": ["law"]}] * 4
+    assert llm.chat_calls == 4

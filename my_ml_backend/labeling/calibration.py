@@ -109,11 +109,6 @@ def distributions(targets: Sequence[Target], tokens: Sequence[tuple], results: l
 Priors = dict[tuple[str, str], list[float]]  # (control, prompt language) -> content-free prior
 
 
-def wanted_priors(predictions: list[dict[str, Any]]) -> set[str]:
-    """The prompt languages whose content-free priors the batch needs."""
-    return {p[PRIVATE_KEY]["lang"] for p in predictions if p.get(PRIVATE_KEY, {}).get("choices")}
-
-
 def content_free_priors(
     languages: set[str], data_keys: list[str], answer: Callable[[dict[str, Any]], dict[str, Any] | None]
 ) -> Priors:
