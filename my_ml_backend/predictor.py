@@ -158,7 +158,7 @@ class Predictor:
             if time.monotonic() > deadline:
                 raise deadline_reached()
             try:
-                return self._answer_task(task, stats, deadline, inputs)
+                return self.predict_task(task, stats, deadline, inputs, settle=False)
             except PredictionError as err:
                 if err.fatal:
                     fatal.append(err)  # seen by workers before they start their next task
@@ -209,7 +209,7 @@ class Predictor:
 
                 def answer(task: dict[str, Any]) -> dict[str, Any] | None:
                     try:
-                        return self._answer_task(task, stats, deadline, PromptInputs(self.guidance))
+                        return self.predict_task(task, stats, deadline, PromptInputs(self.guidance), settle=False)
                     except PredictionError:
                         return None
 
@@ -290,19 +290,13 @@ class Predictor:
         stats: BatchStats | None = None,
         deadline: float | None = None,
         inputs: PromptInputs | None = None,
+        settle: bool = True,
     ) -> dict[str, Any]:
-        """The prediction for one task (its choices calibrated); raises `PredictionError`."""
-        return self._settle([self._answer_task(task, stats, deadline, inputs)], stats, deadline)[0]
+        """The prediction for one task; raises `PredictionError`. `settle=False`: the batch settles it later.
 
-    def _answer_task(
-        self,
-        task: dict[str, Any],
-        stats: BatchStats | None = None,
-        deadline: float | None = None,
-        inputs: PromptInputs | None = None,
-    ) -> dict[str, Any]:
-        """The task's prediction, unsettled (`calibration.settle`). No request starts after `deadline`;
-        one already sent finishes even after it, so its answer reaches the cache for the next retrieve."""
+        No request starts after `deadline`; a request already sent finishes even after
+        it, so its answer reaches the cache and the next retrieve gets it for free.
+        """
         prepared = self.prepare_task(task, inputs)
         ask = prepared.ask
         reply = self.client.chat(
@@ -312,7 +306,8 @@ class Predictor:
             accept=ask.accept,
             tally=stats.calls if stats is not None else None,
         )
-        return self.finish_task(prepared, reply)
+        prediction = self.finish_task(prepared, reply)
+        return self._settle([prediction], stats, deadline)[0] if settle else prediction
 
     def prepare_task(self, task: dict[str, Any], inputs: PromptInputs | None = None) -> PreparedTask:
         """The task's texts and its one-task call; raises `PredictionError` when it has no text."""
