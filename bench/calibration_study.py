@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""How to decide a single choice from the model's distribution: the study behind `labeling/calibration.py`.
+
+Collect (needs the local model, ``scripts/local_model.sh``): for each item of a set, our prompt in
+the forward and the reversed listed order of the choices, with ``top_logprobs=20``, and the same
+prompt for content-free texts; every reply's tokens and alternatives are saved to JSON.
+Analyse (no model): per listed order, for each rule, accuracy, score AUROC and ECE, accuracy on
+batches 80 % one class (skew80), and the share of items whose answer changes between the orders:
+- generated: the answer the model wrote (constrained decoding);
+- raw: the argmax of the choice distribution read from the answer's first-token alternatives;
+- batch a: Batch Calibration, the batch's mean (25 tasks, 2 pseudo-tasks of uniform) divided out
+  with exponent a;
+- content-free a: the content-free prior (mixed with 20 % uniform) divided out with exponent a.
+
+Usage: .venv/bin/python bench/calibration_study.py collect --set topics --n 100 --out topics.json
+       .venv/bin/python bench/calibration_study.py analyse topics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.quality import auroc, ece, prompt_order_reversed, sentiment_set, topic_set  # noqa: E402
+from my_ml_backend.engine import schema_for  # noqa: E402
+from my_ml_backend.labeling.calibration import CONTENT_FREE, calibrate, choice_distribution  # noqa: E402
+from my_ml_backend.labeling.controls.base import ordered  # noqa: E402
+from my_ml_backend.labeling.prompts import answer_schema, build_prompt, prompt_language  # noqa: E402
+from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
+
+
+def collect(args: argparse.Namespace) -> None:
+    import openai
+
+    paths = install()
+    build = topic_set if args.set == "topics" else sentiment_set
+    data = build(Path(paths["cache"]), paths["python"], args.n, 0)
+    key = "topic" if args.set == "topics" else "sentiment"
+    rows = []
+    with LocalModelServer() as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-local", timeout=600)
+        for order in ("forward", "reversed"):
+            schema = schema_for(data.config(data.values))
+            texts = [(item.text, item.gold) for item in data.items]
+            lang = prompt_language({"text": texts[0][0]})
+            texts += [(text, None) for text in CONTENT_FREE[lang]]
+            with prompt_order_reversed() if order == "reversed" else nullcontext():
+                listed = ordered(data.values)
+                for text, gold in texts:
+                    task = {"text": text}
+                    fmt = {"type": "json_object", "schema": answer_schema(schema, task, confidence=False)}
+                    reply = client.chat.completions.create(
+                        model=server.model, messages=build_prompt(schema, task, confidence=False), temperature=0,
+                        max_tokens=40, logprobs=True, top_logprobs=20, response_format=fmt,  # type: ignore[arg-type]
+                    )
+                    content = reply.choices[0].logprobs.content
+                    tokens = [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in content]
+                    rows.append({"order": order, "listed": listed, "gold": gold, "tokens": tokens,
+                                 "reply": reply.choices[0].message.content})
+    Path(args.out).write_text(json.dumps({"key": key, "values": ordered(data.values), "rows": rows},
+                                         ensure_ascii=False), encoding="utf-8")
+
+
+def _batches(n: int, size: int, seed: int) -> list[list[int]]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def analyse(args: argparse.Namespace) -> None:
+    saved = json.loads(Path(args.path).read_text(encoding="utf-8"))
+    key, values = saved["key"], saved["values"]
+    k = len(values)
+    by_order: dict[str, dict[str, list]] = {}
+    for row in saved["rows"]:
+        part = by_order.setdefault(row["order"], {"items": [], "free": []})
+        dist = choice_distribution([tuple(t) for t in row["tokens"]], key, values) or [1 / k] * k
+        written = json.loads(row["reply"]).get(key)
+        if row["gold"] is None:
+            part["free"].append(dist)
+        else:
+            part["items"].append((values.index(row["gold"]), dist, written))
+
+    def batch_rule(strength: float) -> Callable[[list[list[float]], list[int], list], list[list[float]]]:
+        def rule(dists: list[list[float]], members: list[int], _free: list) -> list[list[float]]:
+            inside = [dists[i] for i in members]
+            prior = [(sum(d[j] for d in inside) + 2 / k) / (len(inside) + 2) for j in range(k)]
+            return [calibrate(dists[i], prior, strength) for i in members]
+        return rule
+
+    def free_rule(strength: float) -> Callable[[list[list[float]], list[int], list], list[list[float]]]:
+        def rule(dists: list[list[float]], members: list[int], free: list) -> list[list[float]]:
+            prior = [0.8 * sum(d[j] for d in free) / len(free) + 0.2 / k for j in range(k)]
+            return [calibrate(dists[i], prior, strength) for i in members]
+        return rule
+
+    rules: dict[str, Callable | None] = {"generated": None, "raw": batch_rule(0.0)}
+    for strength in (0.5, 1.0):
+        rules[f"batch {strength}"] = batch_rule(strength)
+        rules[f"content-free {strength}"] = free_rule(strength)
+    print(f"## {Path(args.path).name}: {len(by_order['forward']['items'])} items, choices {values}\n")
+    print("| rule | listed order | accuracy | AUROC | ECE | skew80 accuracy | order test: changed |")
+    print("|---|---|---|---|---|---|---|")
+    for name, rule in rules.items():
+        answers: dict[str, list[int]] = {}
+        for order, part in by_order.items():
+            gold = [g for g, _, _ in part["items"]]
+            dists = [d for _, d, _ in part["items"]]
+            if rule is None:
+                picks = [values.index(w) if w in values else -1 for _, _, w in part["items"]]
+                scores = [1.0] * len(picks)
+            else:
+                settled = {}
+                for members in _batches(len(dists), 25, 0):
+                    settled.update(zip(members, rule(dists, members, part["free"]), strict=True))
+                picks = [max(range(k), key=settled[i].__getitem__) for i in range(len(dists))]
+                scores = [settled[i][p] for i, p in enumerate(picks)]
+            right = [p == g for p, g in zip(picks, gold, strict=True)]
+            answers[order] = picks
+            skew = _skew80(rule, dists, gold, part["free"], k) if rule is not None else None
+            print(f"| {name} | {order} | {sum(right) / len(right):.1%} | {_f(auroc(scores, right))} "
+                  f"| {_f(ece(scores, right))} | {'-' if skew is None else f'{skew:.1%}'} ", end="")
+            changed = sum(a != b for a, b in zip(answers["forward"], picks, strict=True)) / len(picks)
+            print(f"| {'' if order == 'forward' else f'{changed:.1%}'} |")
+
+
+def _skew80(rule: Callable, dists: list, gold: list[int], free: list, k: int) -> float:
+    """Mean accuracy over batches made of all of one class's items plus a quarter as many others."""
+    accuracies = []
+    for c in range(k):
+        members = [i for i, g in enumerate(gold) if g == c]
+        members += [i for i, g in enumerate(gold) if g != c][: max(1, len(members) // 4)]
+        settled = rule(dists, members, free)
+        accuracies.append(sum(max(range(k), key=d.__getitem__) == gold[i] for i, d in zip(members, settled, strict=True))
+                          / len(members))
+    return sum(accuracies) / len(accuracies)
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--set", choices=["topics", "sentiment"], default="topics")
+    c.add_argument("--n", type=int, default=100)
+    c.add_argument("--out", required=True)
+    a = sub.add_parser("analyse")
+    a.add_argument("path")
+    args = parser.parse_args(argv)
+    collect(args) if args.command == "collect" else analyse(args)
+
+
+if __name__ == "__main__":
+    main()
