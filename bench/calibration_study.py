@@ -139,8 +139,8 @@ def _skew80(rule: Callable, dists: list, gold: list[int], free: list, k: int) ->
         members = [i for i, g in enumerate(gold) if g == c]
         members += [i for i, g in enumerate(gold) if g != c][: max(1, len(members) // 4)]
         settled = rule(dists, members, free)
-        accuracies.append(sum(max(range(k), key=d.__getitem__) == gold[i] for i, d in zip(members, settled, strict=True))
-                          / len(members))
+        right = sum(max(range(k), key=d.__getitem__) == gold[i] for i, d in zip(members, settled, strict=True))
+        accuracies.append(right / len(members))
     return sum(accuracies) / len(accuracies)
 
 
