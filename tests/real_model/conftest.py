@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -127,9 +128,22 @@ class RealBackend:
     server: LocalModelServer
     warmup_statuses: Counter[int] = field(default_factory=Counter)
     warmup_prediction: dict = field(default_factory=dict)
+    warmup_content_free: int = 0
 
     def chat_requests(self) -> Counter[int]:
         return self.server.chat_requests()
+
+    def log_mark(self) -> int:
+        return self.backend.stdout.stat().st_size
+
+    def content_free_calls(self, since: int) -> int:
+        """Calibration requests made since `since` (`log_mark`): "Task content-free-<lang>-<i>" in the debug log.
+
+        A single-choice config asks its content-free texts once per prompt language, after the
+        first batch whose replies carried token alternatives (labeling/calibration.py).
+        """
+        text = self.backend.stdout.read_bytes()[since:].decode("utf-8", "replace")
+        return len(set(re.findall(r"Task (content-free-\w+-\d+) fields", text)))
 
     def predict(self, label_config: str, tasks: list[dict]) -> list[dict]:
         """What Label Studio sends for "Retrieve predictions", waiting as long as the model needs."""
@@ -179,12 +193,13 @@ def real_backend(llama_server: LocalModelServer, tmp_path_factory: pytest.TempPa
     backend = Backend(env, tmp_path_factory.mktemp("real_backend"))
     try:
         real = RealBackend(backend, llama_server)
-        before = llama_server.chat_requests()
+        before, mark = llama_server.chat_requests(), real.log_mark()
         backend.setup(WARMUP_CONFIG)
         started = time.monotonic()
         warmup_task = {"id": 1, "data": {"text": "物流很快，包装完好，很满意。"}}
         [real.warmup_prediction] = real.predict(WARMUP_CONFIG, [warmup_task])
         real.warmup_statuses = llama_server.chat_requests() - before
+        real.warmup_content_free = real.content_free_calls(mark)
         report(
             f"warm-up task (learns the output mode): {time.monotonic() - started:.1f} s, "
             f"requests {dict(real.warmup_statuses)}"

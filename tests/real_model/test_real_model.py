@@ -32,6 +32,7 @@ What llama_cpp.server 0.3.36 does with what we send (checked by ``test_llama_cpp
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -163,12 +164,17 @@ def test_every_control_type_gives_valid_results(real_backend: RealBackend, case:
     backend = real_backend.backend
     model_version = backend.setup(case.label_config)
     controls = controls_of(case.label_config)
-    before = real_backend.chat_requests()
+    before, mark = real_backend.chat_requests(), real_backend.log_mark()
     started = time.monotonic()
     predictions = real_backend.predict(case.label_config, case.tasks)
     seconds = time.monotonic() - started
 
-    assert real_backend.chat_requests() - before == Counter({200: len(case.tasks)}), "one chat call per task"
+    # One chat call per task, plus the content-free calibration calls of a single-choice config:
+    # three per prompt language of its tasks, asked once (labeling/calibration.py).
+    calibration = real_backend.content_free_calls(mark)
+    single = any('choice="multiple"' not in tag for tag in re.findall(r"<Choices [^>]*>", case.label_config))
+    assert calibration in ((0, 3, 6) if single else (0,)), calibration
+    assert real_backend.chat_requests() - before == Counter({200: len(case.tasks) + calibration}), "one call per task"
     answered: Counter[str] = Counter()
     for task, prediction in zip(case.tasks, predictions, strict=True):
         assert "error" not in prediction, prediction
@@ -196,7 +202,9 @@ def test_every_control_type_gives_valid_results(real_backend: RealBackend, case:
 
 def test_output_mode_is_learned_once(real_backend: RealBackend) -> None:
     """json_schema is refused once (one HTTP 500, not retried), then json_object + schema is used for good."""
-    assert real_backend.warmup_statuses == Counter({500: 1, 200: 1}), real_backend.warmup_statuses
+    # The task, then the three content-free calls of its language (Chinese); then the mode is known.
+    assert real_backend.warmup_content_free == 3
+    assert real_backend.warmup_statuses == Counter({500: 1, 200: 1 + 3}), real_backend.warmup_statuses
     assert real_backend.warmup_prediction["result"], real_backend.warmup_prediction
     assert "改用 json_object_schema" in real_backend.backend.logs()
     # Later calls go straight to the learned mode: each case asserts exactly one 200 per task.
