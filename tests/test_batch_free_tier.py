@@ -23,7 +23,7 @@ from tests.test_packing import answering
 
 
 class StandInLabelStudio:
-    """The five SDK calls the batch job makes, over an in-memory project."""
+    """The five SDK calls the batch job (and a queued chunk) makes, over an in-memory project."""
 
     def __init__(self, tasks: list[dict], label_config: str) -> None:
         self.stored: list[SimpleNamespace] = []
@@ -32,7 +32,7 @@ class StandInLabelStudio:
         self.projects = SimpleNamespace(get=lambda id: project)  # noqa: A006, ARG005
         self.tasks = SimpleNamespace(list=lambda project, page_size: iter(items))  # noqa: ARG005
         self.predictions = SimpleNamespace(
-            list=lambda project: list(self.stored),  # noqa: ARG005
+            list=lambda project=None, task=None: [p for p in self.stored if task in (None, p.task)],  # noqa: ARG005
             create=lambda **kw: self.stored.append(SimpleNamespace(task=kw["task"], model_version=kw["model_version"])),
         )
 

@@ -121,8 +121,8 @@ class BatchJob:
                 bar.update(len(chunk))
                 bar.set_postfix(failed=summary.failed, calls=int(counters()[API_REQUESTS] - before[API_REQUESTS]))
                 failed_chunks = 0 if succeeded else failed_chunks + 1
-                if not self.predictor.client.pool.usable():  # every model is out for today
-                    summary.stopped = self.predictor.client.pool.exhausted_error().message
+                if stop := quota_stop(self.predictor):
+                    summary.stopped = stop
                     break
                 if failed_chunks >= STOP_AFTER_FAILED_CHUNKS:
                     summary.stopped = "连续多批全部失败 (every task of the last chunks failed)"
@@ -173,6 +173,17 @@ class BatchJob:
             if on_posted is not None:
                 on_posted(task["id"])
         return posted
+
+
+def quota_stop(predictor: Predictor) -> str:
+    """Why a run must stop now: every model of the pool is out for today ("" while one may still answer).
+
+    Both the in-process job and the queued one (command and workers) stop on it, so they stop
+    the same way, with the message that says when the quota comes back, instead of failing
+    every remaining task at once with that message.
+    """
+    pool = predictor.client.pool
+    return "" if pool.usable() else pool.exhausted_error().message
 
 
 def model_counts(

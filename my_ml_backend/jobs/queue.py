@@ -17,6 +17,11 @@ when its lease ends, and one that was claimed before is first looked up in Label
 Studio, in case the dead worker posted it just before dying. Hence: no task is
 predicted twice, and interrupting and re-running resumes (Ctrl-C cancels the chunks
 not started; chunks running finish).
+
+The quota ledger is in the same Redis, so when every model is out for the day the
+workers claim nothing more and the command cancels the chunks not started: the run
+stops as the in-process one does (`batch.quota_stop`), tasks left for tomorrow instead
+of failed, and the summary counts answers and refusals per model as the workers add them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from label_studio_sdk import LabelStudio
@@ -38,7 +44,7 @@ from ..llm.limits import Renewer
 from ..predictor import Predictor
 from ..settings import Settings, load_env_file, load_settings
 from ..storage import redis_db
-from .batch import CHUNK_DEADLINE, BatchJob, Summary, chunks, counters
+from .batch import CHUNK_DEADLINE, BatchJob, Summary, chunks, counters, model_counts, quota_stop
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ POLL = 0.5  # seconds between two progress reads
 WAIT_FOR_BUSY = 0.5  # seconds between two looks at tasks another worker holds
 INTERRUPTED = "被中断，未开始的块已取消 (interrupted: chunks not started were cancelled)"
 STATS = ("predicted", "posted", "failed", "skipped", "api_calls", "cache_hits", "prompt_tokens", "completion_tokens")
+COUNTS = ("errors", "models", "refusals")  # per-run counts by error message, by answering model, by refusing model
 
 # KEYS: done set, tried set. ARGV: claim key prefix, token, lease_ms, task ids...
 # Returns one code per task: 0 done already, 1 claimed now, 2 claimed now but tried before, 3 busy.
@@ -96,8 +103,8 @@ class RunState:
     def stats_key(self, run: str) -> str:
         return f"{self.base}:run:{run}:stats"
 
-    def errors_key(self, run: str) -> str:
-        return f"{self.base}:run:{run}:errors"
+    def counts_key(self, run: str, name: str) -> str:
+        return f"{self.base}:run:{run}:{name}"
 
     def claim(self, task_ids: Iterable[int], token: str, lease: float) -> dict[int, int]:
         ids = list(task_ids)
@@ -115,21 +122,27 @@ class RunState:
         if keys:
             self.redis.eval(_RENEW, len(keys), *keys, token, int(lease * 1000))
 
-    def add(self, run: str, values: dict[str, float], errors: dict[str, int] | None = None) -> None:
+    def add(self, run: str, values: dict[str, float], counts: Mapping[str, Mapping[str, int]] | None = None) -> None:
+        """Add one chunk's figures to the run's: `values` by STATS name, `counts` by COUNTS name, then key."""
+        keys = [self.stats_key(run)] + [self.counts_key(run, name) for name in COUNTS]
         with self.redis.pipeline() as pipe:
             for name, value in values.items():
                 if value:
-                    pipe.hincrby(self.stats_key(run), name, int(value))
-            for message, count in (errors or {}).items():
-                pipe.hincrby(self.errors_key(run), message, count)
-            pipe.expire(self.stats_key(run), KEEP)
-            pipe.expire(self.errors_key(run), KEEP)
+                    pipe.hincrby(keys[0], name, int(value))
+            for name, counted in (counts or {}).items():
+                for key, count in counted.items():
+                    if count:
+                        pipe.hincrby(self.counts_key(run, name), key, int(count))
+            for key in keys:
+                pipe.expire(key, KEEP)
             pipe.execute()
 
-    def read(self, run: str) -> tuple[dict[str, int], dict[str, int]]:
+    def read(self, run: str) -> tuple[dict[str, int], dict[str, Counter[str]]]:
+        """(the run's STATS so far, its COUNTS so far) as every worker added them."""
         stats = {k.decode(): int(v) for k, v in self.redis.hgetall(self.stats_key(run)).items()}
-        errors = {k.decode(): int(v) for k, v in self.redis.hgetall(self.errors_key(run)).items()}
-        return stats, errors
+        counts = {name: Counter({k.decode(): int(v) for k, v in self.redis.hgetall(self.counts_key(run, name)).items()})
+                  for name in COUNTS}
+        return stats, counts
 
 
 # -- the worker side -------------------------------------------------------------------
@@ -167,7 +180,7 @@ def predict_chunk(project: int, model_version: str, run: str, chunk: list[dict[s
     try:
         data = {int(t["id"]): t for t in chunk}
         remaining = list(data)
-        while remaining:
+        while remaining and not quota_stop(predictor):  # out for today: leave the tasks unclaimed, for tomorrow
             codes = state.claim(remaining, token, lease)
             mine = [i for i in remaining if codes[i] in (1, 2)]
             held.update(mine)
@@ -195,17 +208,18 @@ def _predict_and_post(client: LabelStudio, project: int, predictor: Predictor, s
     tasks = [t for t in chunk if t["id"] not in already]
     job = BatchJob(client, project, predictor, max(1, len(tasks)))
     summary = Summary()
-    before = counters()
+    before, before_models = counters(), model_counts()
     if tasks:
         job._predict_and_post(tasks, summary, on_posted=lambda task_id: state.finish([task_id], token, done=True))
     spent = {name: int(value - before[name]) for name, value in counters().items()}
+    models, refusals = model_counts(before_models)
     state.finish([t["id"] for t in tasks], token, done=False)  # the failed ones: for the next run
     values = {
         "predicted": summary.predicted, "posted": summary.posted, "failed": summary.failed, "skipped": len(already),
         "api_calls": spent["api_requests"], "cache_hits": spent["cache_hits"],
         "prompt_tokens": spent["prompt_tokens"], "completion_tokens": spent["completion_tokens"],
     }
-    state.add(run, values, dict(summary.errors))
+    state.add(run, values, {"errors": summary.errors, "models": models, "refusals": refusals})
     for name, value in values.items():
         totals[name] += value
 
@@ -235,6 +249,10 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
     pending = job.pending(done, summary)
     jobs = []
     redis.delete(state.jobs_key)
+    summary.stopped = quota_stop(predictor)  # every model out for today already: enqueue nothing
+    out_of_quota = bool(summary.stopped)
+    for _ in pending if out_of_quota else ():  # nothing to enqueue, but the summary counts the tasks and skips
+        pass
     try:
         for chunk in chunks(pending, chunk_size, limit):
             jobs.append(queue.enqueue(
@@ -264,6 +282,9 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
             bar.n = len(done) + accounted
             bar.set_postfix(failed=stats.get("failed", 0), calls=stats.get("api_calls", 0))
             bar.refresh()
+            if not out_of_quota and (stop := quota_stop(predictor)):  # the workers used the last of it
+                out_of_quota, summary.stopped = True, stop
+                _cancel_queued(redis, state, Job, JobStatus)  # chunks not started would only fail
             statuses = [j.get_status(refresh=True) for j in jobs]
             if all(s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
                    for s in statuses):
@@ -275,13 +296,14 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
         summary.stopped = INTERRUPTED
     finally:
         bar.close()
-    stats, errors = state.read(run)
+    stats, counts = state.read(run)
     summary.predicted, summary.posted = stats.get("predicted", 0), stats.get("posted", 0)
     summary.failed = stats.get("failed", 0)
     summary.api_calls, summary.cache_hits = stats.get("api_calls", 0), stats.get("cache_hits", 0)
     summary.prompt_tokens, summary.completion_tokens = stats.get("prompt_tokens", 0), stats.get("completion_tokens", 0)
     summary.skipped += stats.get("skipped", 0)
-    summary.errors.update(errors)
+    summary.errors.update(counts["errors"])
+    summary.models, summary.refusals = counts["models"], counts["refusals"]
     for job_id in failed_jobs:
         reason = (Job.fetch(job_id, connection=redis).latest_result() or None)
         message = getattr(reason, "exc_string", "") or "job failed"

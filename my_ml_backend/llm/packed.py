@@ -28,7 +28,11 @@ logger = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 
 # Packing by default on metered endpoints (ModelScope, DashScope): decided by the accuracy
-# measured in bench/free_tier_bench.py (see bench/RESULTS.md).
+# measured in bench/free_tier_bench.py (see bench/RESULTS.md). Off: on the real local model
+# (Qwen2.5-Coder-0.5B), 8 short reviews a call fell from 79.0 % to 55.0 % (one call per task
+# vs 0.13 calls per task) and 4 long ones from 83.3 % to 62.5 %, with every id echoed and
+# parsed: the model, not the split, failed.
+# Packing stays a choice (LLM_TASKS_PER_CALL) to check on one's own data with evaluate.py.
 PACK_METERED = False
 
 

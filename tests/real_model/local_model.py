@@ -131,14 +131,15 @@ class LocalModelServer:
         startup_timeout: float = 120.0,
         install_timeout: float = INSTALL_TIMEOUT,
         n_ctx: int = 4096,
-        n_threads: int = 2,
+        n_threads: int | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = port
         self.startup_timeout = startup_timeout
         self.install_timeout = install_timeout
         self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        # unset: LOCAL_MODEL_THREADS as scripts/local_model.sh reads it (a shared machine asks for 1), else 2
+        self.n_threads = n_threads or int(os.environ.get("LOCAL_MODEL_THREADS", "").strip() or 2)
         self.extra_args = extra_args
         self.model = ""
         self.startup_seconds = 0.0
