@@ -251,8 +251,9 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
     redis.delete(state.jobs_key)
     summary.stopped = quota_stop(predictor)  # every model out for today already: enqueue nothing
     out_of_quota = bool(summary.stopped)
-    for _ in pending if out_of_quota else ():  # nothing to enqueue, but the summary counts the tasks and skips
-        pass
+    if out_of_quota:
+        for _ in pending:  # nothing is enqueued, but listing the tasks counts them and the skips in the summary
+            pass
     try:
         for chunk in chunks(pending, chunk_size, limit):
             jobs.append(queue.enqueue(
