@@ -116,6 +116,16 @@ client.chat([{"role": "user", "content": "hold a slot"}])
 """
 
 
+def wait_idle(llm: fake.FakeLLMServer, timeout: float = 30.0) -> None:
+    """Wait for requests an earlier test abandoned (a killed process's) to end on the shared fake server.
+
+    Still held, they end during the next test and move its in-flight count under its feet.
+    """
+    deadline = time.monotonic() + timeout
+    while llm.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_a_killed_holder_frees_its_slot_within_the_lease(redis_db: str, llm: fake.FakeLLMServer,
                                                          tmp_path: Path) -> None:
     """A real process sends a request and dies with kill -9: its slot comes back within LLM_SLOT_LEASE."""
@@ -124,6 +134,7 @@ def test_a_killed_holder_frees_its_slot_within_the_lease(redis_db: str, llm: fak
     env = {**os.environ, "MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "REDIS_URL": redis_db,
            "LLM_CONCURRENCY": "1", "LLM_SLOT_LEASE": str(lease), "LLM_CACHE": "off", "LLM_TIMEOUT": "120",
            "LOG_DIR": str(tmp_path), "DATA_DIR": str(tmp_path)}
+    wait_idle(llm)  # so that the holder's request is the one in flight
     before = llm.in_flight
     proc = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, cwd=str(ROOT))
     other = SharedLimiter(1, redis.Redis.from_url(redis_db), limits_key(llm.base_url, TEST_KEY), lease=lease)
@@ -149,11 +160,7 @@ def test_a_killed_holder_frees_its_slot_within_the_lease(redis_db: str, llm: fak
 def test_without_redis_concurrent_first_batches_share_the_process_limit(llm: fake.FakeLLMServer,
                                                                          tmp_path: Path) -> None:
     """Batches arriving together at a fresh process get one client, so one LLM_CONCURRENCY (per process)."""
-    # A request an earlier test abandoned (a killed process's) may still be held by the fake server: wait for it
-    # to end, so that max_in_flight counts only this test's requests.
-    deadline = time.monotonic() + 30
-    while llm.in_flight and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_idle(llm)  # so that max_in_flight counts only this test's requests
     llm.reset()
     llm.latency = 0.3
     llm.set_default(fake.chat('{"sentiment": "正面"}'))
