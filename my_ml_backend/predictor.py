@@ -356,7 +356,8 @@ class Predictor:
         )
         answers = parse_reply(reply.text, names, extras=(CONFIDENCE_KEY,))
         results, answered = build_results(
-            self.schema, answers, texts, lambda name, value: region_confidence(reply.tokens, value, name)
+            self.schema, answers, texts,
+            lambda target, value: region_confidence(reply.tokens, value, target.name, target.control.labels or ()),
         )
         if not results:
             logger.debug("Task %s: no valid answer in reply", task.get("id"))

@@ -200,24 +200,28 @@ def test_reasoning_on_asks_for_a_reason_first_and_the_score_skips_it(llm: fake.F
         plain.stop()
 
 
-def test_entity_score_counts_its_text_and_label(backend: Backend, llm: fake.FakeLLMServer) -> None:
+def test_entity_score_is_its_label_probability_times_its_text_tokens_mean(
+    backend: Backend, llm: fake.FakeLLMServer
+) -> None:
+    """P(label among the control's labels) x the geometric mean of the text's tokens (not their product)."""
     content = json.dumps({"ner": [{"text": "Norma Fisher", "label": "PER"}]})
-    tokens = [
-        (t, math.log(p))
-        for t, p in (
-            ('{"ner": [{"text": "', 0.99),
-            ("Norma", 0.5),
-            (" Fisher", 0.9),
-            ('", "label": "', 0.99),
-            ("PER", 0.8),
-            ('"}]}', 0.99),
-        )
-    ]
-    llm.enqueue(fake.chat(content, logprobs=tokens))
-    [prediction] = backend.predict(NER_CONFIG, [{"id": 1, "data": {"text": "Norma Fisher joined Hull-Gallegos."}}])
-    [region] = prediction["result"]
+    label_alternatives = ((("PER", math.log(0.6)), ("ORG", math.log(0.2)), ("P", math.log(0.1)), ("x", math.log(0.1))),)
+
+    def tokens(alternatives: tuple = ()) -> list[tuple]:
+        pieces = (('{"ner": [{"text": "', 0.99), ("Norma", 0.5), (" Fisher", 0.9), ('", "label": "', 0.99))
+        return [(t, math.log(p)) for t, p in pieces] + [("PER", math.log(0.6), *alternatives), ('"}]}', math.log(0.99))]
+
+    task = {"data": {"text": "Norma Fisher joined Hull-Gallegos."}}
+    llm.enqueue(fake.chat(content, logprobs=tokens(label_alternatives)))
+    [with_alternatives] = backend.predict(NER_CONFIG, [{"id": 1, **task}])
+    llm.enqueue(fake.chat(content, logprobs=tokens()))
+    [without] = backend.predict(NER_CONFIG, [{"id": 2, **task}])
+    [region] = with_alternatives["result"]
     assert region["value"]["text"] == "Norma Fisher"
-    assert region["score"] == pytest.approx(0.5 * 0.9 * 0.8, abs=1e-3)
+    # "P" begins PER only; "x" begins no label: P(PER | PER, ORG) = (0.6 + 0.1) / 0.9.
+    assert region["score"] == pytest.approx(math.sqrt(0.5 * 0.9) * 0.7 / 0.9, abs=1e-3)
+    # No alternatives: the label token's own probability stands in for P(label).
+    assert without["result"][0]["score"] == pytest.approx(math.sqrt(0.5 * 0.9) * 0.6, abs=1e-3)
     system = messages_sent(llm)[0]["content"]
     assert "   - PER: person" in system and "   - ORG" in system
 

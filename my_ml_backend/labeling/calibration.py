@@ -19,44 +19,25 @@ endpoints that are not metered per call.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .controls.base import ordered
 from .prompts import prompt_language
 from .schema import Target
+from .scoring import distribution_at, token_at, value_start
 
 STRENGTH = 0.5  # exponent of the divided-out prior: 0 = raw distribution, 1 = full calibration
 SHRINK = 0.2  # share of uniform mixed into the content-free prior: a choice it never names is not infinite
 # Content-free texts per prompt language (each must be detected as that language: `prompt_language`).
 CONTENT_FREE = {"en": ("N/A", "[MASK]", "nothing"), "zh": ("无", "空白", "暂无内容")}
 PRIVATE_KEY = "_calibration"  # what a prediction carries until its batch is settled; never sent
-_SKIP = ' \t\r\n:"['
 
 
 def answer_token(tokens: Sequence[tuple], key: str) -> int | None:
     """Index of the token holding the first character of the value after `"key":` in the reply."""
-    joined = "".join(t[0] for t in tokens)
-    at = joined.find(json.dumps(key, ensure_ascii=False))
-    if at < 0:
-        return None
-    at += len(json.dumps(key, ensure_ascii=False))
-    while at < len(joined) and joined[at] in _SKIP:
-        at += 1
-    offset = 0
-    for i, token in enumerate(tokens):
-        offset += len(token[0])
-        if offset > at:
-            return i
-    return None
-
-
-def _choices_of(token: str, folded: list[str]) -> list[int]:
-    """The choices a token can begin (its quotes and spaces aside)."""
-    text = token.strip().lstrip("\"'[").rstrip("\"']},").strip().casefold()
-    return [j for j, value in enumerate(folded) if text and value.startswith(text)] if text else []
+    at = value_start("".join(t[0] for t in tokens), key)
+    return None if at is None else token_at(tokens, at)
 
 
 def choice_distribution(tokens: Sequence[tuple], key: str, allowed: Sequence[str]) -> list[float] | None:
@@ -66,18 +47,7 @@ def choice_distribution(tokens: Sequence[tuple], key: str, allowed: Sequence[str
     token the model wrote is such a token the first token does not decide, so None.
     """
     i = answer_token(tokens, key)
-    if i is None or len(tokens[i]) < 3 or not tokens[i][2]:
-        return None
-    folded = [str(v).casefold() for v in allowed]
-    if len(_choices_of(tokens[i][0], folded)) > 1:
-        return None
-    probs = [0.0] * len(folded)
-    for text, logprob in tokens[i][2]:
-        hits = _choices_of(text, folded)
-        for j in hits:
-            probs[j] += math.exp(logprob) / len(hits)
-    total = sum(probs)
-    return [p / total for p in probs] if total > 0 else None
+    return None if i is None else distribution_at(tokens[i], allowed)
 
 
 def content_free_prior(distributions: Sequence[Sequence[float]], shrink: float = SHRINK) -> list[float]:

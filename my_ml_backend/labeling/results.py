@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .controls import HANDLERS
-from .schema import LabelingSchema
+from .schema import LabelingSchema, Target
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +22,11 @@ def build_results(
     schema: LabelingSchema,
     answers: dict[str, Any],
     texts: dict[str, str],
-    score: Callable[[str, dict[str, Any]], float | None] | None = None,
+    score: Callable[[Target, dict[str, Any]], float | None] | None = None,
 ) -> tuple[list[dict], int]:
     """Results for the answered targets, and how many targets got at least one valid region.
 
-    `score(control name, value)`, when given, supplies a per-region score (see `scoring`).
+    `score(target, value)`, when given, supplies a per-region score (see `scoring`).
     """
     results: list[dict] = []
     answered = 0
@@ -50,7 +50,7 @@ def build_results(
             if errors:
                 logger.debug("Dropped invalid region for %s: %s", target.name, errors)
                 continue
-            if score is not None and (value_score := score(target.name, value)) is not None:
+            if score is not None and (value_score := score(target, value)) is not None:
                 region["score"] = round(value_score, 4)
             regions.append(region)
         if regions:
