@@ -12,14 +12,23 @@ batches 80 % one class (skew80), and the share of items whose answer changes bet
   with exponent a;
 - content-free a: the content-free prior (mixed with 20 % uniform) divided out with exponent a.
 
+Entities (``--set entities``): our prompt on Faker entity sentences, each reply's tokens and
+alternatives saved; analysing compares span scores against the span being exactly right (its
+start, end and label): the joint product of the text's and label's tokens (the score before
+2026-12-01), the text's geometric mean, P(label among the labels) from the label token's
+alternatives, and their products. The seed picks the sentences, so one seed can choose a rule
+and another check it.
+
 Usage: .venv/bin/python bench/calibration_study.py collect --set topics --n 100 --out topics.json
        .venv/bin/python bench/calibration_study.py analyse topics.json
+       .venv/bin/python bench/calibration_study.py collect --set entities --n 40 --seed 1 --out e1.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from collections.abc import Callable, Sequence
@@ -29,18 +38,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import auroc, ece, prompt_order_reversed, sentiment_set, topic_set  # noqa: E402
+from bench.quality import auroc, ece, entity_set, prompt_order_reversed, sentiment_set, topic_set  # noqa: E402
 from my_ml_backend.engine import schema_for  # noqa: E402
 from my_ml_backend.labeling.calibration import CONTENT_FREE, calibrate, choice_distribution  # noqa: E402
 from my_ml_backend.labeling.controls.base import ordered  # noqa: E402
+from my_ml_backend.labeling.parsing import parse_reply  # noqa: E402
 from my_ml_backend.labeling.prompts import answer_schema, build_prompt, prompt_language  # noqa: E402
+from my_ml_backend.labeling.results import build_results  # noqa: E402
+from my_ml_backend.labeling.scoring import distribution_at, mean_probability  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
+
+
+def _ask(client: object, model: str, schema: object, task: dict, max_tokens: int) -> tuple[list, str]:
+    """Our prompt for one task as the backend sends it to llama.cpp: its tokens with 20 alternatives, and its text."""
+    fmt = {"type": "json_object", "schema": answer_schema(schema, task, confidence=False)}
+    reply = client.chat.completions.create(  # type: ignore[attr-defined]
+        model=model, messages=build_prompt(schema, task, confidence=False), temperature=0,
+        max_tokens=max_tokens, logprobs=True, top_logprobs=20, response_format=fmt,
+    )
+    content = reply.choices[0].logprobs.content
+    tokens = [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in content]
+    return tokens, reply.choices[0].message.content
 
 
 def collect(args: argparse.Namespace) -> None:
     import openai
 
     paths = install()
+    if args.set == "entities":
+        return collect_entities(args, Path(paths["cache"]), paths["python"])
     build = topic_set if args.set == "topics" else sentiment_set
     data = build(Path(paths["cache"]), paths["python"], args.n, 0)
     key = "topic" if args.set == "topics" else "sentiment"
@@ -55,18 +81,83 @@ def collect(args: argparse.Namespace) -> None:
             with prompt_order_reversed() if order == "reversed" else nullcontext():
                 listed = ordered(data.values)
                 for text, gold in texts:
-                    task = {"text": text}
-                    fmt = {"type": "json_object", "schema": answer_schema(schema, task, confidence=False)}
-                    reply = client.chat.completions.create(
-                        model=server.model, messages=build_prompt(schema, task, confidence=False), temperature=0,
-                        max_tokens=40, logprobs=True, top_logprobs=20, response_format=fmt,  # type: ignore[arg-type]
-                    )
-                    content = reply.choices[0].logprobs.content
-                    tokens = [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in content]
-                    rows.append({"order": order, "listed": listed, "gold": gold, "tokens": tokens,
-                                 "reply": reply.choices[0].message.content})
+                    tokens, reply = _ask(client, server.model, schema, {"text": text}, 40)
+                    rows.append({"order": order, "listed": listed, "gold": gold, "tokens": tokens, "reply": reply})
     Path(args.out).write_text(json.dumps({"key": key, "values": ordered(data.values), "rows": rows},
                                          ensure_ascii=False), encoding="utf-8")
+
+
+def collect_entities(args: argparse.Namespace, cache: Path, python: str) -> None:
+    import openai
+
+    data = entity_set(cache, python, args.n, args.seed)
+    schema = schema_for(data.config(data.values))
+    rows = []
+    with LocalModelServer() as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-local", timeout=600)
+        for item in data.items:
+            tokens, reply = _ask(client, server.model, schema, {"text": item.text}, 200)
+            results, _ = build_results(schema, parse_reply(reply, ["ner"]), {"text": item.text})
+            rows.append({"text": item.text, "gold": item.gold, "tokens": tokens, "reply": reply, "results": results})
+    Path(args.out).write_text(json.dumps({"key": "ner", "values": data.values, "rows": rows}, ensure_ascii=False),
+                              encoding="utf-8")
+
+
+def _span_rules(tokens: list[tuple], value: dict, labels: list[str], after: int) -> tuple[dict[str, float], int]:
+    """Each span-score rule's score for one entity (its text first found at or after `after`), and where it ended."""
+    joined = "".join(t[0] for t in tokens)
+    ends, offset = [], 0
+    for token in tokens:
+        offset += len(token[0])
+        ends.append(offset)
+
+    def covering(start: int, length: int) -> list[int]:
+        return [i for i, end in enumerate(ends) if start < end and end - len(tokens[i][0]) < start + length]
+
+    at = joined.find(value["text"], after)
+    at = at if at >= 0 else joined.find(json.dumps(value["text"], ensure_ascii=False)[1:-1], after)
+    label = value["labels"][0]
+    text_tokens = covering(at, len(value["text"])) if at >= 0 else []
+    label_at = joined.find(label, max(at, after) + len(value["text"]))
+    label_tokens = covering(label_at, len(label)) if label_at >= 0 else []
+    if not text_tokens or not label_tokens:
+        return {}, after
+    text_lp = [tokens[i][1] for i in text_tokens]
+    label_lp = [tokens[i][1] for i in label_tokens]
+    dist = distribution_at(tokens[label_tokens[0]], labels)
+    p_label = dist[labels.index(label)] if dist else math.exp(sum(label_lp))
+    geo = mean_probability(text_lp) or 1.0
+    return {
+        "joint product of text and label tokens (before)": math.exp(sum(text_lp + label_lp)),
+        "geometric mean of text and label tokens": mean_probability(text_lp + label_lp) or 1.0,
+        "first text token x label tokens": math.exp(text_lp[0] + sum(label_lp)),
+        "P(label among labels)": p_label,
+        "P(label among labels) x text tokens' product": p_label * math.exp(sum(text_lp)),
+        "P(label among labels) x text tokens' geometric mean (now)": p_label * geo,
+    }, label_at + len(label)
+
+
+def analyse_entities(saved: dict, name: str) -> None:
+    labels = ordered(saved["values"])
+    scored: dict[str, list[tuple[float, bool]]] = {}
+    for row in saved["rows"]:
+        gold = {(row["text"].index(m), row["text"].index(m) + len(m), lab) for m, lab in row["gold"]}
+        tokens = [(t[0], t[1], [tuple(a) for a in t[2]]) for t in row["tokens"]]
+        after = 0
+        for result in row["results"]:
+            value = result["value"]
+            rules, after = _span_rules(tokens, value, labels, after)
+            right = (value["start"], value["end"], value["labels"][0]) in gold
+            for rule, score in rules.items():
+                scored.setdefault(rule, []).append((score, right))
+    spans = len(next(iter(scored.values()), []))
+    print(f"## {name}: {len(saved['rows'])} sentences, {spans} entities answered\n")
+    print("| span score | exactly right | mean score | AUROC | ECE |")
+    print("|---|---|---|---|---|")
+    for rule, pairs in scored.items():
+        scores, right = [s for s, _ in pairs], [r for _, r in pairs]
+        print(f"| {rule} | {sum(right) / len(right):.1%} | {sum(scores) / len(scores):.3f} "
+              f"| {_f(auroc(scores, right))} | {_f(ece(scores, right))} |")
 
 
 def _batches(n: int, size: int, seed: int) -> list[list[int]]:
@@ -77,6 +168,8 @@ def _batches(n: int, size: int, seed: int) -> list[list[int]]:
 
 def analyse(args: argparse.Namespace) -> None:
     saved = json.loads(Path(args.path).read_text(encoding="utf-8"))
+    if saved["key"] == "ner":
+        return analyse_entities(saved, Path(args.path).name)
     key, values = saved["key"], saved["values"]
     k = len(values)
     by_order: dict[str, dict[str, list]] = {}
@@ -152,8 +245,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect")
-    c.add_argument("--set", choices=["topics", "sentiment"], default="topics")
+    c.add_argument("--set", choices=["topics", "sentiment", "entities"], default="topics")
     c.add_argument("--n", type=int, default=100)
+    c.add_argument("--seed", type=int, default=0, help="entities: which sentences")
     c.add_argument("--out", required=True)
     a = sub.add_parser("analyse")
     a.add_argument("path")
