@@ -8,7 +8,6 @@ choices are reordered is measured on the real model by `bench/quality.py`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -204,26 +203,30 @@ def test_entity_score_is_its_label_probability_times_its_text_tokens_mean(
     backend: Backend, llm: fake.FakeLLMServer
 ) -> None:
     """P(label among the control's labels) x the geometric mean of the text's tokens (not their product)."""
-    content = json.dumps({"ner": [{"text": "Norma Fisher", "label": "PER"}]})
-    label_alternatives = ((("PER", math.log(0.6)), ("ORG", math.log(0.2)), ("P", math.log(0.1)), ("x", math.log(0.1))),)
-
-    def tokens(alternatives: tuple = ()) -> list[tuple]:
-        pieces = (('{"ner": [{"text": "', 0.99), ("Norma", 0.5), (" Fisher", 0.9), ('", "label": "', 0.99))
-        return [(t, math.log(p)) for t, p in pieces] + [("PER", math.log(0.6), *alternatives), ('"}]}', math.log(0.99))]
-
-    task = {"data": {"text": "Norma Fisher joined Hull-Gallegos."}}
-    llm.enqueue(fake.chat(content, logprobs=tokens(label_alternatives)))
-    [with_alternatives] = backend.predict(NER_CONFIG, [{"id": 1, **task}])
-    llm.enqueue(fake.chat(content, logprobs=tokens()))
-    [without] = backend.predict(NER_CONFIG, [{"id": 2, **task}])
-    [region] = with_alternatives["result"]
-    assert region["value"]["text"] == "Norma Fisher"
-    # "P" begins PER only; "x" begins no label: P(PER | PER, ORG) = (0.6 + 0.1) / 0.9.
-    assert region["score"] == pytest.approx(math.sqrt(0.5 * 0.9) * 0.7 / 0.9, abs=1e-3)
-    # No alternatives: the label token's own probability stands in for P(label).
-    assert without["result"][0]["score"] == pytest.approx(math.sqrt(0.5 * 0.9) * 0.6, abs=1e-3)
+    alternatives = (("PER", math.log(0.6)), ("ORG", math.log(0.2)), ("P", math.log(0.1)), ("x", math.log(0.1)))
+    label_first = [  # the format asked for: an ORG entity, then {"label": "PER", "text": "Norma Fisher"}
+        ('{"ner": [{"label": "', 0.99), ("ORG", 0.5), ('", "text": "', 0.99), ("Hull", 0.4), ("-Gallegos", 0.9),
+        ('"}, {"label": "', 0.99), ("PER", 0.6, alternatives), ('", "text": "', 0.99), ("Norma", 0.5),
+        (" Fisher", 0.9), ('"}]}', 0.99),
+    ]
+    text_first = [  # a model that writes the text first; no alternatives from the endpoint
+        ('{"ner": [{"text": "', 0.99), ("Norma", 0.5), (" Fisher", 0.9), ('", "label": "', 0.99), ("PER", 0.6),
+        ('"}]}', 0.99),
+    ]
+    scores = []
+    for i, pieces in enumerate((label_first, text_first)):
+        tokens = [(t, math.log(p), *rest) for t, p, *rest in pieces]
+        llm.enqueue(fake.chat("".join(piece[0] for piece in pieces), logprobs=tokens))
+        [prediction] = backend.predict(NER_CONFIG, [{"id": i, "data": {"text": "Norma Fisher joined Hull-Gallegos."}}])
+        scores.append({r["value"]["text"]: r["score"] for r in prediction["result"]})
+    # "P" begins PER only; "x" begins no label: P(PER | PER, ORG) = (0.6 + 0.1) / 0.9. Its own label, not ORG's.
+    assert scores[0]["Norma Fisher"] == pytest.approx(math.sqrt(0.5 * 0.9) * 0.7 / 0.9, abs=1e-3)
+    assert scores[0]["Hull-Gallegos"] == pytest.approx(math.sqrt(0.4 * 0.9) * 0.5, abs=1e-3)  # no alternatives
+    # Text first: the label after the text; without alternatives its own token probability stands in for P(label).
+    assert scores[1] == {"Norma Fisher": pytest.approx(math.sqrt(0.5 * 0.9) * 0.6, abs=1e-3)}
     system = messages_sent(llm)[0]["content"]
     assert "   - PER: person" in system and "   - ORG" in system
+    assert '[{"label": "<type>", "text": "<entity name>"}, ...]' in system  # the type first, then the name
 
 
 def test_without_logprobs_the_score_is_the_models_own_confidence(llm: fake.FakeLLMServer, tmp_path: Path) -> None:

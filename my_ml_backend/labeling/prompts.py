@@ -27,7 +27,7 @@ REASON_KEY = "_reason"  # LLM_REASONING=on: a short reason, written before the a
 logger = logging.getLogger(__name__)
 
 # Bump when the wording changes: it is part of model_version, so Label Studio re-predicts.
-PROMPT_VERSION = "5"
+PROMPT_VERSION = "6"
 
 # The prompt's scaffolding in each language it speaks (`prompt_language` picks one per task).
 WORDS: dict[Lang, dict[str, str]] = {

@@ -87,11 +87,12 @@ def distribution_at(token: tuple, allowed: Sequence[str]) -> list[float] | None:
     return [p / total for p in probs] if total > 0 else None
 
 
-def _span(tokens: Tokens, joined: str, needle: str, after: int) -> tuple[list[int], int] | None:
-    """Indices of the tokens spelling `needle` (first found at or after `after`), and where it ends."""
+def _span(tokens: Tokens, joined: str, needle: str, after: int) -> tuple[list[int], int, int] | None:
+    """Indices of the tokens spelling `needle` (first found at or after `after`), and where it starts and ends."""
     start = joined.find(needle, after)
     if start < 0:
-        start = joined.find(json.dumps(needle, ensure_ascii=False)[1:-1], after)
+        needle = json.dumps(needle, ensure_ascii=False)[1:-1]
+        start = joined.find(needle, after)
     if start < 0:
         return None
     end, offset, picked = start + len(needle), 0, []
@@ -99,7 +100,7 @@ def _span(tokens: Tokens, joined: str, needle: str, after: int) -> tuple[list[in
         if offset < end and offset + len(token[0]) > start:
             picked.append(i)
         offset += len(token[0])
-    return picked, end
+    return picked, start, end
 
 
 def answer_text(value: dict[str, Any]) -> str | None:
@@ -131,17 +132,28 @@ def region_confidence(tokens: Tokens, value: dict[str, Any], key: str = "", labe
     found = _span(tokens, joined, needle, after)
     if found is None or not found[0]:
         return None
-    picked, end = found
+    picked, start, end = found
     if not value.get("labels"):
         return math.exp(sum(tokens[i][1] for i in picked))
     text_part = mean_probability([tokens[i][1] for i in picked]) or 1.0
     label = str(value["labels"][0])
-    spelled = _span(tokens, joined, label, end)
-    if not spelled or not spelled[0]:
+    spelled = _label_tokens(tokens, joined, label, after, start, end)
+    if not spelled:
         return text_part
-    dist = distribution_at(tokens[spelled[0][0]], labels) if label in labels else None
-    label_part = dist[list(labels).index(label)] if dist else math.exp(sum(tokens[i][1] for i in spelled[0]))
+    dist = distribution_at(tokens[spelled[0]], labels) if label in labels else None
+    label_part = dist[list(labels).index(label)] if dist else math.exp(sum(tokens[i][1] for i in spelled))
     return text_part * label_part
+
+
+def _label_tokens(tokens: Tokens, joined: str, label: str, after: int, start: int, end: int) -> list[int]:
+    """The tokens spelling an entity's label: its object's `"label"` field, just before the text (the format asked
+    for: label first) or, from a model that wrote the text first, just after it."""
+    before = joined.rfind(json.dumps(label, ensure_ascii=False), after, start)
+    if before >= 0 and "}" not in joined[before:start]:  # not the label of an earlier object
+        found = _span(tokens, joined, label, before)
+        return found[0] if found else []
+    found = _span(tokens, joined, label, end)
+    return found[0] if found else []
 
 
 def self_reported(answers: dict[str, Any]) -> float | None:

@@ -57,14 +57,14 @@ class LabelsHandler:
         return f"{head}\n{options_block(target)}"
 
     def answer_format(self, target: Target, lang: Lang) -> str:
-        en = '[{"text": "<entity name>", "label": "<type>"}, ...]'
-        return say(lang, en, '[{"text": "<实体名称>", "label": "<类型>"}, ...]')
+        en = '[{"label": "<type>", "text": "<entity name>"}, ...]'
+        return say(lang, en, '[{"label": "<类型>", "text": "<实体名称>"}, ...]')
 
     def json_schema(self, target: Target) -> dict[str, Any]:
         item = {
             "type": "object",
-            "properties": {"text": {"type": "string"}, "label": {"type": "string", "enum": _allowed(target)}},
-            "required": ["text", "label"],
+            "properties": {"label": {"type": "string", "enum": _allowed(target)}, "text": {"type": "string"}},
+            "required": ["label", "text"],
         }
         return {"type": "array", "items": item}
 
@@ -87,4 +87,4 @@ class LabelsHandler:
 
     def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
         ordered = sorted(values, key=lambda v: (v.get("start") or 0, v.get("end") or 0))
-        return [{"text": v["text"], "label": v["labels"][0]} for v in ordered if v.get("text") and v.get("labels")]
+        return [{"label": v["labels"][0], "text": v["text"]} for v in ordered if v.get("text") and v.get("labels")]
