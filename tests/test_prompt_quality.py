@@ -202,16 +202,18 @@ def test_reasoning_on_asks_for_a_reason_first_and_the_score_skips_it(llm: fake.F
 def test_entity_score_is_its_label_probability_times_its_text_tokens_mean(
     backend: Backend, llm: fake.FakeLLMServer
 ) -> None:
-    """P(label among the control's labels) x the geometric mean of the text's tokens (not their product)."""
+    """The geometric mean of the text's tokens (not their product); x P(label among the labels) when the label
+    comes after the text (for a label written first, its probability is the choice of what to list next)."""
     alternatives = (("PER", math.log(0.6)), ("ORG", math.log(0.2)), ("P", math.log(0.1)), ("x", math.log(0.1)))
     label_first = [  # the format asked for: an ORG entity, then {"label": "PER", "text": "Norma Fisher"}
         ('{"ner": [{"label": "', 0.99), ("ORG", 0.5), ('", "text": "', 0.99), ("Hull", 0.4), ("-Gallegos", 0.9),
         ('"}, {"label": "', 0.99), ("PER", 0.6, alternatives), ('", "text": "', 0.99), ("Norma", 0.5),
         (" Fisher", 0.9), ('"}]}', 0.99),
     ]
-    text_first = [  # a model that writes the text first; no alternatives from the endpoint
-        ('{"ner": [{"text": "', 0.99), ("Norma", 0.5), (" Fisher", 0.9), ('", "label": "', 0.99), ("PER", 0.6),
-        ('"}]}', 0.99),
+    text_first = [  # a model that writes the text first: two entities of one label, the second with alternatives
+        ('{"ner": [{"text": "', 0.99), ("Hull", 0.4), ("-Gallegos", 0.9), ('", "label": "', 0.99), ("PER", 0.5),
+        ('"}, {"text": "', 0.99), ("Norma", 0.5), (" Fisher", 0.9), ('", "label": "', 0.99),
+        ("PER", 0.6, alternatives), ('"}]}', 0.99),
     ]
     scores = []
     for i, pieces in enumerate((label_first, text_first)):
@@ -219,11 +221,14 @@ def test_entity_score_is_its_label_probability_times_its_text_tokens_mean(
         llm.enqueue(fake.chat("".join(piece[0] for piece in pieces), logprobs=tokens))
         [prediction] = backend.predict(NER_CONFIG, [{"id": i, "data": {"text": "Norma Fisher joined Hull-Gallegos."}}])
         scores.append({r["value"]["text"]: r["score"] for r in prediction["result"]})
-    # "P" begins PER only; "x" begins no label: P(PER | PER, ORG) = (0.6 + 0.1) / 0.9. Its own label, not ORG's.
-    assert scores[0]["Norma Fisher"] == pytest.approx(math.sqrt(0.5 * 0.9) * 0.7 / 0.9, abs=1e-3)
-    assert scores[0]["Hull-Gallegos"] == pytest.approx(math.sqrt(0.4 * 0.9) * 0.5, abs=1e-3)  # no alternatives
-    # Text first: the label after the text; without alternatives its own token probability stands in for P(label).
-    assert scores[1] == {"Norma Fisher": pytest.approx(math.sqrt(0.5 * 0.9) * 0.6, abs=1e-3)}
+    # Label first: the text's tokens alone, whatever the label tokens' probabilities (0.5, 0.6 here).
+    assert scores[0]["Norma Fisher"] == pytest.approx(math.sqrt(0.5 * 0.9), abs=1e-3)
+    assert scores[0]["Hull-Gallegos"] == pytest.approx(math.sqrt(0.4 * 0.9), abs=1e-3)
+    # Text first: x P(its label) read after the text, never an earlier object's ("PER" 0.5 before Norma Fisher).
+    # "P" begins PER only; "x" begins no label: P(PER | PER, ORG) = (0.6 + 0.1) / 0.9. Without alternatives the
+    # label token's own probability stands in.
+    assert scores[1]["Norma Fisher"] == pytest.approx(math.sqrt(0.5 * 0.9) * 0.7 / 0.9, abs=1e-3)
+    assert scores[1]["Hull-Gallegos"] == pytest.approx(math.sqrt(0.4 * 0.9) * 0.5, abs=1e-3)
     system = messages_sent(llm)[0]["content"]
     assert "   - PER: person" in system and "   - ORG" in system
     assert '[{"label": "<type>", "text": "<entity name>"}, ...]' in system  # the type first, then the name

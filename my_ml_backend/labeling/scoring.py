@@ -5,13 +5,17 @@
   stand for the answer). The product, not the geometric mean: the first token of an
   answer carries the decision and the rest are near-certain, so averaging would flatten
   the doubt. Single choices are then re-decided and re-scored by `calibration`.
-- Entity region score: P(its label among the control's labels), read from the
-  alternatives at the label's first token, times the geometric-mean probability of the
-  tokens spelling the entity's text. Measured on 102 entities of the real model
-  (bench/RESULTS.md): the joint product of text and label tokens ranked right spans
-  barely above wrong ones (AUROC 0.58, ECE 0.29: a long name's many tokens drag it
-  down); this one 0.74 / 0.10. Without alternatives the label's own token probability
-  stands in for P(label).
+- Entity region score: the geometric-mean probability of the tokens spelling the entity's
+  text (a long name's many tokens must not drag it down). Entities are asked type first
+  (`{"label", "text"}`), so the name's tokens are already conditioned on its type; the
+  label token's own probability there is the choice of which type to list next, not a
+  doubt about this entity, and is left out. From a model that writes the text first, the
+  text's mean is multiplied by P(its label among the control's labels), read from the
+  alternatives at the label's first token as single choices are read (without
+  alternatives, the label token's own probability). Measured on the real model
+  (bench/RESULTS.md): the former joint product of text and label tokens ranked right
+  spans barely above wrong ones (AUROC 0.58-0.71, ECE 0.24-0.29); text first with
+  P(label) 0.74-0.84 / 0.10; type first with the text's mean 0.88 / 0.06 (with P(label) 0.65 / 0.39).
 - Prediction score: with logprobs, the mean region score (or, failing that, the
   whole reply's token probability) times coverage; without logprobs, the model's own
   `_confidence` (0–1, asked for in the prompt) times coverage; if it gave none,
@@ -137,23 +141,15 @@ def region_confidence(tokens: Tokens, value: dict[str, Any], key: str = "", labe
         return math.exp(sum(tokens[i][1] for i in picked))
     text_part = mean_probability([tokens[i][1] for i in picked]) or 1.0
     label = str(value["labels"][0])
-    spelled = _label_tokens(tokens, joined, label, after, start, end)
-    if not spelled:
-        return text_part
-    dist = distribution_at(tokens[spelled[0]], labels) if label in labels else None
-    label_part = dist[list(labels).index(label)] if dist else math.exp(sum(tokens[i][1] for i in spelled))
-    return text_part * label_part
-
-
-def _label_tokens(tokens: Tokens, joined: str, label: str, after: int, start: int, end: int) -> list[int]:
-    """The tokens spelling an entity's label: its object's `"label"` field, just before the text (the format asked
-    for: label first) or, from a model that wrote the text first, just after it."""
     before = joined.rfind(json.dumps(label, ensure_ascii=False), after, start)
-    if before >= 0 and "}" not in joined[before:start]:  # not the label of an earlier object
-        found = _span(tokens, joined, label, before)
-        return found[0] if found else []
-    found = _span(tokens, joined, label, end)
-    return found[0] if found else []
+    if before >= 0 and "}" not in joined[before:start]:  # its own object's label, written before the text
+        return text_part  # P(label) there is the choice of which type to list next, not a doubt about this one
+    spelled = _span(tokens, joined, label, end)
+    if not spelled or not spelled[0]:
+        return text_part
+    dist = distribution_at(tokens[spelled[0][0]], labels) if label in labels else None
+    label_part = dist[list(labels).index(label)] if dist else math.exp(sum(tokens[i][1] for i in spelled[0]))
+    return text_part * label_part
 
 
 def self_reported(answers: dict[str, Any]) -> float | None:
