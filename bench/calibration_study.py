@@ -45,7 +45,7 @@ from my_ml_backend.labeling.controls.base import ordered  # noqa: E402
 from my_ml_backend.labeling.parsing import parse_reply  # noqa: E402
 from my_ml_backend.labeling.prompts import answer_schema, build_prompt, prompt_language  # noqa: E402
 from my_ml_backend.labeling.results import build_results  # noqa: E402
-from my_ml_backend.labeling.scoring import distribution_at, mean_probability  # noqa: E402
+from my_ml_backend.labeling.scoring import distribution_at, mean_probability, token_at  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
 
 
@@ -106,13 +106,10 @@ def collect_entities(args: argparse.Namespace, cache: Path, python: str) -> None
 def _span_rules(tokens: list[tuple], value: dict, labels: list[str], after: int) -> tuple[dict[str, float], int]:
     """Each span-score rule's score for one entity (its text first found at or after `after`), and where it ended."""
     joined = "".join(t[0] for t in tokens)
-    ends, offset = [], 0
-    for token in tokens:
-        offset += len(token[0])
-        ends.append(offset)
 
     def covering(start: int, length: int) -> list[int]:
-        return [i for i, end in enumerate(ends) if start < end and end - len(tokens[i][0]) < start + length]
+        first, last = token_at(tokens, start), token_at(tokens, start + length - 1)
+        return list(range(first, last + 1)) if length and first is not None and last is not None else []
 
     at = joined.find(value["text"], after)
     at = at if at >= 0 else joined.find(json.dumps(value["text"], ensure_ascii=False)[1:-1], after)

@@ -99,11 +99,9 @@ def _span(tokens: Tokens, joined: str, needle: str, after: int) -> tuple[list[in
         start = joined.find(needle, after)
     if start < 0:
         return None
-    end, offset, picked = start + len(needle), 0, []
-    for i, token in enumerate(tokens):
-        if offset < end and offset + len(token[0]) > start:
-            picked.append(i)
-        offset += len(token[0])
+    end = start + len(needle)
+    first, last = token_at(tokens, start), token_at(tokens, end - 1)
+    picked = list(range(first, last + 1)) if needle and first is not None and last is not None else []
     return picked, start, end
 
 
