@@ -14,7 +14,9 @@ and read in place; nothing is installed):
   ``fortune.db`` (5 classes: computers, food, law, medicine, sports; inoffensive entries of
   30-300 characters), balanced;
 - entities: sentences made from templates filled by ``Faker`` 40.63.0 (en_US and zh_CN persons,
-  cities, companies), so the gold spans are known; Labels PER / LOC / ORG.
+  cities, companies), so the gold spans are known; Labels PER / LOC / ORG;
+- entities-partial: the same, from templates where some types (or all) are absent and dates
+  or weekdays stand beside the names: it catches a prompt that invents entities to fill a type.
 
 Per set and system it prints accuracy (Labels: tasks whose spans are all exactly right),
 macro-F1 (Labels: per-label span F1), the share of answers at each choice position of the
@@ -26,8 +28,8 @@ them in is reversed (``--permute prompt``: the config's order never reaches the 
 the model's own position sensitivity that calibration has to absorb). Our backend gets the tasks
 ``--batch`` at a time, as Label Studio sends the selected tasks in one /predict.
 
-Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities] [--sentiment 60]
-       [--topics 100] [--entities 40] [--reasoning off] [--mode auto] [--systems ours baseline]
+Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities entities-partial] [--sentiment 60]
+       [--topics 100] [--entities 40] [--entities-partial 40] [--reasoning off] [--mode auto] [--systems ours baseline]
        [--no-permutation] [--permute config|prompt] [--batch 25] [--base-url http://127.0.0.1:PORT/v1]
 It prints figures; it asserts nothing.
 """
@@ -177,19 +179,52 @@ ZH_TEMPLATES = (
 )
 
 
-def entity_set(cache: Path, python: str, size: int, seed: int) -> DataSet:
+# Sentences lacking some types (and one with none), with dates and weekdays that are not entities:
+# a prompt that makes the model fill every type would invent entities here.
+EN_PARTIAL = (
+    "{PER} will speak at the conference next Tuesday.",
+    "{ORG} reported higher profits in the third quarter.",
+    "The storm reached {LOC} late on Friday night.",
+    "{PER} joined {ORG} in March.",
+    "Prices rose again last month, the report said.",
+)
+ZH_PARTIAL = (
+    "{PER}下周二将在大会上发言。",
+    "{ORG}第三季度利润增长。",
+    "周五深夜，暴风雨到达了{LOC}。",
+    "{PER}三月加入了{ORG}。",
+    "报告称，上个月物价再次上涨。",
+)
+
+
+def _faker_sentences(
+    cache: Path, python: str, size: int, seed: int, en: tuple[str, ...], zh: tuple[str, ...]
+) -> list[Item]:
+    """Sentences alternating English and Chinese, each template's {PER}/{LOC}/{ORG} filled by Faker."""
     sys.path.insert(0, str(fetch(cache, python, FAKER)))  # a pure-Python wheel imports from its zip
     from faker import Faker
 
     items = []
     for i in range(size):
-        locale, templates = ("en_US", EN_TEMPLATES) if i % 2 == 0 else ("zh_CN", ZH_TEMPLATES)
+        locale, templates = ("en_US", en) if i % 2 == 0 else ("zh_CN", zh)
         fake = Faker(locale)
         fake.seed_instance(seed * 1000 + i)
         names = {"PER": fake.name(), "LOC": fake.city(), "ORG": fake.company()}
-        text = templates[(i // 2) % len(templates)].format(**names)
-        items.append(Item(text, [(names[label], label) for label in ENTITY_LABELS]))
+        template = templates[(i // 2) % len(templates)]
+        gold = [(names[label], label) for label in ENTITY_LABELS if "{" + label + "}" in template]
+        items.append(Item(template.format(**names), gold))
+    return items
+
+
+def entity_set(cache: Path, python: str, size: int, seed: int) -> DataSet:
+    items = _faker_sentences(cache, python, size, seed, EN_TEMPLATES, ZH_TEMPLATES)
     return DataSet("entities (Faker, en+zh)", labels_config, list(ENTITY_LABELS), items, "labels", "en+zh")
+
+
+def partial_entity_set(cache: Path, python: str, size: int, seed: int) -> DataSet:
+    items = _faker_sentences(cache, python, size, seed, EN_PARTIAL, ZH_PARTIAL)
+    name = "entities, some types absent (Faker, en+zh)"
+    return DataSet(name, labels_config, list(ENTITY_LABELS), items, "labels", "en+zh")
 
 
 # --- systems -------------------------------------------------------------------------------------
@@ -539,6 +574,7 @@ def main() -> None:
     parser.add_argument("--sentiment", type=int, default=60)
     parser.add_argument("--topics", type=int, default=100)
     parser.add_argument("--entities", type=int, default=40)
+    parser.add_argument("--entities-partial", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoning", default="", help="LLM_REASONING for our backend (on/off; empty: default)")
     parser.add_argument("--mode", default="auto", help="LLM_OUTPUT_MODE for our backend")
@@ -576,6 +612,7 @@ def main() -> None:
         "sentiment": (sentiment_set, args.sentiment),
         "topics": (topic_set, args.topics),
         "entities": (entity_set, args.entities),
+        "entities-partial": (partial_entity_set, args.entities_partial),
     }
     if args.merge:
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline (merged runs)")
