@@ -30,7 +30,7 @@ the model's own position sensitivity that calibration has to absorb). Our backen
 
 Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities entities-partial] [--sentiment 60]
        [--topics 100] [--entities 40] [--entities-partial 40] [--reasoning off] [--mode auto] [--systems ours baseline]
-       [--no-permutation] [--permute config|prompt] [--batch 25] [--base-url http://127.0.0.1:PORT/v1]
+       [--scaffold en|zh] [--no-permutation] [--permute config|prompt] [--batch 25] [--base-url http://127.0.0.1:PORT/v1]
 It prints figures; it asserts nothing.
 """
 
@@ -296,6 +296,27 @@ def prompt_order_reversed() -> Iterator[None]:
     finally:
         for module in modules:
             module.ordered = original  # type: ignore[attr-defined]
+
+
+@contextmanager
+def scaffolding(lang: str) -> Iterator[None]:
+    """Every prompt's scaffolding in `lang` ("en"/"zh") whatever the text's language; "" keeps the detection.
+
+    For measuring the design choice that the prompt speaks the text's language.
+    """
+    from my_ml_backend.labeling import calibration, prompts
+
+    if not lang:
+        yield
+        return
+    original = prompts.prompt_language
+    for module in (prompts, calibration):
+        module.prompt_language = lambda texts: lang  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in (prompts, calibration):
+            module.prompt_language = original  # type: ignore[attr-defined]
 
 
 def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
@@ -578,6 +599,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoning", default="", help="LLM_REASONING for our backend (on/off; empty: default)")
     parser.add_argument("--mode", default="auto", help="LLM_OUTPUT_MODE for our backend")
+    parser.add_argument("--scaffold", default="", choices=["", "en", "zh"],
+                        help="our prompt's scaffolding language for every text (default: the text's own)")
     parser.add_argument("--logprobs", default="auto", help="LLM_LOGPROBS for our backend (off: the fallback score)")
     parser.add_argument(
         "--systems",
@@ -647,7 +670,7 @@ def main() -> None:
         print(f"- model: {model} on llama-cpp-python (local), temperature 0, one request at a time; seed {args.seed}")
         print(
             f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
-            f"LLM_LOGPROBS={args.logprobs}, "
+            f"LLM_LOGPROBS={args.logprobs}, scaffolding {args.scaffold or 'in the text language'}, "
             f"cache off, no examples, {args.batch} tasks per /predict; order test: {args.permute}"
         )
         record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {}}
@@ -657,7 +680,8 @@ def main() -> None:
                 systems["llm_interactive style"] = baseline(client, model, data)
             saved = record["sets"].setdefault(name, {})
             permute = "" if args.no_permutation else args.permute
-            print_rows(data, run_set(data, systems, permute, args.order, saved, first))
+            with scaffolding(args.scaffold):
+                print_rows(data, run_set(data, systems, permute, args.order, saved, first))
             if args.save:
                 Path(args.save).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     finally:
