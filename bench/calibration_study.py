@@ -38,7 +38,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import auroc, ece, entity_set, prompt_order_reversed, sentiment_set, topic_set  # noqa: E402
+from bench.quality import (  # noqa: E402
+    auroc,
+    ece,
+    entity_set,
+    partial_entity_set,
+    prompt_order_reversed,
+    sentiment_set,
+    topic_set,
+)
 from my_ml_backend.engine import schema_for  # noqa: E402
 from my_ml_backend.labeling.calibration import CONTENT_FREE, calibrate, choice_distribution  # noqa: E402
 from my_ml_backend.labeling.controls.base import ordered  # noqa: E402
@@ -65,7 +73,7 @@ def collect(args: argparse.Namespace) -> None:
     import openai
 
     paths = install()
-    if args.set == "entities":
+    if args.set.startswith("entities"):
         return collect_entities(args, Path(paths["cache"]), paths["python"])
     build = topic_set if args.set == "topics" else sentiment_set
     data = build(Path(paths["cache"]), paths["python"], args.n, 0)
@@ -90,7 +98,7 @@ def collect(args: argparse.Namespace) -> None:
 def collect_entities(args: argparse.Namespace, cache: Path, python: str) -> None:
     import openai
 
-    data = entity_set(cache, python, args.n, args.seed)
+    data = (partial_entity_set if args.set == "entities-partial" else entity_set)(cache, python, args.n, args.seed)
     schema = schema_for(data.config(data.values))
     rows = []
     with LocalModelServer() as server:
@@ -104,7 +112,11 @@ def collect_entities(args: argparse.Namespace, cache: Path, python: str) -> None
 
 
 def _span_rules(tokens: list[tuple], value: dict, labels: list[str], after: int) -> tuple[dict[str, float], int]:
-    """Each span-score rule's score for one entity (its text first found at or after `after`), and where it ended."""
+    """Each span-score rule's score for one entity (its text first found at or after `after`), and where it ended.
+
+    The label is read where the reply wrote it: just before the text (its own object written type first,
+    prompt v6) or just after it (name first, v5).
+    """
     joined = "".join(t[0] for t in tokens)
 
     def covering(start: int, length: int) -> list[int]:
@@ -115,7 +127,9 @@ def _span_rules(tokens: list[tuple], value: dict, labels: list[str], after: int)
     at = at if at >= 0 else joined.find(json.dumps(value["text"], ensure_ascii=False)[1:-1], after)
     label = value["labels"][0]
     text_tokens = covering(at, len(value["text"])) if at >= 0 else []
-    label_at = joined.find(label, max(at, after) + len(value["text"]))
+    before = joined.rfind(label, after, at) if at >= 0 else -1
+    first = before >= 0 and "}" not in joined[before:at]
+    label_at = before if first else joined.find(label, max(at, after) + len(value["text"]))
     label_tokens = covering(label_at, len(label)) if label_at >= 0 else []
     if not text_tokens or not label_tokens:
         return {}, after
@@ -124,14 +138,18 @@ def _span_rules(tokens: list[tuple], value: dict, labels: list[str], after: int)
     dist = distribution_at(tokens[label_tokens[0]], labels)
     p_label = dist[labels.index(label)] if dist else math.exp(sum(label_lp))
     geo = mean_probability(text_lp) or 1.0
+    end = at + len(value["text"]) if first else label_at + len(label)
     return {
-        "joint product of text and label tokens (before)": math.exp(sum(text_lp + label_lp)),
+        "joint product of text and label tokens": math.exp(sum(text_lp + label_lp)),
         "geometric mean of text and label tokens": mean_probability(text_lp + label_lp) or 1.0,
         "first text token x label tokens": math.exp(text_lp[0] + sum(label_lp)),
+        "first text token": math.exp(text_lp[0]),
+        "first text token x text tokens' geometric mean": math.exp(text_lp[0]) * geo,
+        "text tokens' geometric mean": geo,
         "P(label among labels)": p_label,
         "P(label among labels) x text tokens' product": p_label * math.exp(sum(text_lp)),
-        "P(label among labels) x text tokens' geometric mean (now)": p_label * geo,
-    }, label_at + len(label)
+        "P(label among labels) x text tokens' geometric mean": p_label * geo,
+    }, end
 
 
 def analyse_entities(saved: dict, name: str) -> None:
@@ -242,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect")
-    c.add_argument("--set", choices=["topics", "sentiment", "entities"], default="topics")
+    c.add_argument("--set", choices=["topics", "sentiment", "entities", "entities-partial"], default="topics")
     c.add_argument("--n", type=int, default=100)
     c.add_argument("--seed", type=int, default=0, help="entities: which sentences")
     c.add_argument("--out", required=True)
