@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from dotenv import find_dotenv, load_dotenv
 
@@ -38,6 +39,16 @@ def normalize_base_url(url: str) -> str:
         if url.endswith(suffix):
             url = url[: -len(suffix)].rstrip("/")
     return url
+
+
+# Hosts known to mishandle json_schema, and hosts where a refused feature costs quota.
+_ALIBABA_HOSTS = ("modelscope.cn", "modelscope.ai", "dashscope.aliyuncs.com", "aliyuncs.com")
+
+
+def is_alibaba_host(base_url: str) -> bool:
+    """ModelScope or DashScope: metered, no logprobs, their own decoding defaults."""
+    host = urlparse(base_url).hostname or ""
+    return any(host == h or host.endswith("." + h) for h in _ALIBABA_HOSTS)
 
 
 def _float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
@@ -67,6 +78,16 @@ def _optional_bool(env: Mapping[str, str], name: str) -> bool | None:
     return None if env.get(name, "").strip().lower() in ("", "auto") else _bool(env, name)
 
 
+def _repeat_penalty(env: Mapping[str, str]) -> float | None:
+    """LLM_REPEAT_PENALTY: "auto" (None), "off" (0.0: never sent) or the value to send."""
+    raw = env.get("LLM_REPEAT_PENALTY", "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("off", "0", "false", "no", "none"):
+        return 0.0
+    return _float(env, "LLM_REPEAT_PENALTY", None)
+
+
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
     raw = env.get(name, "").strip().lower() or allowed[0]
     if raw not in allowed:
@@ -94,6 +115,8 @@ class Settings:
     batch_deadline: float = 90.0  # Label Studio's ML_TIMEOUT_PREDICT (100 s) minus a margin
     output_mode: str = "auto"  # auto | json_schema | json_object | text
     logprobs: bool | None = None  # None: on, except for ModelScope/DashScope
+    # None: "auto", 1.0 (no penalty) except for ModelScope/DashScope; 0.0: "off", never sent
+    repeat_penalty: float | None = None
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
     cache_enabled: bool = True  # LLM_CACHE
@@ -131,6 +154,12 @@ class Settings:
         """Annotations are kept as examples (automatic choice, or an explicit count above 0)."""
         return self.fewshot_auto or self.fewshot_k > 0
 
+    def sent_repeat_penalty(self) -> float | None:
+        """The `repeat_penalty` requests carry, or None (see `llm.client` for why 1.0 by default)."""
+        if self.repeat_penalty is None:  # auto
+            return None if is_alibaba_host(self.base_url) else 1.0
+        return self.repeat_penalty or None  # 0.0: off
+
     def generation_fingerprint(self) -> dict[str, object]:
         """The settings that change what the model answers (part of `model_version`)."""
         return {
@@ -139,6 +168,8 @@ class Settings:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "top_p": self.top_p,
+            # a new key only when sent, so ModelScope/DashScope projects keep their versions
+            **({"repeat_penalty": rp} if (rp := self.sent_repeat_penalty()) is not None else {}),
             "max_input_chars": self.max_input_chars,
             # a pool and packing change who answers and how: new keys only when used, so old versions stay
             **({"fallback_models": list(self.fallback_models)} if self.fallback_models else {}),
@@ -167,6 +198,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_deadline=max(1.0, (_float(env, "ML_TIMEOUT_PREDICT", 100.0) or 100.0) - 10.0),
         output_mode=_choice(env, "LLM_OUTPUT_MODE", ("auto", "json_schema", "json_object", "text")),
         logprobs=_optional_bool(env, "LLM_LOGPROBS"),
+        repeat_penalty=_repeat_penalty(env),
         basic_auth_user=env.get("BASIC_AUTH_USER", "").strip() or None,
         basic_auth_pass=env.get("BASIC_AUTH_PASS", "") or None,
         cache_enabled=env.get("LLM_CACHE", "").strip().lower() not in ("off", "0", "false", "no", "none", "disabled"),

@@ -104,6 +104,12 @@ class LLMClient:
         self._extra_body: dict[str, Any] = {}
         self.mode = initial_mode(settings.base_url, settings.output_mode)
         self.logprobs = settings.logprobs if settings.logprobs is not None else not is_alibaba_host(settings.base_url)
+        # llama-cpp-python's server (and Ollama) default to 1.1, which penalises every token already
+        # written, the JSON syntax a structured answer repeats for each item too: on the local 0.5B
+        # model the second entity's `"},` lost to `"}` and lists stopped at two (bench/RESULTS.md).
+        # So the neutral 1.0 is sent, except to ModelScope/DashScope (metered, their own defaults);
+        # a server that refuses the field (OpenAI's own API) is asked again without it, once.
+        self.repeat_penalty = settings.sent_repeat_penalty()
         self._client: openai.OpenAI | None = None
         if settings.has_api_key:
             http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
@@ -213,6 +219,12 @@ class LLMClient:
                 logger.info("端点不支持 logprobs，已关闭 (endpoint refused logprobs: disabled)")
                 self.logprobs = False
             return True
+        refused_penalty = isinstance(exc, openai.BadRequestError) and "repeat_penalty" in server_message(exc).lower()
+        if refused_penalty and "repeat_penalty" in (params.get("extra_body") or {}):
+            if self.repeat_penalty is not None:
+                logger.info("端点不接受 repeat_penalty，已不再发送 (endpoint refused repeat_penalty: not sent)")
+                self.repeat_penalty = None
+            return True
         kind = self._classify(exc).kind
         if kind not in (ErrorKind.BAD_REQUEST, ErrorKind.BAD_RESPONSE) or "response_format" not in params:
             return False
@@ -250,8 +262,11 @@ class LLMClient:
             params["max_tokens"] = s.max_tokens
         if s.top_p is not None:
             params["top_p"] = s.top_p
-        if self._extra_body:
-            params["extra_body"] = dict(self._extra_body)
+        extra = dict(self._extra_body)
+        if self.repeat_penalty is not None:
+            extra["repeat_penalty"] = self.repeat_penalty
+        if extra:
+            params["extra_body"] = extra
         return params
 
     def _cache_key(self, params: dict[str, Any]) -> str:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlparse
+
+from ..settings import is_alibaba_host
 
 
 class OutputMode(StrEnum):
@@ -29,15 +30,6 @@ class OutputMode(StrEnum):
 
 
 LADDER = (OutputMode.JSON_SCHEMA, OutputMode.JSON_OBJECT_SCHEMA, OutputMode.JSON_OBJECT, OutputMode.TEXT)
-
-# Hosts known to mishandle json_schema, and hosts where a refused feature costs quota.
-_ALIBABA_HOSTS = ("modelscope.cn", "modelscope.ai", "dashscope.aliyuncs.com", "aliyuncs.com")
-
-
-def is_alibaba_host(base_url: str) -> bool:
-    host = urlparse(base_url).hostname or ""
-    return any(host == h or host.endswith("." + h) for h in _ALIBABA_HOSTS)
-
 
 def initial_mode(base_url: str, configured: str = "auto") -> OutputMode:
     """`LLM_OUTPUT_MODE` if set, else json_object for ModelScope/DashScope, json_schema elsewhere."""
