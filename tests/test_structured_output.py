@@ -198,3 +198,35 @@ def test_scores_without_logprobs_use_self_reported_confidence_and_coverage(
     preds = backend.predict(cfg, [{"id": i, "data": {"error_log": "ModuleNotFoundError"}} for i in range(3)])
     assert [p["score"] for p in preds] == [0.8, 0.4, 1.0]
     assert all("score" not in r for p in preds for r in p["result"])
+
+
+def openai_like(body: dict) -> fake.Reply:
+    """OpenAI's own API: an unknown body field is a 400 naming it."""
+    if "repeat_penalty" in body:
+        return fake.error(400, "Unrecognized request argument supplied: repeat_penalty")
+    return fake.chat('{"a": "ok"}')
+
+
+def test_repeat_penalty_is_neutral_by_default_and_never_sent_to_modelscope(llm: fake.FakeLLMServer) -> None:
+    """llama-cpp-python's server defaults to 1.1, which made entity lists stop at two: 1.0 is sent."""
+    client(llm).chat(MESSAGES, SCHEMA)
+    assert llm.requests[-1]["body"]["repeat_penalty"] == 1.0
+    for value, sent in (("off", None), ("1.05", 1.05), ("auto", 1.0)):
+        env = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_REPEAT_PENALTY": value}
+        LLMClient(load_settings(env)).chat(MESSAGES, SCHEMA)
+        assert llm.requests[-1]["body"].get("repeat_penalty") == sent, value
+    modelscope = load_settings({"MODELSCOPE_API_URL": "https://api-inference.modelscope.cn/v1"})
+    assert modelscope.sent_repeat_penalty() is None
+    assert "repeat_penalty" not in modelscope.generation_fingerprint()  # its projects keep their model_version
+    local = load_settings({"MODELSCOPE_API_URL": llm.base_url})
+    assert local.generation_fingerprint()["repeat_penalty"] == 1.0  # answers change there: a new version
+
+
+def test_an_endpoint_refusing_repeat_penalty_is_asked_again_without_it_once(llm: fake.FakeLLMServer) -> None:
+    llm.set_responder(openai_like)
+    c = client(llm)
+    assert c.chat(MESSAGES, SCHEMA).text == '{"a": "ok"}'
+    assert c.chat(MESSAGES, SCHEMA).text == '{"a": "ok"}'
+    sent = ["repeat_penalty" in r["body"] for r in llm.requests]
+    assert sent == [True, False, False]  # the refusal is paid once, then remembered
+    assert c.mode == OutputMode.JSON_SCHEMA  # not mistaken for a refused output mode
