@@ -336,7 +336,12 @@ def closest(answer: str, options: list[str]) -> str:
     return options[ratios.index(max(ratios))]
 
 
-def baseline(client: openai.OpenAI, model: str, data: DataSet) -> Callable[[str, list[Item]], list[Answer]]:
+def baseline(
+    client: openai.OpenAI, model: str, data: DataSet, repeat_penalty: float | None = None
+) -> Callable[[str, list[Item]], list[Answer]]:
+    """`repeat_penalty`: None leaves the server's default (as llm_interactive does), else sent."""
+    extra = {"extra_body": {"repeat_penalty": repeat_penalty}} if repeat_penalty is not None else {}
+
     def run(config: str, items: list[Item], values: list[str] | None = None) -> list[Answer]:
         values = values or data.values
         answers = []
@@ -346,6 +351,7 @@ def baseline(client: openai.OpenAI, model: str, data: DataSet) -> Callable[[str,
                 temperature=0,
                 max_tokens=24 if data.kind == "choices" else 160,  # the first line is all that is read
                 messages=[{"role": "user", "content": baseline_prompt(data, values, item.text)}],
+                **extra,
             )
             text = reply.choices[0].message.content or ""
             score = None  # llm_interactive gives no score (and logprobs slow llama-cpp-python down 5-7x)
@@ -609,6 +615,8 @@ def main() -> None:
         choices=["ours", "baseline"],
         help="which systems to run (several processes on several servers can share the work)",
     )
+    parser.add_argument("--baseline-repeat-penalty", type=float, default=None,
+                        help="send this repeat_penalty with the baseline's requests (default: the server's own)")
     parser.add_argument("--no-permutation", action="store_true")
     parser.add_argument("--permute", default="config", choices=["config", "prompt"],
                         help="order test: reverse the config's tags, or the order the prompt lists them in")
@@ -668,6 +676,8 @@ def main() -> None:
         env["LLM_LOGPROBS"] = args.logprobs
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
         print(f"- model: {model} on llama-cpp-python (local), temperature 0, one request at a time; seed {args.seed}")
+        if args.baseline_repeat_penalty is not None:
+            print(f"- baseline: repeat_penalty {args.baseline_repeat_penalty} (not the server's default)")
         print(
             f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
             f"LLM_LOGPROBS={args.logprobs}, scaffolding {args.scaffold or 'in the text language'}, "
@@ -677,7 +687,7 @@ def main() -> None:
         for name, data in zip(args.sets, sets, strict=True):
             systems: dict[str, Callable] = {"ours": ours(env, args.batch)} if "ours" in args.systems else {}
             if "baseline" in args.systems:
-                systems["llm_interactive style"] = baseline(client, model, data)
+                systems["llm_interactive style"] = baseline(client, model, data, args.baseline_repeat_penalty)
             saved = record["sets"].setdefault(name, {})
             permute = "" if args.no_permutation else args.permute
             with scaffolding(args.scaffold):
