@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
@@ -200,11 +201,15 @@ def test_scores_without_logprobs_use_self_reported_confidence_and_coverage(
     assert all("score" not in r for p in preds for r in p["result"])
 
 
-def openai_like(body: dict) -> fake.Reply:
-    """OpenAI's own API: an unknown body field is a 400 naming it."""
-    if "repeat_penalty" in body:
-        return fake.error(400, "Unrecognized request argument supplied: repeat_penalty")
-    return fake.chat('{"a": "ok"}')
+def refusing_repeat_penalty(status: int) -> Callable[[dict], fake.Reply]:
+    """OpenAI's own API (400) or a strict validator (422, or a 500 as llama-cpp-python reports them)."""
+
+    def respond(body: dict) -> fake.Reply:
+        if "repeat_penalty" in body:
+            return fake.error(status, "Unrecognized request argument supplied: repeat_penalty")
+        return fake.chat('{"a": "ok"}')
+
+    return respond
 
 
 def test_repeat_penalty_is_neutral_by_default_and_never_sent_to_modelscope(llm: fake.FakeLLMServer) -> None:
@@ -222,9 +227,12 @@ def test_repeat_penalty_is_neutral_by_default_and_never_sent_to_modelscope(llm: 
     assert local.generation_fingerprint()["repeat_penalty"] == 1.0  # answers change there: a new version
 
 
-def test_an_endpoint_refusing_repeat_penalty_is_asked_again_without_it_once(llm: fake.FakeLLMServer) -> None:
-    llm.set_responder(openai_like)
-    c = client(llm)
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_an_endpoint_refusing_repeat_penalty_is_asked_again_without_it_once(
+    llm: fake.FakeLLMServer, status: int
+) -> None:
+    llm.set_responder(refusing_repeat_penalty(status))
+    c = LLMClient(Settings(api_key=TEST_KEY, base_url=llm.base_url, max_retries=2))  # a refusal is not retried
     assert c.chat(MESSAGES, SCHEMA).text == '{"a": "ok"}'
     assert c.chat(MESSAGES, SCHEMA).text == '{"a": "ok"}'
     sent = ["repeat_penalty" in r["body"] for r in llm.requests]

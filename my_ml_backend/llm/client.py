@@ -219,7 +219,10 @@ class LLMClient:
                 logger.info("端点不支持 logprobs，已关闭 (endpoint refused logprobs: disabled)")
                 self.logprobs = False
             return True
-        refused_penalty = isinstance(exc, openai.BadRequestError) and "repeat_penalty" in server_message(exc).lower()
+        # Named in a 400/422 (OpenAI, strict validators) or a 500 (llama-cpp-python reports validation errors so).
+        refused_penalty = isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 422, 500) and (
+            "repeat_penalty" in server_message(exc).lower()
+        )
         if refused_penalty and "repeat_penalty" in (params.get("extra_body") or {}):
             if self.repeat_penalty is not None:
                 logger.info("端点不接受 repeat_penalty，已不再发送 (endpoint refused repeat_penalty: not sent)")
