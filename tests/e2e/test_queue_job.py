@@ -48,6 +48,15 @@ def start_worker(env: dict, where: Path, name: str) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def interruptible() -> None:
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt.
+
+    A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored,
+    and Python keeps an ignored SIGINT ignored: the interrupt below would do nothing.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def command(env: dict, project: int, cwd: Path) -> list[str]:
     return [sys.executable, str(ROOT / "batch_predict.py"), "--queue", "--no-progress", "--chunk-size", "5",
             "--project", str(project)]
@@ -65,9 +74,8 @@ def test_queued_batch_survives_a_killed_worker_and_resumes(
     try:
         started, before = time.monotonic(), llm.chat_calls
         first = subprocess.Popen(command(env, project, tmp_path), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        # The fake LLM's own count: listing Label Studio's predictions can lag by seconds under load, and a run
-        # already finished when the interrupt comes would test nothing.
+                                 stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+        # The fake LLM's own count: Label Studio's listing lags behind the calls (10 listed at the 15th call).
         assert wait_for(lambda: llm.chat_calls >= before + 15, timeout=120), "the workers predict nothing"
         os.killpg(workers[0].pid, signal.SIGKILL)  # one worker dies mid-chunk, holding claims and slots
         killed_at = len(ls.predictions(project))
