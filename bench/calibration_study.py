@@ -53,7 +53,7 @@ from my_ml_backend.labeling.controls.base import ordered  # noqa: E402
 from my_ml_backend.labeling.parsing import parse_reply  # noqa: E402
 from my_ml_backend.labeling.prompts import answer_schema, build_prompt, prompt_language  # noqa: E402
 from my_ml_backend.labeling.results import build_results  # noqa: E402
-from my_ml_backend.labeling.scoring import distribution_at, mean_probability, token_at  # noqa: E402
+from my_ml_backend.labeling.scoring import distribution_at, label_before, mean_probability, token_at  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
 
 
@@ -127,8 +127,8 @@ def _span_rules(tokens: list[tuple], value: dict, labels: list[str], after: int)
     at = at if at >= 0 else joined.find(json.dumps(value["text"], ensure_ascii=False)[1:-1], after)
     label = value["labels"][0]
     text_tokens = covering(at, len(value["text"])) if at >= 0 else []
-    before = joined.rfind(label, after, at) if at >= 0 else -1
-    first = before >= 0 and "}" not in joined[before:at]
+    before = label_before(joined, label, after, at) if at >= 0 else -1
+    first = before >= 0
     label_at = before if first else joined.find(label, max(at, after) + len(value["text"]))
     label_tokens = covering(label_at, len(label)) if label_at >= 0 else []
     if not text_tokens or not label_tokens:

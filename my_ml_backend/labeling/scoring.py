@@ -105,6 +105,14 @@ def _span(tokens: Tokens, joined: str, needle: str, after: int) -> tuple[list[in
     return picked, start, end
 
 
+def label_before(joined: str, label: str, after: int, start: int) -> int:
+    """Where an entity's own label starts when written just before its text at `start` (type first: its own
+    object, no `}` in between), searched from `after`; -1 when it was not (an earlier object's label is not it)."""
+    quoted = json.dumps(label, ensure_ascii=False)
+    before = joined.rfind(quoted, after, start)
+    return before + 1 if before >= 0 and "}" not in joined[before:start] else -1
+
+
 def answer_text(value: dict[str, Any]) -> str | None:
     """The text that spells a region's answer in the reply."""
     if "labels" in value and "text" in value:
@@ -139,8 +147,7 @@ def region_confidence(tokens: Tokens, value: dict[str, Any], key: str = "", labe
         return math.exp(sum(tokens[i][1] for i in picked))
     text_part = mean_probability([tokens[i][1] for i in picked]) or 1.0
     label = str(value["labels"][0])
-    before = joined.rfind(json.dumps(label, ensure_ascii=False), after, start)
-    if before >= 0 and "}" not in joined[before:start]:  # its own object's label, written before the text
+    if label_before(joined, label, after, start) >= 0:  # its own object's label, written before the text
         return text_part  # P(label) there is the choice of which type to list next, not a doubt about this one
     spelled = _span(tokens, joined, label, end)
     if not spelled or not spelled[0]:
