@@ -48,11 +48,12 @@ import tempfile
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -276,8 +277,15 @@ def ours(settings_env: dict[str, str], batch: int) -> Callable[[str, list[Item]]
     return run
 
 
-@contextmanager
-def prompt_order_reversed() -> Iterator[None]:
+def _patched(modules: tuple[Any, ...], name: str, value: Any) -> ExitStack:
+    """`name` replaced by `value` in every module that imported it, restored when the stack closes."""
+    stack = ExitStack()
+    for module in modules:
+        stack.enter_context(mock.patch.object(module, name, value))
+    return stack
+
+
+def prompt_order_reversed() -> ExitStack:
     """Every label set listed in reverse canonical order: the prompt-side order test.
 
     Reordering the config's tags changes nothing the model sees (one canonical order), so
@@ -286,37 +294,19 @@ def prompt_order_reversed() -> Iterator[None]:
     from my_ml_backend.labeling import calibration
     from my_ml_backend.labeling.controls import base, choices, labels, taxonomy
 
-    modules = (base, choices, labels, taxonomy, calibration)
     original = base.ordered
-    flipped = lambda values: list(reversed(original(values)))  # noqa: E731
-    for module in modules:
-        module.ordered = flipped  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.ordered = original  # type: ignore[attr-defined]
+    return _patched((base, choices, labels, taxonomy, calibration), "ordered",
+                    lambda values: list(reversed(original(values))))
 
 
-@contextmanager
-def scaffolding(lang: str) -> Iterator[None]:
+def scaffolding(lang: str) -> ExitStack:
     """Every prompt's scaffolding in `lang` ("en"/"zh") whatever the text's language; "" keeps the detection.
 
     For measuring the design choice that the prompt speaks the text's language.
     """
     from my_ml_backend.labeling import calibration, prompts
 
-    if not lang:
-        yield
-        return
-    original = prompts.prompt_language
-    for module in (prompts, calibration):
-        module.prompt_language = lambda texts: lang  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        for module in (prompts, calibration):
-            module.prompt_language = original  # type: ignore[attr-defined]
+    return _patched((prompts, calibration), "prompt_language", lambda texts: lang) if lang else ExitStack()
 
 
 def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
