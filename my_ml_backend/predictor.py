@@ -355,6 +355,12 @@ class Predictor:
             ", cached" if reply.cached else "", reply.text,
         )
         answers = parse_reply(reply.text, names, extras=(CONFIDENCE_KEY,))
+        if reply.truncated:
+            logger.warning(
+                "任务 %s 的回复在 LLM_MAX_TOKENS=%s 处被截断，只保留完整的部分 (task %s: reply cut at "
+                "LLM_MAX_TOKENS, its complete items kept; a small model may be looping)",
+                task.get("id"), self.settings.max_tokens, task.get("id"),
+            )
         results, answered = build_results(
             self.schema, answers, texts,
             lambda target, value: region_confidence(reply.tokens, value, target.name, target.control.labels or ()),

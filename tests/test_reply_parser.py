@@ -46,3 +46,24 @@ def test_matching_only_returns_allowed_values() -> None:
     assert match_value("unrelated", allowed) is None
     assert match_value("正面还是负面", allowed) is None  # ambiguous: two values inside
     assert normalize("  “Hello  World” ") == "hello world"
+
+
+LOOP = '{"ner": [{"label": "PER", "text": "张三"}, {"label": "ORG", "text": "腾讯"}, ' + (
+    '{"label": "LOC", "text": "北京"}, ' * 60
+)
+
+
+@pytest.mark.parametrize("cut", ['{"label": "LOC", "te', '{"label": "LOC", "text": "北', "{", ""])
+def test_a_reply_cut_at_max_tokens_keeps_its_complete_items(cut: str) -> None:
+    answers = parse_reply(LOOP + cut, ["ner"])
+    assert answers["ner"][:3] == [{"label": "PER", "text": "张三"}, {"label": "ORG", "text": "腾讯"},
+                                  {"label": "LOC", "text": "北京"}]
+    assert all(item.get("text") in ("张三", "腾讯", "北京") for item in answers["ner"])  # the cut item not guessed
+
+
+def test_a_cut_value_is_never_completed() -> None:
+    """Read back to the last complete object or list: a comma may sit inside a cut string ("Willis, Sheppard")."""
+    assert parse_reply('{"sentiment": "正', NAMES) == {}
+    assert parse_reply('{"summary": "好", "sentiment": "正', NAMES) == {}
+    assert parse_reply('{"ner": [{"label": "ORG", "text": "Willis, Sheppard', ["ner"]) == {}
+    assert parse_reply('{"ner": [{"label": "PER", "text": "张', ["ner"]) == {}

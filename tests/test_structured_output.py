@@ -238,3 +238,17 @@ def test_an_endpoint_refusing_repeat_penalty_is_asked_again_without_it_once(
     sent = ["repeat_penalty" in r["body"] for r in llm.requests]
     assert sent == [True, False, False]  # the refusal is paid once, then remembered
     assert c.mode == OutputMode.JSON_SCHEMA  # not mistaken for a refused output mode
+
+
+NER = """<View><Text name="text" value="$text"/>
+  <Labels name="ner" toName="text"><Label value="PER"/><Label value="ORG"/><Label value="LOC"/></Labels></View>"""
+
+
+def test_a_reply_cut_at_max_tokens_keeps_its_complete_entities(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    """A small model looping over one entity until max_tokens: the entities it completed are kept, and said."""
+    looped = '{"ner": [{"label": "PER", "text": "张三"}, ' + '{"label": "LOC", "text": "北京"}, ' * 40 + '{"label": "L'
+    llm.enqueue(fake.chat(looped, finish_reason="length"))
+    [pred] = backend.predict(NER, [{"id": 7, "data": {"text": "张三昨天去了北京。"}}])
+    spans = sorted((r["value"]["text"], r["value"]["labels"][0]) for r in pred["result"])
+    assert spans == [("北京", "LOC"), ("张三", "PER")]
+    assert "task 7: reply cut at LLM_MAX_TOKENS" in backend.logs()

@@ -4,7 +4,8 @@ Models wrap JSON in code fences, add a sentence before or after it, use Chinese
 quotes or full-width punctuation, or answer a single question in plain text. The
 parser recovers the answers where it can and returns nothing where it cannot; it
 never invents an answer. Its work is linear in the reply's length: a 1 MB reply of any
-content is read in well under 0.1 s (tests/test_hardening.py).
+content is read in well under 0.1 s (tests/test_hardening.py). A reply cut off at max_tokens
+(a small model looping over one item until the limit) keeps the items it completed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
+
+import json_repair
 
 _FENCE_LANG = re.compile(r"(?:json|JSON)?\s*")
 _FULLWIDTH = {"“": '"', "”": '"', "：": ":", "，": ",", "｛": "{", "｝": "}", "［": "[", "］": "]"}
@@ -23,6 +26,9 @@ _DECODER = json.JSONDecoder()
 MAX_STARTS = 500
 SCAN_FACTOR = 4
 SCAN_SLACK = 64 * 1024
+# Replies longer than this are not salvaged (json_repair reads character by character in Python):
+# a reply cut at LLM_MAX_TOKENS (1024 tokens by default) is a few KB.
+SALVAGE_MAX_CHARS = 32 * 1024
 
 
 def _without_think(text: str) -> str:
@@ -114,6 +120,34 @@ def _objects(text: str) -> Iterator[dict[str, Any]]:
         pos = text.find("{", pos + 1)
 
 
+def _salvaged(text: str) -> dict[str, Any] | None:
+    """The complete part of an object cut off mid-way, e.g. `{"ner": [{...}, {...}, {"label": "LO`.
+
+    Cut back to the last `}` or `]` (so a value cut mid-string is dropped, never completed by
+    guessing), then json_repair closes the brackets left open. json_repair rather than our own
+    bracket stack: it also knows strings, escapes and the usual slips of models.
+    """
+    start, end = text.find("{"), max(text.rfind("}"), text.rfind("]"))
+    if start < 0 or end <= start or len(text) > SALVAGE_MAX_CHARS:
+        return None
+    try:
+        value = json_repair.repair_json(text[start : end + 1], return_objects=True)
+    except (ValueError, RecursionError):  # nesting deeper than its parser goes
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _answers(obj: dict[str, Any], control_names: list[str], extras: tuple[str, ...]) -> dict[str, Any]:
+    """The controls' answers in one parsed object (keys matched exactly, then case-insensitively)."""
+    if not any(k in obj for k in control_names) and len(obj) == 1 and len(control_names) == 1:
+        obj = {control_names[0]: next(iter(obj.values()))}  # {"label": "x"} for a lone control
+    answers = {k: v for k, v in obj.items() if k in control_names}
+    if answers:
+        return answers | {k: obj[k] for k in extras if k in obj}
+    lowered = {k.casefold().strip(): v for k, v in obj.items() if isinstance(k, str)}
+    return {n: lowered[n.casefold()] for n in control_names if n.casefold() in lowered}
+
+
 def parse_reply(text: str, control_names: list[str], extras: tuple[str, ...] = ()) -> dict[str, Any]:
     """Answers keyed by control name (and `extras` keys); unknown keys are ignored, missing ones absent.
 
@@ -122,15 +156,10 @@ def parse_reply(text: str, control_names: list[str], extras: tuple[str, ...] = (
     """
     text = _without_think(text).strip()
     for obj in _objects(text):
-        if not any(k in obj for k in control_names) and len(obj) == 1 and len(control_names) == 1:
-            obj = {control_names[0]: next(iter(obj.values()))}  # {"label": "x"} for a lone control
-        answers = {k: v for k, v in obj.items() if k in control_names}
-        if answers:
-            return answers | {k: obj[k] for k in extras if k in obj}
-        lowered = {k.casefold().strip(): v for k, v in obj.items() if isinstance(k, str)}
-        answers = {n: lowered[n.casefold()] for n in control_names if n.casefold() in lowered}
-        if answers:
+        if answers := _answers(obj, control_names, extras):
             return answers
+    if (obj := _salvaged(_unfenced(text))) is not None and (answers := _answers(obj, control_names, extras)):
+        return answers
     if len(control_names) == 1 and text and not text.lstrip().startswith("{"):
         return {control_names[0]: _unfenced(text).strip()}
     return {}

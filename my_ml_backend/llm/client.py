@@ -81,6 +81,7 @@ class ChatReply:
     mode: str = "text"
     cached: bool = False  # served from the response cache: no request, no tokens paid
     model: str = ""  # the pool model that answered ("" when served from the cache)
+    truncated: bool = False  # cut at max_tokens (finish_reason "length"): only its complete items are read
 
     @property
     def token_confidence(self) -> float | None:
@@ -308,7 +309,7 @@ class LLMClient:
             raise bad_response("empty content")
         return ChatReply(
             text=text, usage=usage, tokens=_tokens(choices[0]), quota_remaining=quota, mode=str(mode),
-            model=params["model"],
+            model=params["model"], truncated=choices[0].finish_reason == "length",
         )
 
     def _send(self, params: dict[str, Any], deadline: float | None) -> Any:

@@ -69,6 +69,7 @@ class Reply:
     drop: bool = False
     usage: dict | None = None
     logprobs: list[tuple] | None = None  # (token, logprob[, top alternatives]) spelling the content
+    finish_reason: str = "stop"  # "length": the reply was cut at max_tokens
 
 
 # --------------------------------------------------------------------------
@@ -433,7 +434,7 @@ class _Handler(BaseHTTPRequestHandler):
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": "assistant", "content": reply.content},
-            "finish_reason": "stop",
+            "finish_reason": reply.finish_reason,
         }
         if reply.logprobs is not None:
             choice["logprobs"] = {"content": _logprob_entries(reply.logprobs)}
