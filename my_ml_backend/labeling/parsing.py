@@ -127,8 +127,10 @@ def _salvaged(text: str) -> dict[str, Any] | None:
     guessing), then json_repair closes the brackets left open. json_repair rather than our own
     bracket stack: it also knows strings, escapes and the usual slips of models.
     """
+    if len(text) > SALVAGE_MAX_CHARS:
+        return None
     start, end = text.find("{"), max(text.rfind("}"), text.rfind("]"))
-    if start < 0 or end <= start or len(text) > SALVAGE_MAX_CHARS:
+    if start < 0 or end <= start:
         return None
     try:
         value = json_repair.repair_json(text[start : end + 1], return_objects=True)
@@ -158,8 +160,9 @@ def parse_reply(text: str, control_names: list[str], extras: tuple[str, ...] = (
     for obj in _objects(text):
         if answers := _answers(obj, control_names, extras):
             return answers
-    if (obj := _salvaged(_unfenced(text))) is not None and (answers := _answers(obj, control_names, extras)):
+    unfenced = _unfenced(text)
+    if (obj := _salvaged(unfenced)) is not None and (answers := _answers(obj, control_names, extras)):
         return answers
     if len(control_names) == 1 and text and not text.lstrip().startswith("{"):
-        return {control_names[0]: _unfenced(text).strip()}
+        return {control_names[0]: unfenced.strip()}
     return {}
