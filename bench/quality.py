@@ -21,7 +21,8 @@ and read in place; nothing is installed):
 Per set and system it prints accuracy (Labels: tasks whose spans are all exactly right),
 macro-F1 (Labels: per-label span F1), the share of answers at each choice position of the
 config, AUROC and ECE of the score (Choices: the prediction score vs the answer being right;
-Labels: the region score vs the span being right), prompt+completion tokens per task, and for
+Labels: the region score vs the span being right, and in a note the task's prediction score, which
+the data manager sorts by, vs all its spans being right), prompt+completion tokens per task, and for
 our prompt the choice-order test: the share of tasks whose prediction changes when the order of
 the <Choice>/<Label> tags is reversed (``--permute config``), or when the order the prompt lists
 them in is reversed (``--permute prompt``: the config's order never reaches the prompt, so this is
@@ -444,10 +445,15 @@ def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -
     scores: list[float] = []
     right: list[bool] = []
     position: Counter[int] = Counter()
+    task_scores: list[float] = []  # Labels: the prediction score the data manager sorts by, per task
+    task_right: list[bool] = []  # and whether all the task's spans are exactly right
     for item, answer in zip(data.items, answers, strict=True):
         gold = gold_results(data, item)
         evaluation.add(gold, answer.results)
         gold_keys = {_key(r) for r in gold}
+        if data.kind == "labels" and answer.score is not None:
+            task_scores.append(float(answer.score))
+            task_right.append({_key(r) for r in answer.results} == gold_keys)
         for result in answer.results:
             label = (result["value"].get("choices") or result["value"].get("labels"))[0]
             position[data.values.index(label)] += 1
@@ -465,7 +471,7 @@ def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -
     positions = " / ".join(f"{position[i] / total:.0%}" for i in range(len(data.values)))
     extra = f"span micro-F1 {report.micro.f1:.3f}" if data.kind == "labels" else ""
     tokens = sum(a.tokens for a in answers) / len(answers)
-    return Row(
+    row = Row(
         system,
         report.accuracy,
         report.macro_f1,
@@ -476,6 +482,12 @@ def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -
         tokens,
         seconds=seconds,
     )
+    if task_scores:  # AUROC and ECE above are per span; sorting the data manager ranks tasks
+        row.notes.append(
+            f"task score vs all spans right: AUROC {fmt(auroc(task_scores, task_right))}, "
+            f"ECE {fmt(ece(task_scores, task_right))} ({len(task_scores)} tasks)"
+        )
+    return row
 
 
 def changed_share(data: DataSet, first: list[Answer], second: list[Answer]) -> float:

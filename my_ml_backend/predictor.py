@@ -369,7 +369,7 @@ class Predictor:
             logger.debug("Task %s: no valid answer in reply", task.get("id"))
         coverage = answered / len(wanted) if wanted else 0.0
         region_scores = [r["score"] for r in results if "score" in r]
-        score = prediction_score(reply.tokens, region_scores, coverage, answers)
+        score = prediction_score(reply.tokens, region_scores, coverage, answers, names)
         prediction = {"result": results, "score": score, "model_version": self.model_version}
         calibration.carry(prediction, wanted, reply.tokens, texts, coverage)
         logger.debug("Task %s result: %s", task.get("id"), prediction)

@@ -234,6 +234,25 @@ def test_entity_score_is_its_label_probability_times_its_text_tokens_mean(
     assert '[{"label": "<type>", "text": "<entity name>"}, ...]' in system  # the type first, then the name
 
 
+def test_task_score_is_lowered_by_the_chance_the_entity_list_goes_on(backend: Backend, llm: fake.FakeLLMServer) -> None:
+    """The data manager sorts tasks by the prediction score: a list the model nearly continued (the usual sign of a
+    missed entity) must rank below one it closed surely, though every listed name was spelled as surely."""
+    def pieces(close: tuple) -> list[tuple]:
+        return [('{"ner": [{"label": "', 0.99), ("PER", 0.6), ('", "text": "', 0.99), ("Norma", 0.81),
+                (" Fisher", 1.0), close, ("]}", 0.99, (("]}", math.log(0.99)),))]
+
+    scores = []
+    for i, close in enumerate([('"}', 0.6, (('"}', math.log(0.6)), ('"},', math.log(0.4)))),
+                               ('"}', 0.97, (('"}', math.log(0.97)), ('"},', math.log(0.03))))]):
+        tokens = [(t, math.log(p), *rest) for t, p, *rest in pieces(close)]
+        llm.enqueue(fake.chat("".join(t[0] for t in tokens), logprobs=tokens))
+        text = "Norma Fisher joined Hull-Gallegos."
+        [prediction] = backend.predict(NER_CONFIG, [{"id": i, "data": {"text": text}}])
+        assert prediction["result"][0]["score"] == pytest.approx(0.9, abs=1e-3)  # the name's tokens: sqrt(0.81)
+        scores.append(prediction["score"])
+    assert scores == pytest.approx([0.9 * 0.6, 0.9 * 0.97], abs=1e-3)
+
+
 def test_without_logprobs_the_score_is_the_models_own_confidence(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
     backend = Backend(env_for(llm, LLM_LOGPROBS="off"), tmp_path / "b")
     try:
