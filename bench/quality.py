@@ -32,7 +32,7 @@ the model's own position sensitivity that calibration has to absorb). Our backen
 Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities entities-partial] [--sentiment 60]
        [--topics 100] [--entities 40] [--entities-partial 40] [--reasoning off] [--mode auto] [--systems ours baseline]
        [--scaffold en|zh] [--no-permutation] [--permute config|prompt] [--batch 25] [--base-url http://127.0.0.1:PORT/v1]
-       [--examples 3]
+       [--examples 3|chat-3|labels-1]
 It prints figures; it asserts nothing.
 """
 
@@ -280,9 +280,9 @@ class HeldOutShots:
         return Shots.of_pool(kept, self.form, self.budget_chars).messages(schema, texts, guidance, None, confidence)
 
 
-def annotated_pool(data: DataSet, others: list[DataSet], k: int) -> HeldOutShots | None:
-    """`others` (sets drawn with another seed) as annotated examples for `data`'s tasks, `k` per task."""
-    if not others or k <= 0:
+def annotated_pool(data: DataSet, others: list[DataSet], form: Form) -> HeldOutShots | None:
+    """`others` (sets drawn with another seed) as annotated examples for `data`'s tasks, shown in `form`."""
+    if not others or form.k <= 0:
         return None
     from my_ml_backend.engine import schema_for
 
@@ -292,7 +292,7 @@ def annotated_pool(data: DataSet, others: list[DataSet], k: int) -> HeldOutShots
         (item.template, Example(10_000 + n, {"text": item.text}, answers_from_results(schema, gold_results(o, item))))
         for n, (o, item) in enumerate(annotated)
     ]
-    return HeldOutShots(pool, {item.text: item.template for item in data.items}, Form(k, "block"))
+    return HeldOutShots(pool, {item.text: item.template for item in data.items}, form)
 
 
 def ours(
@@ -670,9 +670,10 @@ def main() -> None:
     parser.add_argument("--base-url", default="", help="use a running local model server instead of starting one")
     parser.add_argument("--order", default="forward", choices=["forward", "reversed"], help="order of the choices")
     parser.add_argument("--items", default="", help="START:END, a slice of every set (default: all)")
-    parser.add_argument("--examples", type=int, default=0,
-                        help="annotated examples per task for our backend, from the sets drawn with seed+1000 "
-                             "(entities: both entity sets, never the task's own template); 0: zero-shot")
+    parser.add_argument("--examples", default="0",
+                        help="few-shot form for our backend (3, block-3, chat-3, labels-1): annotated examples from "
+                             "the sets drawn with seed+1000 (entities: both entity sets, never the task's own "
+                             "template); 0: zero-shot")
     parser.add_argument("--save", default="", help="write every answer to this JSON file (for --merge)")
     parser.add_argument("--merge", nargs="+", default=[], help="print the tables of runs saved with --save")
     args = parser.parse_args()
@@ -703,7 +704,7 @@ def main() -> None:
     def pool_sets(name: str) -> list[DataSet]:
         """The annotated sets examples come from: drawn with another seed (entities: both shapes)."""
         names = ["entities", "entities-partial"] if name.startswith("entities") else [name]
-        return [builders[n][0](cache, python, builders[n][1], args.seed + 1000) for n in names] if args.examples else []
+        return [builders[n][0](cache, python, builders[n][1], args.seed + 1000) for n in names]
     start, _, end = args.items.partition(":")
     first = int(start or 0)
     for data in sets:  # a slice of each set, e.g. to share one set between several servers
@@ -729,8 +730,8 @@ def main() -> None:
             env["LLM_REASONING"] = args.reasoning
         env["LLM_LOGPROBS"] = args.logprobs
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
-        examples = (f"{args.examples} annotated examples per task (block form; other seed, other templates)"
-                    if args.examples else "no examples")
+        shown = Form.parse(args.examples)
+        examples = f"few-shot {shown.name} (other seed, other templates)" if shown.k else "no examples"
         print(f"- model: {model} on llama-cpp-python (local), temperature 0, one request at a time; seed {args.seed}")
         if args.baseline_repeat_penalty is not None:
             print(f"- baseline: repeat_penalty {args.baseline_repeat_penalty} (not the server's default)")
@@ -743,7 +744,8 @@ def main() -> None:
         for name, data in zip(args.sets, sets, strict=True):
             systems: dict[str, Callable] = {}
             if "ours" in args.systems:
-                systems["ours"] = ours(env, args.batch, annotated_pool(data, pool_sets(name), args.examples))
+                shots = annotated_pool(data, pool_sets(name), shown) if shown.k else None
+                systems["ours"] = ours(env, args.batch, shots)
             if "baseline" in args.systems:
                 systems["llm_interactive style"] = baseline(client, model, data, args.baseline_repeat_penalty)
             saved = record["sets"].setdefault(name, {})
