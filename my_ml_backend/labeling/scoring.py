@@ -161,23 +161,14 @@ def region_confidence(tokens: Tokens, value: dict[str, Any], key: str = "", labe
 
 
 def _list_end(joined: str, at: int) -> int | None:
-    """Offset of the `]` closing the JSON list that opens at `at`, or None (not a list, or cut)."""
+    """Offset of the `]` closing the JSON list that opens at `at`, or None (not a list, cut, or not valid JSON)."""
     if at >= len(joined) or joined[at] != "[":
         return None
-    depth, quoted, escaped = 0, False, False
-    for i in range(at, len(joined)):
-        char = joined[i]
-        if quoted:
-            quoted, escaped = (quoted, False) if escaped else (char != '"', char == "\\")
-        elif char == '"':
-            quoted = True
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-            if depth == 0:
-                return i if char == "]" else None
-    return None
+    try:
+        _, stop = json.JSONDecoder().raw_decode(joined, at)  # where the list's text ends
+    except ValueError:
+        return None
+    return stop - 1
 
 
 def list_complete(tokens: Tokens, key: str) -> float | None:
