@@ -49,9 +49,16 @@ def test_without_alternatives_the_tokens_written_are_a_lower_bound() -> None:
     assert list_complete(reply, "ner") == pytest.approx(0.7 * 0.9)
 
 
-def test_no_reading_of_a_cut_list_a_plain_value_a_missing_key_or_no_tokens() -> None:
-    cut = tokens(*ITEM, ('"}, {"label": "', 0.3, {'"}]': 0.7}))
-    assert list_complete(cut, "ner") is None
+def test_a_list_cut_at_max_tokens_is_as_complete_as_the_model_would_have_stopped_after_its_last_whole_item() -> None:
+    # A looping model: it wrote "," after every item; the answer keeps the complete ones.
+    looping = tokens(*ITEM, ('"},', 0.9, {'"},': 0.9, '"}]': 0.08}), (' {"label": "PER", "text": "Ann Lee', 0.99),
+                     ('"}', 0.95, {'"}': 0.95}), (",", 0.97, {",": 0.97, "]": 0.03}), (' {"label": "PER", "te', 0.99))
+    assert list_complete(looping, "ner") == pytest.approx(0.95 * 0.03)
+    assert list_complete(tokens(*ITEM, ('"},', 0.6)), "ner") is None  # no alternatives: no reading
+    assert list_complete(tokens(*ITEM), "ner") is None  # not one complete item
+
+
+def test_no_reading_of_a_plain_value_a_missing_key_or_no_tokens() -> None:
     assert list_complete(tokens(('{"topic": "', 0.99), ("law", 0.6), ('"}', 0.99)), "topic") is None
     assert list_complete(tokens(*ITEM, ('"}]}', 0.99)), "other") is None
     assert list_complete([], "ner") is None

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .prompts import CONFIDENCE_KEY
@@ -160,57 +160,85 @@ def region_confidence(tokens: Tokens, value: dict[str, Any], key: str = "", labe
     return text_part * label_part
 
 
-def _list_end(joined: str, at: int) -> int | None:
-    """Offset of the `]` closing the JSON list that opens at `at`, or None (not a list, cut, or not valid JSON)."""
+def _list_ends(joined: str, at: int) -> tuple[int | None, int | None]:
+    """For the JSON list opening at `at`: the offset of its closing `]` (None when cut or not valid JSON), and of
+    the `,` after its last complete item when it is cut there (a reply stopped at LLM_MAX_TOKENS)."""
     if at >= len(joined) or joined[at] != "[":
-        return None
+        return None, None
+    decoder = json.JSONDecoder()
     try:
-        _, stop = json.JSONDecoder().raw_decode(joined, at)  # where the list's text ends
+        return decoder.raw_decode(joined, at)[1] - 1, None  # raw_decode gives where the value's text ends
     except ValueError:
+        pass
+    comma, pos = None, at + 1
+    while True:
+        while pos < len(joined) and joined[pos].isspace():
+            pos += 1
+        try:
+            pos = decoder.raw_decode(joined, pos)[1]
+        except ValueError:
+            return None, comma
+        while pos < len(joined) and joined[pos].isspace():
+            pos += 1
+        if pos >= len(joined) or joined[pos] != ",":
+            return None, comma
+        comma, pos = pos, pos + 1
+
+
+def _share(tokens: Tokens, joined: str, last: int, decision: int, counts: Callable[[str], bool]) -> float | None:
+    """P(the character written at offset `decision`, right after the item ending at `last`, had been one that
+    `counts`): the tokens from the one holding `last` to the one holding `decision` are walked, and an alternative
+    that spells the same text up to the decision and then such a character adds its probability, times the
+    probability of having reached that token. None without alternatives."""
+    first, final = token_at(tokens, last), token_at(tokens, decision)
+    if first is None or final is None:
         return None
-    return stop - 1
+    offset = sum(len(token[0]) for token in tokens[:first])
+    reach, share, alternatives = 1.0, 0.0, False
+    for token in tokens[first : final + 1]:
+        before = "".join(joined[offset:decision].split())  # this token's text up to the decision, spaces aside
+        for text, logprob in (token[2] if len(token) > 2 and token[2] else ()):
+            alternatives = True
+            spelled = "".join(text.split())
+            if len(spelled) > len(before) and spelled.startswith(before) and counts(spelled[len(before)]):
+                share += reach * math.exp(logprob)
+        reach *= math.exp(token[1])
+        offset += len(token[0])
+    return min(1.0, share) if alternatives else None
 
 
 def list_complete(tokens: Tokens, key: str) -> float | None:
-    """P(the model ended the list under `key` where it did): 1 - P(it would have listed one more item).
+    """P(the list under `key` is complete where the answer ends it).
 
     The dominant error of a small model on entities is a list one item short, written as
     surely as a right one; its doubt shows only at the list's end, where the next token
     after the last item could be `]` (stop) or `,` (one more; `{` or a value in an empty
-    list). The tokens from the one holding the last item's closing character to the one
-    holding the `]` are walked: an alternative there that spells the same text up to the
-    decision and then continues the list adds its probability, times the probability of
-    having reached that token. Without alternatives, the probability of the tokens written
-    (a lower bound). None without tokens, or when the answer is not a complete list.
+    list): 1 - P(one more), from the alternatives there (`_share`). Without alternatives,
+    the probability of the tokens written (a lower bound). A list cut by LLM_MAX_TOKENS
+    (a looping model) keeps its complete items, so P(`]` instead of the `,` written after
+    the last of them): the model itself would not have stopped there. None without
+    tokens, or when the answer is not a list.
     """
     if not tokens:
         return None
     joined = "".join(token[0] for token in tokens)
     at = value_start(joined, key, " \t\r\n:")
-    end = _list_end(joined, at) if at is not None else None
-    if end is None:
+    end, comma = _list_ends(joined, at) if at is not None else (None, None)
+    if end is None and comma is None:
         return None
-    last = end - 1
+    last = (end if end is not None else comma) - 1
     while joined[last].isspace():
         last -= 1
+    if end is None:
+        return _share(tokens, joined, last, comma, lambda char: char == "]")
     empty = last == at
-    first, decision = token_at(tokens, last), token_at(tokens, end)
-    if first is None or decision is None:
+    more = _share(tokens, joined, last, end, lambda char: char != "]" and (empty or char == ","))
+    if more is not None:
+        return max(0.0, 1.0 - more)
+    first, final = token_at(tokens, last), token_at(tokens, end)
+    if first is None or final is None:
         return None
-    offset = sum(len(token[0]) for token in tokens[:first])
-    reach, more, alternatives = 1.0, 0.0, False
-    for token in tokens[first : decision + 1]:
-        before = "".join(joined[offset:end].split())  # this token's text up to the decision, spaces aside
-        for text, logprob in (token[2] if len(token) > 2 and token[2] else ()):
-            alternatives = True
-            spelled = "".join(text.split())
-            if len(spelled) > len(before) and spelled.startswith(before):
-                following = spelled[len(before)]
-                if following != "]" and (empty or following == ","):
-                    more += reach * math.exp(logprob)
-        reach *= math.exp(token[1])
-        offset += len(token[0])
-    return max(0.0, 1.0 - more) if alternatives else reach
+    return math.prod(math.exp(token[1]) for token in tokens[first : final + 1])
 
 
 def self_reported(answers: dict[str, Any]) -> float | None:
