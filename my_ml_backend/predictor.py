@@ -23,7 +23,7 @@ from .labeling.parsing import parse_reply
 from .labeling.prompts import CONFIDENCE_KEY, PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
 from .labeling.results import build_results
 from .labeling.schema import LabelingSchema, Target
-from .labeling.scoring import prediction_score, region_confidence
+from .labeling.scoring import completeness, prediction_score, region_confidence
 from .learning.retrieval import Shots
 from .llm.client import ChatReply, LLMClient
 from .llm.errors import PredictionError, deadline_reached, no_text, unexpected_error
@@ -367,11 +367,11 @@ class Predictor:
         )
         if not results:
             logger.debug("Task %s: no valid answer in reply", task.get("id"))
-        coverage = answered / len(wanted) if wanted else 0.0
-        region_scores = [r["score"] for r in results if "score" in r]
-        score = prediction_score(reply.tokens, region_scores, coverage, answers, names)
+        # coverage x P(the list answers are complete): `settle` keeps it when it re-scores choices
+        factor = (answered / len(wanted) if wanted else 0.0) * completeness(reply.tokens, answers, names)
+        score = prediction_score(reply.tokens, [r["score"] for r in results if "score" in r], factor, answers)
         prediction = {"result": results, "score": score, "model_version": self.model_version}
-        calibration.carry(prediction, wanted, reply.tokens, texts, coverage)
+        calibration.carry(prediction, wanted, reply.tokens, texts, factor)
         logger.debug("Task %s result: %s", task.get("id"), prediction)
         return prediction
 

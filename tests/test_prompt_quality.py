@@ -253,6 +253,25 @@ def test_task_score_is_lowered_by_the_chance_the_entity_list_goes_on(backend: Ba
     assert scores == pytest.approx([0.9 * 0.6, 0.9 * 0.97], abs=1e-3)
 
 
+def test_a_choice_beside_an_entity_list_keeps_the_lists_doubt_in_the_task_score(
+    backend: Backend, llm: fake.FakeLLMServer
+) -> None:
+    """Single choices are re-scored from their calibrated distribution at the end of the batch; the task score made
+    then must still carry P(the entity list is complete), not only the regions' mean."""
+    config = NER_CONFIG.replace("</View>", '<Choices name="topic" toName="text" choice="single">'
+                                '<Choice value="law"/><Choice value="food"/></Choices></View>')
+    law = (("law", math.log(0.7)), ("food", math.log(0.3)))
+    pieces = [('{"topic": "', 0.99), ("law", 0.7, law), ('", "ner": [{"label": "', 0.99), ("PER", 0.6),
+              ('", "text": "', 0.99), ("Norma", 0.81), (" Fisher", 1.0),
+              ('"}', 0.6, (('"}', math.log(0.6)), ('"},', math.log(0.4)))), ("]}", 0.99, (("]}", math.log(0.99)),))]
+    tokens = [(t, math.log(p), *rest) for t, p, *rest in pieces]
+    llm.set_responder(lambda body: fake.chat("".join(t[0] for t in tokens), logprobs=tokens))  # content-free too
+    [prediction] = backend.predict(config, [{"id": 1, "data": {"text": "Norma Fisher sued Hull-Gallegos."}}])
+    regions = [r["score"] for r in prediction["result"]]
+    assert len(regions) == 2 and any("choices" in r["value"] for r in prediction["result"])
+    assert prediction["score"] == pytest.approx(sum(regions) / 2 * 0.6, abs=1e-3)
+
+
 def test_without_logprobs_the_score_is_the_models_own_confidence(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
     backend = Backend(env_for(llm, LLM_LOGPROBS="off"), tmp_path / "b")
     try:

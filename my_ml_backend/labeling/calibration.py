@@ -98,7 +98,11 @@ def content_free_priors(
 
 
 def carry(prediction: dict, targets: Sequence[Target], tokens: Sequence[tuple], texts: dict, coverage: float) -> None:
-    """Attach what `settle` needs (choice distributions, prompt language, coverage) to a new prediction."""
+    """Attach what `settle` needs (choice distributions, prompt language, coverage) to a new prediction.
+
+    `coverage`: what the regions' mean is multiplied by, the share of controls answered times
+    P(the list answers are complete) (`scoring.completeness`), so a re-score keeps both.
+    """
     if choices := distributions(targets, tokens, prediction["result"]):
         prediction[PRIVATE_KEY] = {"lang": prompt_language(texts), "coverage": coverage, "choices": choices}
 

@@ -256,11 +256,15 @@ def prediction_score(
     tokens: Tokens, region_scores: list[float], coverage: float, answers: dict[str, Any], names: Sequence[str] = ()
 ) -> float:
     """The task's score (module doc); `names`: the controls asked, whose list answers are read for completeness."""
-    lists = [list_complete(tokens, name) for name in names if isinstance(answers.get(name), list)]
-    complete = [p for p in lists if p is not None]
     if tokens:
         whole = mean_probability([token[1] for token in tokens])
         base = sum(region_scores) / len(region_scores) if region_scores else whole
     else:
         base = self_reported(answers)
-    return round((base if base is not None else 1.0) * math.prod(complete) * coverage, 4)
+    return round((base if base is not None else 1.0) * completeness(tokens, answers, names) * coverage, 4)
+
+
+def completeness(tokens: Tokens, answers: dict[str, Any], names: Sequence[str]) -> float:
+    """P(every list answer of `names` is complete): the product of their `list_complete` (1 without tokens)."""
+    lists = [list_complete(tokens, name) for name in names if isinstance(answers.get(name), list)]
+    return math.prod(p for p in lists if p is not None)
