@@ -51,18 +51,22 @@ def build_predictor(
     examples: Callable[[], Shots | None] | None = None,
     count: int = 0,
     form: Form | None = None,
+    choice: Choice | None = None,
 ) -> Predictor:
     """Parse the config (offline, cached), fix the version, attach the process-wide LLM client.
 
     The version counts the examples available now (`count`, from the store) and names
-    the form they are shown in; the batch that follows uses them.
+    the form they are shown in; the batch that follows uses them. `choice`: the project's
+    few-shot evaluation, whose score map rescales the scores if it was fitted on this
+    model, prompt, config and guidance (the zero-shot version is what the evaluation ran as).
     """
     schema = schema_for(label_config)
     guidance = guidance or PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
     form = form or Form(settings.fewshot_k, settings.fewshot_form)
     bucket = examples_bucket(count) if examples is not None and form.k else 0
     version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket, form.name)
-    return Predictor(schema, settings, shared_client(settings), version, guidance, examples)
+    score_map = choice.fitted(model_version(settings, schema.config_hash, guidance.fingerprint())) if choice else None
+    return Predictor(schema, settings, shared_client(settings), version, guidance, examples, score_map)
 
 
 def task_of(schema: LabelingSchema, example: Example) -> dict:
@@ -81,22 +85,23 @@ def _same(guess: object, gold: object) -> bool:
 def choose_form(
     label_config: str | None, settings: Settings, guidance: PromptGuidance, index: ExampleIndex, seed: int = 0
 ) -> Choice:
-    """`FEWSHOT_EXAMPLES=auto`: leave-one-out accuracy of each candidate form on the project's annotations."""
+    """`FEWSHOT_EXAMPLES=auto`: leave-one-out accuracy of each candidate form on the project's annotations,
+    and the score map fitted on the chosen form's predictions (raw scores: this predictor has no map)."""
     schema = schema_for(label_config)
     settings = dataclasses.replace(settings, batch_deadline=24 * 3600.0)
     predictor = build_predictor(label_config, settings, guidance)
     stats = BatchStats()
 
-    def judge(example: Example, form: Form) -> bool | None:
+    def judge(example: Example, form: Form) -> tuple[bool, float | None]:
         shots = Shots(index, form, settings.fewshot_max_chars) if form.k else None
         try:
             prediction = predictor.predict_task(task_of(schema, example), stats, None, PromptInputs(guidance, shots))
         except PredictionError:
-            return None
+            return False, None
         got = answers_from_results(schema, prediction["result"])
-        return all(_same(got.get(name), answer) for name, answer in example.answers.items())
+        return all(_same(got.get(name), answer) for name, answer in example.answers.items()), prediction.get("score")
 
     return evaluate(
         index, candidates(settings.fewshot_k), settings.fewshot_eval_calls, judge,
-        lambda: int(stats.calls.get(API_REQUESTS)), seed,
+        lambda: int(stats.calls.get(API_REQUESTS)), seed, predictor.model_version,
     )

@@ -9,7 +9,8 @@ The story, in Label Studio's order:
   relevant annotated examples, answers mapped to results valid for the config;
 - fit: keep annotations as examples (annotation webhooks), re-read them all on the
   Train button; with `FEWSHOT_EXAMPLES=auto`, measure which few-shot form helps on the
-  Train button and when the example count enters a new version bucket.
+  Train button and when the example count enters a new version bucket, and fit the
+  score to how often the project's own annotated tasks were right at each score.
 """
 
 from __future__ import annotations
@@ -65,11 +66,14 @@ class NewModel(LabelStudioMLBase):
         base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
         self.guidance = guidance_from_params(base, self.extra_params)
         count = self._count()
+        self.choice: autotune.Choice | None = None  # the last automatic evaluation, read by `_form`
         self.form = self._form(count)
         if self.form.k:  # build the index in the background, from just after /setup has answered
             live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=2.0)
         examples = self.shots if self.store is not None else None
-        self.predictor = build_predictor(self.label_config, self.settings, self.guidance, examples, count, self.form)
+        self.predictor = build_predictor(
+            self.label_config, self.settings, self.guidance, examples, count, self.form, self.choice
+        )
         self.model_version = self.predictor.model_version
         logger.debug(
             "Setup: project=%s model=%s url=%s version=%s texts=%s controls=%s instructions=%d chars "
@@ -101,7 +105,7 @@ class NewModel(LabelStudioMLBase):
             return Form(self.settings.fewshot_k, self.settings.fewshot_form)
         if self.store is None:
             return Form(0)
-        choice = autotune.stored_choice(self.store, self.project_id, self.schema.config_hash)
+        self.choice = choice = autotune.stored_choice(self.store, self.project_id, self.schema.config_hash)
         self._autotune(count, choice)
         return Form.parse(choice.form) if choice else Form(0)
 

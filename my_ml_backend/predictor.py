@@ -112,8 +112,9 @@ class Predictor:
         model_version: str,
         guidance: PromptGuidance | None = None,
         examples: Callable[[], Shots | None] | None = None,
+        score_map: Callable[[float], float] | None = None,
     ) -> None:
-        self.schema = schema
+        self.schema, self.score_map = schema, score_map  # score_map: the project's (`learning.scorefit`)
         self.settings = settings
         self.client = client
         self.model_version = model_version
@@ -199,8 +200,8 @@ class Predictor:
         return done
 
     def _settle(self, predictions: list[dict], stats: BatchStats | None, deadline: float | None) -> list[dict]:
-        """Calibrated choices. Content-free priors are asked once per language, at the end of the first batch
-        whose replies had alternatives, with a quarter of its time left (else it keeps the raw distribution)."""
+        """Calibrated choices and scores. Content-free priors are asked once per language, at the end of the first
+        batch whose replies had alternatives, with a quarter of its time left (else it keeps the raw distribution)."""
         wanted = {p[calibration.PRIVATE_KEY]["lang"] for p in predictions if calibration.PRIVATE_KEY in p}
         with self._priors_lock:
             late = deadline is not None and deadline - time.monotonic() < self.settings.batch_deadline / 4
@@ -214,7 +215,7 @@ class Predictor:
                         return None
 
                 self._priors.update(calibration.content_free_priors(missing, self.schema.data_keys, answer))
-        return calibration.settle(predictions, self._priors)
+        return calibration.settle(predictions, self._priors, self.score_map)
 
     def _outcome(self, future: Future, task: dict[str, Any], stats: BatchStats) -> dict[str, Any]:
         try:
@@ -276,12 +277,9 @@ class Predictor:
         replies = answer_pack(self.client, asks, packing, deadline=deadline, tally=stats.calls)
         outcomes: list[dict[str, Any] | PredictionError] = []
         for i, reply in zip(group, replies, strict=True):
-            if isinstance(reply, PredictionError):
-                if reply.fatal:
-                    fatal.append(reply)
-                outcomes.append(reply)
-            else:
-                outcomes.append(self.finish_task(plan.prepared[i], reply))
+            if isinstance(reply, PredictionError) and reply.fatal:
+                fatal.append(reply)
+            outcomes.append(reply if isinstance(reply, PredictionError) else self.finish_task(plan.prepared[i], reply))
         return outcomes
 
     def predict_task(

@@ -187,3 +187,40 @@ def test_an_explicit_count_is_obeyed_without_evaluation(
         assert turns == (len(sent) - 2) // 2 or form == "block"
     finally:
         backend.stop()
+
+
+def test_the_projects_annotations_rescale_an_overconfident_score(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    """A model that says 0.9 of every answer but is right on half the project's annotated tasks: after the
+    automatic evaluation the prediction score says about 0.5, with no call beyond the evaluation's, and a
+    restarted backend keeps it."""
+    def reply(body: dict) -> fake.Reply:
+        text = task_text(body["messages"])
+        truth = TRUTH[text]
+        right = text == NEW_TASK or int(re.search(r"第(\d+)条", text).group(1)) % 4 < 2  # half, in both labels
+        answer = truth if right else ("负面" if truth == "正面" else "正面")
+        return fake.chat(json.dumps({"sentiment": answer, "_confidence": 0.9}, ensure_ascii=False))
+
+    llm.set_responder(reply)
+    new_task = [{"id": 999, "data": {"text": NEW_TASK}}]
+    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40", LLM_LOGPROBS="off")
+    try:
+        setup(backend)
+        [before] = backend.predict(CONFIG, new_task, PROJECT)
+        assert before["score"] == pytest.approx(0.9)
+        annotate(backend)
+        settle(backend, llm)
+        log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
+        assert log and "score map {" in log[-1]
+        calls = llm.chat_calls
+        [after] = backend.predict(CONFIG, new_task, PROJECT)
+        assert llm.chat_calls == calls + 1  # the map costs no call of its own
+        assert 0.3 < after["score"] < 0.7, after
+    finally:
+        backend.stop()
+    restarted = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40", LLM_LOGPROBS="off")
+    try:
+        setup(restarted)
+        [again] = restarted.predict(CONFIG, new_task, PROJECT)
+        assert again["score"] == after["score"]
+    finally:
+        restarted.stop()

@@ -107,8 +107,11 @@ def carry(prediction: dict, targets: Sequence[Target], tokens: Sequence[tuple], 
         prediction[PRIVATE_KEY] = {"lang": prompt_language(texts), "coverage": coverage, "choices": choices}
 
 
-def settle(predictions: list[dict[str, Any]], priors: Priors | None = None) -> list[dict[str, Any]]:
-    """Calibrate single-choice answers in place with `priors`; strip the private key from every item.
+def settle(
+    predictions: list[dict[str, Any]], priors: Priors | None = None, score_map: Callable[[float], float] | None = None
+) -> list[dict[str, Any]]:
+    """Calibrate single-choice answers in place with `priors`; strip the private key from every item;
+    then map every answered prediction's score with `score_map` (the project's, `learning.scorefit`).
 
     A prediction carries `{PRIVATE_KEY: {"lang", "coverage", "choices": {control: [allowed, dist]}}}`
     from `Predictor.finish_task`. With a prior for its control and language, the answer becomes
@@ -130,4 +133,8 @@ def settle(predictions: list[dict[str, Any]], priors: Priors | None = None) -> l
         scores = [r["score"] for r in prediction["result"] if "score" in r]
         if scores:
             prediction["score"] = round(sum(scores) / len(scores) * private["coverage"], 4)
+    if score_map is not None:
+        for prediction in predictions:
+            if "result" in prediction and isinstance(prediction.get("score"), (int, float)):
+                prediction["score"] = score_map(prediction["score"])
     return predictions

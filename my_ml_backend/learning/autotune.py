@@ -9,6 +9,10 @@ beats zero-shot clearly (wins minus losses >= MARGIN); otherwise zero-shot stays
 Without a budget (0), or with too few annotations to judge, the choice is zero-shot:
 never worse than no examples.
 
+The same predictions fit the project's score map (`scorefit`): each judged task of the
+chosen form gives its score and whether it was all right, so the prediction score can
+say how likely a task is right on this project, at no extra call.
+
 The evaluation runs on the Train button and when the example count enters a new
 version bucket. Its choice is kept in the example store (every worker and replica uses
 it, a restart keeps it), logged, and exposed in `/metrics`. This module decides; the
@@ -30,6 +34,7 @@ from ..telemetry.metrics import METRICS, Labels
 from .examples import Example
 from .index import ExampleIndex, label_of
 from .retrieval import Form
+from .scorefit import ScoreMap, fit
 from .store import ExampleStore
 
 logger = logging.getLogger(__name__)
@@ -57,6 +62,12 @@ class Choice:
     accuracy: dict[str, float] = field(default_factory=dict)
     reason: str = "not evaluated yet"
     at: float = 0.0
+    score_map: dict | None = None  # `ScoreMap.to_dict()` fitted on the chosen form's judged tasks
+
+    def fitted(self, version: str) -> ScoreMap | None:
+        """The score map, if it was fitted on predictions of `version` (same model, prompt, config, guidance)."""
+        found = ScoreMap.from_dict(self.score_map)
+        return found if found is not None and found.version == version else None
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -113,15 +124,17 @@ def evaluate(
     index: ExampleIndex,
     forms: Sequence[Form],
     budget: int,
-    judge: Callable[[Example, Form], bool | None],
+    judge: Callable[[Example, Form], tuple[bool, float | None]],
     spent: Callable[[], int],
     seed: int = 0,
+    version: str = "",
 ) -> Choice:
-    """Leave-one-out accuracy of each form on a sample, within `budget` calls, and the decision.
+    """Leave-one-out accuracy of each form on a sample, within `budget` calls, the decision and its score map.
 
     `judge(example, form)` predicts the example's task shown in `form` (never as its own
-    example) and says whether the answer equals the annotator's (None: no answer, wrong);
-    `spent()` is the number of LLM requests made so far.
+    example) and says whether the answer equals the annotator's, and its prediction score
+    (None: no answer); `spent()` is the number of LLM requests made so far; `version` the
+    zero-shot model_version the score map is valid for.
     """
     per_form = budget // len(forms)
     if budget <= 0 or len(index) < MIN_EXAMPLES or per_form < MIN_SAMPLES:
@@ -129,16 +142,22 @@ def evaluate(
         return Choice(reason=reason, at=time.time())
     sample = stratified_sample(index, per_form, seed)
     right: dict[str, list[bool]] = {f.name: [] for f in forms}
+    scored: dict[str, list[tuple[float, bool]]] = {f.name: [] for f in forms}
     start = spent()
     for example in sample:
         if spent() - start + len(forms) > budget:
             break
         for form in forms:
-            right[form.name].append(bool(judge(example, form)))
+            ok, score = judge(example, form)
+            right[form.name].append(ok)
+            if score is not None:
+                scored[form.name].append((score, ok))
     n = len(right["0"])
     name, why = decide(forms, right)
     accuracy = {f: (sum(r) / n if n else 0.0) for f, r in right.items()}
-    return Choice(form=name, samples=n, calls=spent() - start, accuracy=accuracy, reason=why, at=time.time())
+    fitted = fit(scored[name], version)
+    return Choice(form=name, samples=n, calls=spent() - start, accuracy=accuracy, reason=why, at=time.time(),
+                  score_map=fitted.to_dict() if fitted else None)
 
 
 # -- per-project state: stored choice, running evaluations, metrics -----------------------
@@ -203,9 +222,9 @@ def start(
             METRICS.inc(EVAL_CALLS, choice.calls)
             logger.info(
                 "少样本自动选择 (few-shot auto choice): project %s -> %s (%s); accuracy on %d annotated tasks %s; "
-                "%d calls",
+                "%d calls; score map %s",
                 project, choice.form, choice.reason, choice.samples,
-                {f: round(a, 3) for f, a in choice.accuracy.items()}, choice.calls,
+                {f: round(a, 3) for f, a in choice.accuracy.items()}, choice.calls, choice.score_map or "none",
             )
             done()
         except Exception:  # noqa: BLE001 - a failed evaluation keeps the previous choice

@@ -1,0 +1,81 @@
+"""The prediction score as the chance a task is all right, fitted on the project's own annotations.
+
+Why: the task score ranks (AUROC about 0.9 on entities, bench/RESULTS.md) but is not a
+probability: a 0.5B model is sure of many entity lists that miss one (task ECE about 0.5),
+and how sure a model is of its wrong answers differs per model and per project. The
+leave-one-out predictions `FEWSHOT_EXAMPLES=auto` already makes on annotated tasks say,
+for each, its score and whether it was all right. Platt scaling (a logistic curve on
+the score's log-odds, Platt 1999) turns those pairs into a map at no extra call.
+
+The map is monotone (slope >= `MIN_SLOPE` > 0): the order the Data Manager sorts by
+never changes, only what the number means. Two parameters, because a project's sample
+is small (`FEWSHOT_EVAL_CALLS` 60 judges about 15 tasks per form); isotonic regression
+would need far more. Platt's smoothed targets keep the curve finite when the sample is
+all right or all wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+MIN_PAIRS = 10  # fewer judged tasks: the raw score stays
+MIN_SLOPE = 0.1  # a score that does not rank on the sample still orders the tasks
+EPS = 1e-4  # scores are clipped to [EPS, 1 - EPS] before their log-odds
+
+
+def _logodds(scores: np.ndarray) -> np.ndarray:
+    p = np.clip(scores, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+@dataclass(frozen=True)
+class ScoreMap:
+    """P(task all right) = expit(a * logit(score) + b), for the predictions of one `version`."""
+
+    a: float
+    b: float
+    n: int  # judged tasks it was fitted on
+    right: int  # of which all right
+    version: str  # the zero-shot model_version whose scores it was fitted on
+
+    def __call__(self, score: float) -> float:
+        return round(float(expit(self.a * _logodds(np.array([score]))[0] + self.b)), 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ScoreMap | None:
+        try:
+            return cls(**raw) if isinstance(raw, dict) else None
+        except TypeError:
+            return None
+
+
+def fit(pairs: Sequence[tuple[float, bool]], version: str) -> ScoreMap | None:
+    """Platt scaling of `(score, all right)` pairs; None below `MIN_PAIRS`.
+
+    Minimises the log loss against Platt's targets, (right + 1) / (right + 2) for right
+    answers and 1 / (wrong + 2) for wrong ones, with the slope kept >= MIN_SLOPE.
+    """
+    if len(pairs) < MIN_PAIRS:
+        return None
+    x = _logodds(np.array([float(s) for s, _ in pairs]))
+    y = np.array([bool(r) for _, r in pairs])
+    pos, neg = int(y.sum()), int((~y).sum())
+    t = np.where(y, (pos + 1) / (pos + 2), 1 / (neg + 2))
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        z = params[0] * x + params[1]
+        residual = expit(z) - t
+        return float(np.sum(np.logaddexp(0, z) - t * z)), np.array([residual @ x, residual.sum()])
+
+    found = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(MIN_SLOPE, None), (None, None)])
+    a, b = (float(v) for v in found.x)
+    return ScoreMap(round(a, 4), round(b, 4), len(pairs), pos, version)
