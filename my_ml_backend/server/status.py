@@ -251,7 +251,8 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
                 projects.setdefault(project, {})["examples"] = count
             for project, config_hash in configs:
                 if (choice := stored_choice(store, project, config_hash)) is not None:
-                    projects[project]["fewshot"] = fewshot_text(choice.form, choice.accuracy.get(choice.form))
+                    fitted = (choice.score_map or {}).get("n")
+                    projects[project]["fewshot"] = fewshot_text(choice.form, choice.accuracy.get(choice.form), fitted)
         except Exception:  # noqa: BLE001 - the page shows what it can
             pass
     pool: tuple[str, ...] = ()
@@ -264,10 +265,12 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
     return StatusData(settings, ACTIVITY.snapshot(), projects, time.time(), pool, quotas)
 
 
-def fewshot_text(form: str, accuracy: float | None) -> str:
-    """`labels-1 (准确率 accuracy 80 %)`: the auto choice and what it measured on the project's annotations."""
+def fewshot_text(form: str, accuracy: float | None, fitted: int | None = None) -> str:
+    """`labels-1 (准确率 accuracy 80 %)`: the auto choice and what it measured on the project's annotations;
+    `fitted`: the number of judged tasks the score map was fitted on (`learning.scorefit`)."""
     name = "0 (零样本 zero-shot)" if form == "0" else form
-    return f"{name}（准确率 accuracy {accuracy:.0%}）" if accuracy is not None else name
+    text = f"{name}（准确率 accuracy {accuracy:.0%}）" if accuracy is not None else name
+    return f"{text}；分数按 {fitted} 条标注校准 (score fitted on {fitted} tasks)" if fitted else text
 
 
 def install_status_page(app: Flask, registry: ModelRegistry) -> None:
