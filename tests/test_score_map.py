@@ -62,3 +62,14 @@ def test_a_stored_map_applies_only_to_the_version_it_was_fitted_on() -> None:
     assert Choice.loads('{"form": "0", "samples": 3}').fitted("model-a-1234") is None  # stored before maps existed
     assert ScoreMap.from_dict({"a": 1}) is None
     assert found(0.5) == pytest.approx(found(0.5))
+
+
+def test_a_score_that_is_already_calibrated_is_left_alone() -> None:
+    """Single choices after contextual calibration: a 15-task fit would only add noise, so no map is kept."""
+    kept = 0
+    for seed in range(20):
+        rng = random.Random(seed)
+        scores = [rng.uniform(0.4, 1.0) for _ in range(15)]
+        kept += fit([(s, rng.random() < s) for s in scores], "v") is not None  # right exactly as often as said
+    assert kept <= 3, kept
+    assert fit(overconfident(15, 1), "v") is not None  # the overconfident score of the first test is mapped

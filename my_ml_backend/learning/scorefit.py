@@ -12,10 +12,16 @@ never changes, only what the number means. Two parameters, because a project's s
 is small (`FEWSHOT_EVAL_CALLS` 60 judges about 15 tasks per form); isotonic regression
 would need far more. Platt's smoothed targets keep the curve finite when the sample is
 all right or all wrong.
+
+A score that is already calibrated (single choices, after contextual calibration) only
+gets noise from a 15-task fit (measured: Brier 0.153 -> 0.169 on topics). So the map is
+kept only when, leave-one-out on the same sample, it beats the raw score's Brier score
+by `MARGIN`; otherwise the raw score stays.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,7 +30,10 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
+logger = logging.getLogger(__name__)
+
 MIN_PAIRS = 10  # fewer judged tasks: the raw score stays
+MARGIN = 0.1  # the map's leave-one-out Brier score must be this much (relative) below the raw score's
 MIN_SLOPE = 0.1  # a score that does not rank on the sample still orders the tasks
 EPS = 1e-4  # scores are clipped to [EPS, 1 - EPS] before their log-odds
 
@@ -58,14 +67,33 @@ class ScoreMap:
             return None
 
 
-def fit(pairs: Sequence[tuple[float, bool]], version: str) -> ScoreMap | None:
-    """Platt scaling of `(score, all right)` pairs; None below `MIN_PAIRS`.
+def _brier(pairs: Sequence[tuple[float, bool]]) -> float:
+    return sum((s - r) ** 2 for s, r in pairs) / len(pairs)
 
-    Minimises the log loss against Platt's targets, (right + 1) / (right + 2) for right
-    answers and 1 / (wrong + 2) for wrong ones, with the slope kept >= MIN_SLOPE.
+
+def fit(pairs: Sequence[tuple[float, bool]], version: str) -> ScoreMap | None:
+    """The score map of `(score, all right)` pairs, or None: below `MIN_PAIRS`, or no clear gain.
+
+    The gain is judged leave-one-out: each pair mapped by a curve fitted on the others.
     """
     if len(pairs) < MIN_PAIRS:
         return None
+    found = platt(pairs, version)
+    loo = []
+    for i, (score, right) in enumerate(pairs):
+        without = platt([*pairs[:i], *pairs[i + 1 :]], version)
+        loo.append((without(score), right))
+    raw, mapped = _brier(pairs), _brier(loo)
+    if mapped >= (1 - MARGIN) * raw:
+        logger.info("分数校准未采用 (score map not used): on %d judged tasks it does not beat the raw score "
+                    "(Brier %.3f raw, %.3f mapped, leave-one-out)", len(pairs), raw, mapped)
+        return None
+    return found
+
+
+def platt(pairs: Sequence[tuple[float, bool]], version: str) -> ScoreMap:
+    """Platt scaling: minimises the log loss against Platt's targets, (right + 1) / (right + 2)
+    for right answers and 1 / (wrong + 2) for wrong ones, with the slope kept >= MIN_SLOPE."""
     x = _logodds(np.array([float(s) for s, _ in pairs]))
     y = np.array([bool(r) for _, r in pairs])
     pos, neg = int(y.sum()), int((~y).sum())
