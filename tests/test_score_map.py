@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from my_ml_backend.learning.autotune import Choice
+from my_ml_backend.learning.autotune import Choice, stratum_weights
+from my_ml_backend.learning.examples import Example
 from my_ml_backend.learning.scorefit import MIN_PAIRS, ScoreMap, fit
 
 
@@ -73,3 +74,21 @@ def test_a_score_that_is_already_calibrated_is_left_alone() -> None:
         kept += fit([(s, rng.random() < s) for s in scores], "v") is not None  # right exactly as often as said
     assert kept <= 3, kept
     assert fit(overconfident(15, 1), "v") is not None  # the overconfident score of the first test is mapped
+
+
+def test_a_label_stratified_sample_is_weighted_back_to_the_projects_own_label_shares() -> None:
+    """The evaluation judges labels in turn: on a project of 90 % easy positives and 10 % hard negatives its
+    sample is half and half, and an unweighted map would say 0.5 of every positive answer."""
+    class Index:  # what `stratum_weights` reads of an ExampleIndex
+        schema = None
+
+        def shown(self) -> list[Example]:
+            return [Example(i, {"text": str(i)}, {"s": "pos" if i % 10 else "neg"}) for i in range(100)]
+
+    labels = ['{"s": "pos"}', '{"s": "neg"}'] * 10
+    weights = stratum_weights(Index(), labels)  # type: ignore[arg-type]
+    assert weights[:2] == pytest.approx([0.9 / 0.5, 0.1 / 0.5])
+    pairs = [(0.3, True), (0.3, False)] * 10  # the model says 0.3 of both; positives right, negatives wrong
+    unweighted = fit(pairs, "v")
+    assert unweighted is None or unweighted(0.3) < 0.6  # the sample's accuracy (0.5), or the raw score
+    assert fit(pairs, "v", weights)(0.3) == pytest.approx(0.9, abs=0.05)  # type: ignore[misc]

@@ -27,6 +27,7 @@ import math
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -120,6 +121,15 @@ def stratified_sample(index: ExampleIndex, size: int, seed: int) -> list[Example
     return sample
 
 
+def stratum_weights(index: ExampleIndex, labels: Sequence[str]) -> list[float]:
+    """How many annotated tasks each judged one stands for: its label's share of the project over its share
+    of the (label-stratified) sample, so the score map learns the project's accuracy, not the sample's."""
+    project = Counter(label_of(example, index.schema) for example in index.shown())
+    sample = Counter(labels)
+    total, n = sum(project.values()) or 1, len(labels) or 1
+    return [(project[label] / total) / (sample[label] / n) if project[label] else 1.0 for label in labels]
+
+
 def evaluate(
     index: ExampleIndex,
     forms: Sequence[Form],
@@ -142,7 +152,7 @@ def evaluate(
         return Choice(reason=reason, at=time.time())
     sample = stratified_sample(index, per_form, seed)
     right: dict[str, list[bool]] = {f.name: [] for f in forms}
-    scored: dict[str, list[tuple[float, bool]]] = {f.name: [] for f in forms}
+    scored: dict[str, list[tuple[float, bool, str]]] = {f.name: [] for f in forms}
     start = spent()
     for example in sample:
         if spent() - start + len(forms) > budget:
@@ -151,11 +161,11 @@ def evaluate(
             ok, score = judge(example, form)
             right[form.name].append(ok)
             if score is not None:
-                scored[form.name].append((score, ok))
+                scored[form.name].append((score, ok, label_of(example, index.schema)))
     n = len(right["0"])
     name, why = decide(forms, right)
     accuracy = {f: (sum(r) / n if n else 0.0) for f, r in right.items()}
-    fitted = fit(scored[name], version)
+    fitted = fit([(s, ok) for s, ok, _ in scored[name]], version, stratum_weights(index, [g for *_, g in scored[name]]))
     return Choice(form=name, samples=n, calls=spent() - start, accuracy=accuracy, reason=why, at=time.time(),
                   score_map=fitted.to_dict() if fitted else None)
 

@@ -67,23 +67,28 @@ class ScoreMap:
             return None
 
 
-def _brier(pairs: Sequence[tuple[float, bool]]) -> float:
-    return sum((s - r) ** 2 for s, r in pairs) / len(pairs)
+def _brier(pairs: Sequence[tuple[float, bool]], w: np.ndarray) -> float:
+    return float(np.average([(s - r) ** 2 for s, r in pairs], weights=w))
 
 
-def fit(pairs: Sequence[tuple[float, bool]], version: str) -> ScoreMap | None:
+def fit(
+    pairs: Sequence[tuple[float, bool]], version: str, weights: Sequence[float] | None = None
+) -> ScoreMap | None:
     """The score map of `(score, all right)` pairs, or None: below `MIN_PAIRS`, or no clear gain.
 
-    The gain is judged leave-one-out: each pair mapped by a curve fitted on the others.
+    `weights`: how many of the project's tasks each judged one stands for (the sample is
+    label-stratified, so a rare label's tasks are over-represented). The gain is judged
+    leave-one-out: each pair mapped by a curve fitted on the others.
     """
     if len(pairs) < MIN_PAIRS:
         return None
-    found = platt(pairs, version)
+    w = np.ones(len(pairs)) if weights is None else np.asarray(weights, dtype=float)
+    found = platt(pairs, version, w)
     loo = []
     for i, (score, right) in enumerate(pairs):
-        without = platt([*pairs[:i], *pairs[i + 1 :]], version)
+        without = platt([*pairs[:i], *pairs[i + 1 :]], version, np.delete(w, i))
         loo.append((without(score), right))
-    raw, mapped = _brier(pairs), _brier(loo)
+    raw, mapped = _brier(pairs, w), _brier(loo, w)
     if mapped >= (1 - MARGIN) * raw:
         logger.info("分数校准未采用 (score map not used): on %d judged tasks it does not beat the raw score "
                     "(Brier %.3f raw, %.3f mapped, leave-one-out)", len(pairs), raw, mapped)
@@ -91,19 +96,19 @@ def fit(pairs: Sequence[tuple[float, bool]], version: str) -> ScoreMap | None:
     return found
 
 
-def platt(pairs: Sequence[tuple[float, bool]], version: str) -> ScoreMap:
-    """Platt scaling: minimises the log loss against Platt's targets, (right + 1) / (right + 2)
+def platt(pairs: Sequence[tuple[float, bool]], version: str, w: np.ndarray) -> ScoreMap:
+    """Platt scaling: minimises the weighted log loss against Platt's targets, (right + 1) / (right + 2)
     for right answers and 1 / (wrong + 2) for wrong ones, with the slope kept >= MIN_SLOPE."""
     x = _logodds(np.array([float(s) for s, _ in pairs]))
     y = np.array([bool(r) for _, r in pairs])
-    pos, neg = int(y.sum()), int((~y).sum())
+    pos, neg = float(w[y].sum()), float(w[~y].sum())
     t = np.where(y, (pos + 1) / (pos + 2), 1 / (neg + 2))
 
     def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
         z = params[0] * x + params[1]
-        residual = expit(z) - t
-        return float(np.sum(np.logaddexp(0, z) - t * z)), np.array([residual @ x, residual.sum()])
+        residual = w * (expit(z) - t)
+        return float(np.sum(w * (np.logaddexp(0, z) - t * z))), np.array([residual @ x, residual.sum()])
 
     found = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(MIN_SLOPE, None), (None, None)])
     a, b = (float(v) for v in found.x)
-    return ScoreMap(round(a, 4), round(b, 4), len(pairs), pos, version)
+    return ScoreMap(round(a, 4), round(b, 4), len(pairs), int(y.sum()), version)
