@@ -38,6 +38,7 @@ from .prompts import CONFIDENCE_KEY
 # (token, logprob[, alternatives]) of a reply, as the LLM client reads them from the endpoint.
 Tokens = Sequence[tuple]
 _SKIP = ' \t\r\n:"['  # what may stand between a key and its value's first character
+_DECODER = json.JSONDecoder()  # raw_decode: where a JSON value's text ends
 
 
 def mean_probability(logprobs: Sequence[float]) -> float | None:
@@ -165,9 +166,8 @@ def _list_ends(joined: str, at: int) -> tuple[int | None, int | None]:
     the `,` after its last complete item when it is cut there (a reply stopped at LLM_MAX_TOKENS)."""
     if at >= len(joined) or joined[at] != "[":
         return None, None
-    decoder = json.JSONDecoder()
     try:
-        return decoder.raw_decode(joined, at)[1] - 1, None  # raw_decode gives where the value's text ends
+        return _DECODER.raw_decode(joined, at)[1] - 1, None  # raw_decode gives where the value's text ends
     except ValueError:
         pass
     comma, pos = None, at + 1
@@ -175,7 +175,7 @@ def _list_ends(joined: str, at: int) -> tuple[int | None, int | None]:
         while pos < len(joined) and joined[pos].isspace():
             pos += 1
         try:
-            pos = decoder.raw_decode(joined, pos)[1]
+            pos = _DECODER.raw_decode(joined, pos)[1]
         except ValueError:
             return None, comma
         while pos < len(joined) and joined[pos].isspace():
