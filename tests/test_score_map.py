@@ -36,7 +36,7 @@ def test_a_map_fitted_on_one_sample_calibrates_another_and_keeps_the_order() -> 
     found = fit(train, "v1")
     assert found is not None and found.n == 15 and found.a > 0
     mapped = [(found(s), r) for s, r in test]
-    assert ece(test) > 0.5 and ece(mapped) < 0.2  # 15 pairs fit two parameters roughly, not exactly
+    assert ece(test) > 0.5 and ece(mapped) < ece(test) / 2  # 15 pairs, and the prior: roughly, not exactly
     ordered = sorted(test)
     assert [found(s) for s, _ in ordered] == sorted(found(s) for s, _ in ordered)  # monotone: same sort order
 
@@ -45,7 +45,9 @@ def test_the_map_is_finite_on_an_all_right_or_all_wrong_sample_and_never_reverse
     right = fit([(0.9, True)] * 20, "v")
     wrong = fit([(0.9, False)] * 20, "v")
     assert right is not None and wrong is not None
-    assert 0.85 < right(0.9) < 1 and 0 < wrong(0.9) < 0.1  # Platt's targets: (20+1)/(20+2), 1/(20+2)
+    assert 0.9 < right(0.9) < 1 and 0 < wrong(0.9) < 0.2  # Platt's targets: (20+1)/(20+2), 1/(20+2)
+    many = fit([(0.9, False)] * 200, "v")
+    assert many is not None and many(0.9) < wrong(0.9)  # the prior weighs less against more evidence
     backwards = fit([(0.2, True), (0.9, False)] * 10, "v")  # scores that rank the wrong way on the sample
     assert backwards is not None and backwards.a > 0 and backwards(0.9) > backwards(0.2)
 
@@ -91,4 +93,4 @@ def test_a_label_stratified_sample_is_weighted_back_to_the_projects_own_label_sh
     pairs = [(0.3, True), (0.3, False)] * 10  # the model says 0.3 of both; positives right, negatives wrong
     unweighted = fit(pairs, "v")
     assert unweighted is None or unweighted(0.3) < 0.6  # the sample's accuracy (0.5), or the raw score
-    assert fit(pairs, "v", weights)(0.3) == pytest.approx(0.9, abs=0.05)  # type: ignore[misc]
+    assert fit(pairs, "v", weights)(0.3) > 0.75  # type: ignore[misc]  # 0.9, less the prior's pull on 20 tasks
