@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import expit
+from scipy.special import expit, logit
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,8 @@ MIN_SLOPE = 0.1  # a score that does not rank on the sample still orders the tas
 EPS = 1e-4  # scores are clipped to [EPS, 1 - EPS] before their log-odds
 
 
-def _logodds(scores: np.ndarray) -> np.ndarray:
-    p = np.clip(scores, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
+def _logodds(scores: np.ndarray | float) -> np.ndarray:
+    return logit(np.clip(scores, EPS, 1 - EPS))
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class ScoreMap:
     version: str  # the zero-shot model_version whose scores it was fitted on
 
     def __call__(self, score: float) -> float:
-        return round(float(expit(self.a * _logodds(np.array([score]))[0] + self.b)), 4)
+        return round(float(expit(self.a * _logodds(score) + self.b)), 4)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
