@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from my_ml_backend.labeling.scoring import list_complete, prediction_score
+from my_ml_backend.labeling.scoring import completeness, list_complete, prediction_score
 
 
 def tokens(*pieces: tuple) -> list[tuple]:
@@ -74,7 +74,11 @@ def test_a_doubtful_end_lowers_the_task_score_and_a_sure_one_leaves_it() -> None
     doubtful = tokens(*ITEM, ('"}', 0.9, {'"}': 0.6, '"},': 0.4}), ("]}", 0.99))
     sure = [(t, lp) for t, lp, _ in tokens(*ITEM, ('"}]}', 1.0))]
     answers = {"ner": [{"label": "PER", "text": "Ann Lee"}], "topic": "law"}
-    assert prediction_score(doubtful, [0.9], 1.0, answers, ["ner", "topic"]) == pytest.approx(0.9 * 0.6)
-    assert prediction_score(sure, [0.9], 1.0, answers, ["ner", "topic"]) == pytest.approx(0.9)
-    assert prediction_score(doubtful, [0.9], 0.5, answers, ["topic"]) == pytest.approx(0.45)  # only lists count
-    assert prediction_score([], [], 1.0, {"_confidence": 0.8, **answers}, ["ner"]) == pytest.approx(0.8)
+    def score(reply: list[tuple], regions: list[float], coverage: float, given: dict, names: list[str]) -> float:
+        """As the predictor scores a task: the regions' mean x coverage x P(the lists are complete)."""
+        return prediction_score(reply, regions, coverage * completeness(reply, given, names), given)
+
+    assert score(doubtful, [0.9], 1.0, answers, ["ner", "topic"]) == pytest.approx(0.9 * 0.6)
+    assert score(sure, [0.9], 1.0, answers, ["ner", "topic"]) == pytest.approx(0.9)
+    assert score(doubtful, [0.9], 0.5, answers, ["topic"]) == pytest.approx(0.45)  # only lists count
+    assert score([], [], 1.0, {"_confidence": 0.8, **answers}, ["ner"]) == pytest.approx(0.8)

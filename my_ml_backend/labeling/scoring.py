@@ -252,16 +252,14 @@ def self_reported(answers: dict[str, Any]) -> float | None:
     return number if 0 <= number <= 1 else None
 
 
-def prediction_score(
-    tokens: Tokens, region_scores: list[float], coverage: float, answers: dict[str, Any], names: Sequence[str] = ()
-) -> float:
-    """The task's score (module doc); `names`: the controls asked, whose list answers are read for completeness."""
+def prediction_score(tokens: Tokens, region_scores: list[float], coverage: float, answers: dict[str, Any]) -> float:
+    """The task's score (module doc); `coverage`: the share of controls answered times `completeness`."""
     if tokens:
         whole = mean_probability([token[1] for token in tokens])
         base = sum(region_scores) / len(region_scores) if region_scores else whole
     else:
         base = self_reported(answers)
-    return round((base if base is not None else 1.0) * completeness(tokens, answers, names) * coverage, 4)
+    return round((base if base is not None else 1.0) * coverage, 4)
 
 
 def completeness(tokens: Tokens, answers: dict[str, Any], names: Sequence[str]) -> float:
