@@ -552,10 +552,10 @@ def score_fit_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tupl
     judged annotations: FEWSHOT_EVAL_CALLS=60 judges about 15 per form), applied to this run's task scores."""
     if fit_on is None:
         return
-    test = task_pairs(data, answers)
+    test, judged = task_pairs(data, answers), task_pairs(*fit_on)
     scores, right = [p[0] for p in test], [p[1] for p in test]
     for n in sizes:
-        train = task_pairs(*fit_on)[:n]
+        train = judged[:n]
         found = scorefit.fit(train, "bench")
         if found is None:
             why = "too few" if len(train) < scorefit.MIN_PAIRS else "no clear gain leave-one-out: raw score kept"
