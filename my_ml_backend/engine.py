@@ -15,9 +15,9 @@ from collections.abc import Callable
 from .labeling.controls import OBJECT_TAGS
 from .labeling.prompts import PromptGuidance
 from .labeling.schema import LabelingSchema, parse_schema
-from .learning.autotune import Choice, candidates, evaluate
+from .learning.autotune import Choice, Judged, candidates, evaluate
 from .learning.events import examples_bucket
-from .learning.examples import Example, answers_from_results
+from .learning.examples import Example, answers_from_results, region_pairs
 from .learning.index import ExampleIndex
 from .learning.retrieval import Form, Shots
 from .llm.client import shared_client
@@ -57,7 +57,7 @@ def build_predictor(
 
     The version counts the examples available now (`count`, from the store) and names
     the form they are shown in; the batch that follows uses them. `choice`: the project's
-    few-shot evaluation, whose score map rescales the scores if it was fitted on this
+    few-shot evaluation, whose score maps rescale the scores if they were fitted on this
     model, prompt, config and guidance (the zero-shot version is what the evaluation ran as).
     """
     schema = schema_for(label_config)
@@ -65,8 +65,8 @@ def build_predictor(
     form = form or Form(settings.fewshot_k, settings.fewshot_form)
     bucket = examples_bucket(count) if examples is not None and form.k else 0
     version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket, form.name)
-    score_map = choice.fitted(model_version(settings, schema.config_hash, guidance.fingerprint())) if choice else None
-    return Predictor(schema, settings, shared_client(settings), version, guidance, examples, score_map)
+    maps = choice.fitted(model_version(settings, schema.config_hash, guidance.fingerprint())) if choice else None
+    return Predictor(schema, settings, shared_client(settings), version, guidance, examples, maps)
 
 
 def task_of(schema: LabelingSchema, example: Example) -> dict:
@@ -86,20 +86,21 @@ def choose_form(
     label_config: str | None, settings: Settings, guidance: PromptGuidance, index: ExampleIndex, seed: int = 0
 ) -> Choice:
     """`FEWSHOT_EXAMPLES=auto`: leave-one-out accuracy of each candidate form on the project's annotations,
-    and the score map fitted on the chosen form's predictions (raw scores: this predictor has no map)."""
+    and the score maps fitted on the chosen form's predictions (raw scores: this predictor has no map)."""
     schema = schema_for(label_config)
     settings = dataclasses.replace(settings, batch_deadline=24 * 3600.0)
     predictor = build_predictor(label_config, settings, guidance)
     stats = BatchStats()
 
-    def judge(example: Example, form: Form) -> tuple[bool, float | None]:
+    def judge(example: Example, form: Form) -> Judged:
         shots = Shots(index, form, settings.fewshot_max_chars) if form.k else None
         try:
             prediction = predictor.predict_task(task_of(schema, example), stats, None, PromptInputs(guidance, shots))
         except PredictionError:
-            return False, None
+            return Judged(False)
         got = answers_from_results(schema, prediction["result"])
-        return all(_same(got.get(name), answer) for name, answer in example.answers.items()), prediction.get("score")
+        ok = all(_same(got.get(name), answer) for name, answer in example.answers.items())
+        return Judged(ok, prediction.get("score"), region_pairs(schema, prediction["result"], example.answers))
 
     return evaluate(
         index, candidates(settings.fewshot_k), settings.fewshot_eval_calls, judge,

@@ -112,9 +112,9 @@ class Predictor:
         model_version: str,
         guidance: PromptGuidance | None = None,
         examples: Callable[[], Shots | None] | None = None,
-        score_map: Callable[[float], float] | None = None,
+        score_maps: calibration.ScoreMaps | None = None,
     ) -> None:
-        self.schema, self.score_map = schema, score_map  # score_map: the project's (`learning.scorefit`)
+        self.schema, self.score_maps = schema, score_maps  # the project's (`learning.scorefit`)
         self.settings = settings
         self.client = client
         self.model_version = model_version
@@ -215,7 +215,7 @@ class Predictor:
                         return None
 
                 self._priors.update(calibration.content_free_priors(missing, self.schema.data_keys, answer))
-        return calibration.settle(predictions, self._priors, self.score_map)
+        return calibration.settle(predictions, self._priors, self.score_maps)
 
     def _outcome(self, future: Future, task: dict[str, Any], stats: BatchStats) -> dict[str, Any]:
         try:

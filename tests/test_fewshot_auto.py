@@ -10,6 +10,7 @@ An explicit count is obeyed as given.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -67,8 +68,8 @@ def metrics(backend: Backend) -> dict[str, float]:
     return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
 
 
-def setup(backend: Backend) -> str:
-    return backend.setup(CONFIG, PROJECT)
+def setup(backend: Backend, config: str = CONFIG) -> str:
+    return backend.setup(config, PROJECT)
 
 
 def annotate(backend: Backend) -> None:
@@ -83,12 +84,12 @@ def annotate(backend: Backend) -> None:
         assert status == 201, body
 
 
-def settle(backend: Backend, llm: fake.FakeLLMServer) -> dict[str, float]:
+def settle(backend: Backend, llm: fake.FakeLLMServer, config: str = CONFIG) -> dict[str, float]:
     """Wait until the evaluations due (bucket crossings, /setup) have run and no new one starts."""
     deadline = time.monotonic() + 60
     last, stable = (-1.0, -1), 0
     while time.monotonic() < deadline:
-        setup(backend)  # starts the evaluation of the current bucket if it has not run yet
+        setup(backend, config)  # starts the evaluation of the current bucket if it has not run yet
         found = metrics(backend)
         now = (found.get("ml_backend_fewshot_evaluations_total", 0.0), llm.chat_calls)
         stable = stable + 1 if now == last and now[0] > 0 else 0
@@ -224,3 +225,59 @@ def test_the_projects_annotations_rescale_an_overconfident_score(llm: fake.FakeL
         assert again["score"] == after["score"]
     finally:
         restarted.stop()
+
+
+NER_CONFIG = """<View>
+  <Labels name="ner" toName="text"><Label value="PER"/><Label value="ORG"/></Labels>
+  <Text name="text" value="$text"/>
+</View>"""
+PEOPLE = ["Anna Berg", "Li Wei", "Omar Haddad", "Sara Lind", "Tom Reyes", "Mia Chen", "Ivan Petrov", "Nora Holt"]
+
+
+def test_entity_region_scores_are_fitted_to_the_projects_annotations(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    """A small model that lists each sentence's person rightly and invents an ORG from its weekday, both spelled
+    at 0.95: after the automatic evaluation the editor's span scores say about 0.5, at no extra call."""
+    def pieces(person: str) -> list[tuple]:
+        return [('{"ner": [{"label": "', 0.99), ("PER", 0.95), ('", "text": "', 0.99), (person, 0.95),
+                ('"}, {"label": "', 0.99), ("ORG", 0.95), ('", "text": "', 0.99), ("Monday", 0.95), ('"}]}', 0.99)]
+
+    def reply(body: dict) -> fake.Reply:
+        person = task_text(body["messages"]).split(" joined")[0]
+        tokens = [(t, math.log(p)) for t, p in pieces(person)]
+        return fake.chat("".join(t for t, _ in tokens), logprobs=tokens)
+
+    def sentence(i: int) -> tuple[str, str, str]:
+        person, org = PEOPLE[i % 8], f"Unit {i}"
+        return person, org, f"{person} joined {org} on Monday."
+
+    llm.set_responder(reply)
+    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40")
+    try:
+        backend.setup(NER_CONFIG, PROJECT)
+        new_task = [{"id": 999, "data": {"text": "Kai Moss joined Unit 99 on Monday."}}]
+        [before] = backend.predict(NER_CONFIG, new_task, PROJECT)
+        assert [r["score"] for r in before["result"]] == pytest.approx([0.95, 0.95], abs=1e-3)
+        for n in range(1, 17):
+            person, org, text = sentence(n)
+            spans = [(person, "PER"), (org, "ORG")]
+            result = [{"from_name": "ner", "to_name": "text", "type": "labels", "value": {
+                "start": text.index(m), "end": text.index(m) + len(m), "text": m, "labels": [label]}}
+                for m, label in spans]
+            status, body = backend.post("/webhook", {
+                "action": "ANNOTATION_CREATED",
+                "annotation": {"id": n, "task": n, "result": result, "was_cancelled": False},
+                "task": {"id": n, "data": {"text": text}},
+                "project": {"id": 1, "label_config": NER_CONFIG},
+            })
+            assert status == 201, body
+        settle(backend, llm, NER_CONFIG)
+        log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
+        assert log and "region maps {'ner'" in log[-1], backend.logs()[-3000:]
+        calls = llm.chat_calls
+        [after] = backend.predict(NER_CONFIG, new_task, PROJECT)
+        assert llm.chat_calls == calls + 1
+        assert [r["value"]["text"] for r in after["result"]] == ["Kai Moss", "Monday"]  # the answer is unchanged
+        for region in after["result"]:
+            assert 0.3 < region["score"] < 0.7, after  # half the spans it wrote at 0.95 were right
+    finally:
+        backend.stop()

@@ -6,8 +6,10 @@ import random
 
 import pytest
 
-from my_ml_backend.learning.autotune import Choice, stratum_weights
-from my_ml_backend.learning.examples import Example
+from my_ml_backend.engine import schema_for
+from my_ml_backend.labeling.calibration import ScoreMaps, settle
+from my_ml_backend.learning.autotune import Choice, Judged, fit_maps, stratum_weights
+from my_ml_backend.learning.examples import Example, region_pairs
 from my_ml_backend.learning.scorefit import MIN_PAIRS, ScoreMap, fit
 
 
@@ -59,10 +61,12 @@ def test_too_few_pairs_leave_the_raw_score() -> None:
 def test_a_stored_map_applies_only_to_the_version_it_was_fitted_on() -> None:
     found = fit(overconfident(20, 3), "model-a-1234")
     assert found is not None
-    choice = Choice.loads(Choice(form="0", score_map=found.to_dict()).dumps())
-    assert choice is not None and choice.fitted("model-a-1234") == found
+    choice = Choice.loads(Choice(form="0", score_map=found.to_dict(), region_maps={"ner": found.to_dict()}).dumps())
+    assert choice is not None and choice.fitted("model-a-1234") == ScoreMaps(found, {"ner": found})
     assert choice.fitted("model-b-5678") is None  # another model, prompt or config: its scores mean other things
     assert Choice.loads('{"form": "0", "samples": 3}').fitted("model-a-1234") is None  # stored before maps existed
+    regions_only = Choice.loads(Choice(form="0", region_maps={"ner": found.to_dict()}).dumps())
+    assert regions_only is not None and regions_only.fitted("model-a-1234") == ScoreMaps(None, {"ner": found})
     assert ScoreMap.from_dict({"a": 1}) is None
     assert found(0.5) == pytest.approx(found(0.5))
 
@@ -94,3 +98,65 @@ def test_a_label_stratified_sample_is_weighted_back_to_the_projects_own_label_sh
     unweighted = fit(pairs, "v")
     assert unweighted is None or unweighted(0.3) < 0.6  # the sample's accuracy (0.5), or the raw score
     assert fit(pairs, "v", weights)(0.3) > 0.75  # type: ignore[misc]  # 0.9, less the prior's pull on 20 tasks
+
+
+NER = """<View><Labels name="ner" toName="text"><Label value="PER"/><Label value="ORG"/></Labels>
+<Choices name="topic" toName="text"><Choice value="work"/><Choice value="other"/></Choices>
+<Text name="text" value="$text"/></View>"""
+
+
+def span(start: int, end: int, text: str, label: str, score: float) -> dict:
+    value = {"start": start, "end": end, "text": text, "labels": [label]}
+    return {"from_name": "ner", "to_name": "text", "type": "labels", "value": value, "score": score}
+
+
+def test_each_predicted_region_is_judged_against_the_annotators_answer() -> None:
+    schema = schema_for(NER)
+    results = [
+        span(0, 4, "Anna", "PER", 0.97),  # the annotator has it
+        span(13, 17, "Acme", "PER", 0.91),  # the right words, the wrong type
+        span(22, 28, "Monday", "ORG", 0.88),  # invented
+        {"from_name": "topic", "to_name": "text", "type": "choices", "value": {"choices": ["work"]}, "score": 0.6},
+        {"from_name": "ner", "to_name": "text", "type": "labels", "value": {"start": 0, "end": 4}},  # no score
+    ]
+    answers = {"ner": [{"label": "PER", "text": "Anna"}, {"label": "ORG", "text": "Acme"}], "topic": "work"}
+    assert region_pairs(schema, results, answers) == [
+        ("ner", 0.97, True), ("ner", 0.91, False), ("ner", 0.88, False), ("topic", 0.6, True)
+    ]
+    # An annotator who marked no entity: every predicted one is wrong; a choice they left empty is too.
+    assert [right for *_, right in region_pairs(schema, results[:4], {})] == [False] * 4
+
+
+def test_a_control_whose_regions_are_overconfident_gets_a_map_and_a_calibrated_one_does_not() -> None:
+    """Entity spans said at 0.95 and right 40 % of the time (a small model inventing names where types are
+    absent) get a map; the same tasks' choices, right exactly as often as said, keep their raw scores."""
+    rng = random.Random(7)
+    judged = []
+    for _ in range(30):
+        spans = [("ner", rng.uniform(0.9, 0.99), rng.random() < 0.4) for _ in range(2)]
+        p = rng.uniform(0.3, 1.0)
+        judged.append((Judged(False, 0.9, [*spans, ("topic", p, rng.random() < p)]), "same label"))
+
+    class Index:  # one label: every weight 1
+        schema = None
+
+        def shown(self) -> list[Example]:
+            return [Example(i, {"text": str(i)}, {"topic": "work"}) for i in range(30)]
+
+    task, regions = fit_maps(judged, Index(), "v")  # type: ignore[arg-type]
+    assert set(regions) == {"ner"}
+    assert 0.25 < regions["ner"](0.95) < 0.55  # about 0.4, less the prior's pull
+    assert task is not None and task(0.9) < 0.3  # no task was all right
+
+
+def test_settle_maps_the_task_score_from_the_raw_regions_then_the_regions() -> None:
+    """The task map was fitted on task scores made of raw region scores: it is applied to the task score
+    before the region map changes the regions, and a control without a map keeps its regions' scores."""
+    prediction = {"result": [span(0, 4, "Anna", "PER", 0.9)], "score": 0.9}
+    other = {"result": [{"from_name": "topic", "value": {"choices": ["work"]}, "score": 0.7}], "score": 0.7}
+    failed = {"result": [], "error": "timeout"}
+    maps = ScoreMaps(task=lambda s: round(s / 2, 4), regions={"ner": lambda s: round(s / 3, 4)})
+    settle([prediction, other, failed], maps=maps)
+    assert prediction["score"] == 0.45 and prediction["result"][0]["score"] == 0.3
+    assert other["score"] == 0.35 and other["result"][0]["score"] == 0.7
+    assert failed == {"result": [], "error": "timeout"}

@@ -19,7 +19,8 @@ endpoints that are not metered per call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .controls.base import ordered
@@ -32,6 +33,14 @@ SHRINK = 0.2  # share of uniform mixed into the content-free prior: a choice it 
 # Content-free texts per prompt language (each must be detected as that language: `prompt_language`).
 CONTENT_FREE = {"en": ("N/A", "[MASK]", "nothing"), "zh": ("无", "空白", "暂无内容")}
 PRIVATE_KEY = "_calibration"  # what a prediction carries until its batch is settled; never sent
+
+
+@dataclass(frozen=True)
+class ScoreMaps:
+    """The project's fitted score maps (`learning.scorefit`): the task score's, and per control its regions'."""
+
+    task: Callable[[float], float] | None = None
+    regions: Mapping[str, Callable[[float], float]] = field(default_factory=dict)
 
 
 def answer_token(tokens: Sequence[tuple], key: str) -> int | None:
@@ -108,10 +117,12 @@ def carry(prediction: dict, targets: Sequence[Target], tokens: Sequence[tuple], 
 
 
 def settle(
-    predictions: list[dict[str, Any]], priors: Priors | None = None, score_map: Callable[[float], float] | None = None
+    predictions: list[dict[str, Any]], priors: Priors | None = None, maps: ScoreMaps | None = None
 ) -> list[dict[str, Any]]:
     """Calibrate single-choice answers in place with `priors`; strip the private key from every item;
-    then map every answered prediction's score with `score_map` (the project's, `learning.scorefit`).
+    then map every answered prediction's score, and its regions' scores, with the project's `maps`.
+
+    The task map was fitted on task scores made of raw region scores, so regions are mapped last.
 
     A prediction carries `{PRIVATE_KEY: {"lang", "coverage", "choices": {control: [allowed, dist]}}}`
     from `Predictor.finish_task`. With a prior for its control and language, the answer becomes
@@ -133,8 +144,11 @@ def settle(
         scores = [r["score"] for r in prediction["result"] if "score" in r]
         if scores:
             prediction["score"] = round(sum(scores) / len(scores) * private["coverage"], 4)
-    if score_map is not None:
-        for prediction in predictions:
-            if "result" in prediction and isinstance(prediction.get("score"), (int, float)):
-                prediction["score"] = score_map(prediction["score"])
+    for prediction in predictions if maps is not None else ():
+        if maps.task is not None and "result" in prediction and isinstance(prediction.get("score"), (int, float)):
+            prediction["score"] = maps.task(prediction["score"])
+        for region in prediction.get("result") or ():
+            region_map = maps.regions.get(region.get("from_name"))
+            if region_map is not None and isinstance(region.get("score"), (int, float)):
+                region["score"] = region_map(region["score"])
     return predictions

@@ -9,9 +9,10 @@ beats zero-shot clearly (wins minus losses >= MARGIN); otherwise zero-shot stays
 Without a budget (0), or with too few annotations to judge, the choice is zero-shot:
 never worse than no examples.
 
-The same predictions fit the project's score map (`scorefit`): each judged task of the
-chosen form gives its score and whether it was all right, so the prediction score can
-say how likely a task is right on this project, at no extra call.
+The same predictions fit the project's score maps (`scorefit`): each judged task of the
+chosen form gives its score and whether it was all right, and each predicted region its
+score and whether the annotator has it, so the prediction score (and a region's) can say
+how likely it is right on this project, at no extra call.
 
 The evaluation runs on the Train button and when the example count enters a new
 version bucket. Its choice is kept in the example store (every worker and replica uses
@@ -30,7 +31,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
+from ..labeling.calibration import ScoreMaps
 from ..telemetry.metrics import METRICS, Labels
 from .examples import Example
 from .index import ExampleIndex, label_of
@@ -64,11 +67,16 @@ class Choice:
     reason: str = "not evaluated yet"
     at: float = 0.0
     score_map: dict | None = None  # `ScoreMap.to_dict()` fitted on the chosen form's judged tasks
+    region_maps: dict[str, dict] | None = None  # control name -> `ScoreMap.to_dict()` of its regions' scores
 
-    def fitted(self, version: str) -> ScoreMap | None:
-        """The score map, if it was fitted on predictions of `version` (same model, prompt, config, guidance)."""
-        found = ScoreMap.from_dict(self.score_map)
-        return found if found is not None and found.version == version else None
+    def fitted(self, version: str) -> ScoreMaps | None:
+        """The score maps fitted on predictions of `version` (same model, prompt, config, guidance), if any."""
+        task = ScoreMap.from_dict(self.score_map)
+        regions = {name: m for name, raw in (self.region_maps or {}).items() if (m := ScoreMap.from_dict(raw))}
+        regions = {name: m for name, m in regions.items() if m.version == version}
+        if task is not None and task.version != version:
+            task = None
+        return ScoreMaps(task, regions) if task is not None or regions else None
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -81,6 +89,15 @@ class Choice:
             return cls(**json.loads(raw))
         except (TypeError, ValueError):
             return None
+
+
+class Judged(NamedTuple):
+    """One judged task: all right, its prediction score (None: no answer), and per scored region
+    (control name, region score, whether the annotator's answer has that region)."""
+
+    ok: bool
+    score: float | None = None
+    regions: Sequence[tuple[str, float, bool]] = ()
 
 
 def margin(samples: int) -> int:
@@ -134,7 +151,7 @@ def evaluate(
     index: ExampleIndex,
     forms: Sequence[Form],
     budget: int,
-    judge: Callable[[Example, Form], tuple[bool, float | None]],
+    judge: Callable[[Example, Form], Judged],
     spent: Callable[[], int],
     seed: int = 0,
     version: str = "",
@@ -142,9 +159,10 @@ def evaluate(
     """Leave-one-out accuracy of each form on a sample, within `budget` calls, the decision and its score map.
 
     `judge(example, form)` predicts the example's task shown in `form` (never as its own
-    example) and says whether the answer equals the annotator's, and its prediction score
-    (None: no answer); `spent()` is the number of LLM requests made so far; `version` the
-    zero-shot model_version the score map is valid for.
+    example) and says whether the answer equals the annotator's, its prediction score
+    (None: no answer) and each scored region's (control, score, the annotator has it);
+    `spent()` is the number of LLM requests made so far; `version` the zero-shot
+    model_version the score maps are valid for.
     """
     per_form = budget // len(forms)
     if budget <= 0 or len(index) < MIN_EXAMPLES or per_form < MIN_SAMPLES:
@@ -152,22 +170,45 @@ def evaluate(
         return Choice(reason=reason, at=time.time())
     sample = stratified_sample(index, per_form, seed)
     right: dict[str, list[bool]] = {f.name: [] for f in forms}
-    scored: dict[str, list[tuple[float, bool, str]]] = {f.name: [] for f in forms}
+    judged: dict[str, list[tuple[Judged, str]]] = {f.name: [] for f in forms}
     start = spent()
     for example in sample:
         if spent() - start + len(forms) > budget:
             break
         for form in forms:
-            ok, score = judge(example, form)
-            right[form.name].append(ok)
-            if score is not None:
-                scored[form.name].append((score, ok, label_of(example, index.schema)))
+            outcome = judge(example, form)
+            right[form.name].append(outcome.ok)
+            judged[form.name].append((outcome, label_of(example, index.schema)))
     n = len(right["0"])
     name, why = decide(forms, right)
     accuracy = {f: (sum(r) / n if n else 0.0) for f, r in right.items()}
-    fitted = fit([(s, ok) for s, ok, _ in scored[name]], version, stratum_weights(index, [g for *_, g in scored[name]]))
+    task, regions = fit_maps(judged[name], index, version)
     return Choice(form=name, samples=n, calls=spent() - start, accuracy=accuracy, reason=why, at=time.time(),
-                  score_map=fitted.to_dict() if fitted else None)
+                  score_map=task.to_dict() if task else None,
+                  region_maps={c: m.to_dict() for c, m in regions.items()} or None)
+
+
+def fit_maps(
+    judged: Sequence[tuple[Judged, str]], index: ExampleIndex, version: str
+) -> tuple[ScoreMap | None, dict[str, ScoreMap]]:
+    """The task score's map and each control's region map, from one form's judged tasks.
+
+    A region weighs as its task does (label-stratified sample, `stratum_weights`). A control's
+    map is kept only where it beats its raw scores (`scorefit.fit`): an already calibrated
+    single choice keeps its score; the regions of an entity list that invents names do not.
+    """
+    weights = stratum_weights(index, [label for _, label in judged])
+    scored = [(o.score, o.ok, w) for (o, _), w in zip(judged, weights, strict=True) if o.score is not None]
+    task = fit([(s, ok) for s, ok, _ in scored], version, [w for *_, w in scored])
+    by_control: dict[str, list[tuple[float, bool, float]]] = {}
+    for (outcome, _), w in zip(judged, weights, strict=True):
+        for control, score, ok in outcome.regions:
+            by_control.setdefault(control, []).append((score, ok, w))
+    regions = {}
+    for control, pairs in sorted(by_control.items()):
+        if found := fit([(s, ok) for s, ok, _ in pairs], version, [w for *_, w in pairs]):
+            regions[control] = found
+    return task, regions
 
 
 # -- per-project state: stored choice, running evaluations, metrics -----------------------
@@ -232,9 +273,10 @@ def start(
             METRICS.inc(EVAL_CALLS, choice.calls)
             logger.info(
                 "少样本自动选择 (few-shot auto choice): project %s -> %s (%s); accuracy on %d annotated tasks %s; "
-                "%d calls; score map %s",
+                "%d calls; score map %s; region maps %s",
                 project, choice.form, choice.reason, choice.samples,
                 {f: round(a, 3) for f, a in choice.accuracy.items()}, choice.calls, choice.score_map or "none",
+                choice.region_maps or "none",
             )
             done()
         except Exception:  # noqa: BLE001 - a failed evaluation keeps the previous choice

@@ -40,6 +40,30 @@ def answers_from_results(schema: LabelingSchema, results: list[dict[str, Any]]) 
     return answers
 
 
+def region_pairs(
+    schema: LabelingSchema, results: list[dict[str, Any]], answers: dict[str, Any]
+) -> list[tuple[str, float, bool]]:
+    """(control, region score, the annotator's `answers` have that region) for each scored predicted region.
+
+    A region's own answer is `to_answer` of it alone: one item of a list answer (an entity:
+    label and text) must be in the annotator's list; any other answer must equal theirs.
+    """
+    targets = {t.name: t for t in schema.targets}
+    pairs = []
+    for result in results or []:
+        target = targets.get(str(result.get("from_name")))
+        score, value = result.get("score"), result.get("value")
+        if target is None or not isinstance(score, (int, float)) or not isinstance(value, dict):
+            continue
+        mine, gold = HANDLERS[target.tag].to_answer(target, [value]), answers.get(target.name)
+        if isinstance(mine, list) and (isinstance(gold, list) or gold is None):
+            right = bool(mine) and all(item in (gold or []) for item in mine)
+        else:
+            right = mine == gold
+        pairs.append((target.name, float(score), right))
+    return pairs
+
+
 def example_from_annotation(
     schema: LabelingSchema, task: dict[str, Any], results: list[dict[str, Any]], max_chars: int
 ) -> Example | None:

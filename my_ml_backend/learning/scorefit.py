@@ -93,7 +93,7 @@ def fit(
         loo.append((without(score), right))
     raw, mapped = _brier(pairs, w), _brier(loo, w)
     if mapped >= (1 - MARGIN) * raw:
-        logger.info("分数校准未采用 (score map not used): on %d judged tasks it does not beat the raw score "
+        logger.info("分数校准未采用 (score map not used): on %d judged scores it does not beat the raw score "
                     "(Brier %.3f raw, %.3f mapped, leave-one-out)", len(pairs), raw, mapped)
         return None
     return found

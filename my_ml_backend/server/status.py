@@ -18,7 +18,7 @@ import dataclasses
 import html
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,7 +252,9 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
             for project, config_hash in configs:
                 if (choice := stored_choice(store, project, config_hash)) is not None:
                     fitted = (choice.score_map or {}).get("n")
-                    projects[project]["fewshot"] = fewshot_text(choice.form, choice.accuracy.get(choice.form), fitted)
+                    projects[project]["fewshot"] = fewshot_text(
+                        choice.form, choice.accuracy.get(choice.form), fitted, sorted(choice.region_maps or {})
+                    )
         except Exception:  # noqa: BLE001 - the page shows what it can
             pass
     pool: tuple[str, ...] = ()
@@ -265,12 +267,17 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
     return StatusData(settings, ACTIVITY.snapshot(), projects, time.time(), pool, quotas)
 
 
-def fewshot_text(form: str, accuracy: float | None, fitted: int | None = None) -> str:
+def fewshot_text(form: str, accuracy: float | None, fitted: int | None = None, regions: Sequence[str] = ()) -> str:
     """`labels-1 (准确率 accuracy 80 %)`: the auto choice and what it measured on the project's annotations;
-    `fitted`: the number of judged tasks the score map was fitted on (`learning.scorefit`)."""
+    `fitted`: the number of judged tasks the score map was fitted on, `regions`: the controls whose region
+    scores have a map (`learning.scorefit`)."""
     name = "0 (零样本 zero-shot)" if form == "0" else form
     text = f"{name}（准确率 accuracy {accuracy:.0%}）" if accuracy is not None else name
-    return f"{text}；分数按 {fitted} 条标注校准 (score fitted on {fitted} tasks)" if fitted else text
+    if fitted:
+        text += f"；分数按 {fitted} 条标注校准 (score fitted on {fitted} tasks)"
+    if regions:
+        text += f"；区域分数已校准 (region scores fitted: {', '.join(regions)})"
+    return text
 
 
 def install_status_page(app: Flask, registry: ModelRegistry) -> None:
