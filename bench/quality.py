@@ -546,29 +546,47 @@ def task_pairs(data: DataSet, answers: list[Answer]) -> list[tuple[float, bool]]
     return pairs
 
 
+def span_pairs(data: DataSet, answers: list[Answer]) -> list[list[tuple[float, bool]]]:
+    """Per task, (region score, the gold has that span) for each scored predicted span: what a region map fits."""
+    out = []
+    for item, answer in zip(data.items, answers, strict=True):
+        gold = {_key(r) for r in gold_results(data, item)}
+        out.append([(float(r["score"]), _key(r) in gold) for r in answer.results if r.get("score") is not None])
+    return out
+
+
 def score_fit_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tuple[DataSet, list[Answer]] | None,
                     sizes: list[int]) -> None:
-    """The backend's score map (`learning.scorefit`), fitted on the first n tasks of another run (a project's
-    judged annotations: FEWSHOT_EVAL_CALLS=60 judges about 15 per form), applied to this run's task scores."""
+    """The backend's score maps (`learning.scorefit`), fitted on the first n tasks of another run (a project's
+    judged annotations: FEWSHOT_EVAL_CALLS=60 judges about 15 per form), applied to this run's task scores and,
+    for entities, to its span scores (the region map: `autotune.fit_maps`)."""
     if fit_on is None:
         return
-    test, judged = task_pairs(data, answers), task_pairs(*fit_on)
-    scores, right = [p[0] for p in test], [p[1] for p in test]
-    for n in sizes:
-        train = judged[:n]
-        found = scorefit.fit(train, "bench")
-        if found is None:
-            why = "too few" if len(train) < scorefit.MIN_PAIRS else "no clear gain leave-one-out: raw score kept"
-            row.notes.append(f"score map fitted on {len(train)} tasks of the other run: {why}")
-            continue
-        mapped = [found(x) for x in scores]
-        row.notes.append(
-            f"task score mapped (fit on {found.n} tasks of the other run, {found.right} right; a {found.a:.2f}, "
-            f"b {found.b:.2f}): ECE {fmt(ece(scores, right))} -> {fmt(ece(mapped, right))}, Brier "
-            f"{fmt(brier(scores, right))} -> {fmt(brier(mapped, right))}, AUROC "
-            f"{fmt(auroc(scores, right))} -> {fmt(auroc(mapped, right))}, mean score {sum(scores) / len(scores):.3f} "
-            f"-> {sum(mapped) / len(mapped):.3f}, right {sum(right) / len(right):.3f} ({len(test)} tasks)"
-        )
+    kinds = [("task", "tasks", [[p] for p in task_pairs(data, answers)], [[p] for p in task_pairs(*fit_on)])]
+    if data.kind == "labels":
+        kinds.append(("span", "spans", span_pairs(data, answers), span_pairs(*fit_on)))
+    def of(n: int) -> str:
+        return "" if kind == "task" else f" of {n} tasks"
+
+    for kind, unit, tested, judged in kinds:
+        test = [p for task in tested for p in task]
+        scores, right = [p[0] for p in test], [p[1] for p in test]
+        for n in sizes:
+            train = [p for task in judged[:n] for p in task]
+            found = scorefit.fit(train, "bench")
+            if found is None:
+                why = "too few" if len(train) < scorefit.MIN_PAIRS else "no clear gain leave-one-out: raw score kept"
+                row.notes.append(f"{kind} score map fitted on {len(train)} {unit}{of(n)} of the other run: {why}")
+                continue
+            mapped = [found(x) for x in scores]
+            row.notes.append(
+                f"{kind} score mapped (fit on {found.n} {unit}{of(n)} of the other run, {found.right} right; "
+                f"a {found.a:.2f}, b {found.b:.2f}): ECE {fmt(ece(scores, right))} -> {fmt(ece(mapped, right))}, "
+                f"Brier {fmt(brier(scores, right))} -> {fmt(brier(mapped, right))}, AUROC "
+                f"{fmt(auroc(scores, right))} -> {fmt(auroc(mapped, right))}, mean score "
+                f"{sum(scores) / len(scores):.3f} -> {sum(mapped) / len(mapped):.3f}, right "
+                f"{sum(right) / len(right):.3f} ({len(test)} {unit})"
+            )
 
 
 def fit_source(paths: list[str], key: str, builders: dict[str, Any], cache: Path, python: str
