@@ -573,7 +573,7 @@ def score_fit_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tupl
         scores, right = [p[0] for p in test], [p[1] for p in test]
         for n in sizes:
             train = [p for task in judged[:n] for p in task]
-            found = scorefit.fit(train, "bench")
+            found = scorefit.fit(train, "bench", groups=[i for i, task in enumerate(judged[:n]) for _ in task])
             if found is None:
                 why = "too few" if len(train) < scorefit.MIN_PAIRS else "no clear gain leave-one-out: raw score kept"
                 row.notes.append(f"{kind} score map fitted on {len(train)} {unit}{of(n)} of the other run: {why}")

@@ -58,6 +58,15 @@ def test_too_few_pairs_leave_the_raw_score() -> None:
     assert fit([(0.9, True)] * (MIN_PAIRS - 1), "v") is None
 
 
+def test_region_pairs_are_judged_task_by_task() -> None:
+    """Twelve overconfident regions: from twelve tasks they make a map; from two tasks they are two cases, too
+    few; and the gain is judged leaving a whole task out, so a task's regions never vouch for each other."""
+    pairs = overconfident(12, 5)
+    assert fit(pairs, "v", groups=list(range(12))) is not None
+    assert fit(pairs, "v", groups=[0] * 6 + [1] * 6) is None
+    assert fit(pairs, "v", groups=[i // 3 for i in range(12)]) is not None  # four tasks of three regions
+
+
 def test_a_stored_map_applies_only_to_the_version_it_was_fitted_on() -> None:
     found = fit(overconfident(20, 3), "model-a-1234")
     assert found is not None

@@ -200,14 +200,15 @@ def fit_maps(
     weights = stratum_weights(index, [label for _, label in judged])
     scored = [(o.score, o.ok, w) for (o, _), w in zip(judged, weights, strict=True) if o.score is not None]
     task = fit([(s, ok) for s, ok, _ in scored], version, [w for *_, w in scored])
-    by_control: dict[str, list[tuple[float, bool, float]]] = {}
-    for (outcome, _), w in zip(judged, weights, strict=True):
+    by_control: dict[str, list[tuple[float, bool, float, int]]] = {}
+    for task_no, ((outcome, _), w) in enumerate(zip(judged, weights, strict=True)):
         for control, score, ok in outcome.regions:
-            by_control.setdefault(control, []).append((score, ok, w))
+            by_control.setdefault(control, []).append((score, ok, w, task_no))
     regions = {}
-    for control, pairs in sorted(by_control.items()):
-        if found := fit([(s, ok) for s, ok, _ in pairs], version, [w for *_, w in pairs]):
-            regions[control] = found
+    for control, found in sorted(by_control.items()):
+        pairs, w, tasks = [(s, ok) for s, ok, *_ in found], [x[2] for x in found], [x[3] for x in found]
+        if fitted := fit(pairs, version, w, groups=tasks):  # leave-one-task-out: a task's regions share its doubt
+            regions[control] = fitted
     return task, regions
 
 

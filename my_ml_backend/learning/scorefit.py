@@ -33,6 +33,7 @@ from scipy.special import expit, logit
 logger = logging.getLogger(__name__)
 
 MIN_PAIRS = 10  # fewer judged tasks: the raw score stays
+MIN_GROUPS = 4  # regions from fewer judged tasks than this: the raw scores stay (one task's regions are one case)
 MARGIN = 0.1  # the map's leave-one-out Brier score must be this much (relative) below the raw score's
 # Weight of a Gaussian prior on (a, b) around (1, 0), the map that changes nothing: 15 judged tasks move the curve
 # less than 200 do. Measured (bench/RESULTS.md, session 15): without it one fit of 32 (15 reviews, scores without
@@ -75,23 +76,30 @@ def _brier(pairs: Sequence[tuple[float, bool]], w: np.ndarray) -> float:
 
 
 def fit(
-    pairs: Sequence[tuple[float, bool]], version: str, weights: Sequence[float] | None = None
+    pairs: Sequence[tuple[float, bool]],
+    version: str,
+    weights: Sequence[float] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> ScoreMap | None:
-    """The score map of `(score, all right)` pairs, or None: below `MIN_PAIRS`, or no clear gain.
+    """The score map of `(score, right)` pairs, or None: below `MIN_PAIRS`, or no clear gain.
 
     `weights`: how many of the project's tasks each judged one stands for (the sample is
     label-stratified, so a rare label's tasks are over-represented). The gain is judged
-    leave-one-out: each pair mapped by a curve fitted on the others.
+    leave-one-out: each pair mapped by a curve fitted on the others; with `groups` (a
+    region's task), leave-one-task-out, since one task's regions share its text and doubt.
     """
-    if len(pairs) < MIN_PAIRS:
+    group = np.arange(len(pairs)) if groups is None else np.asarray(groups)
+    if len(pairs) < MIN_PAIRS or len(set(group.tolist())) < MIN_GROUPS:
         return None
     w = np.ones(len(pairs)) if weights is None else np.asarray(weights, dtype=float)
     found = platt(pairs, version, w)
     loo = []
-    for i, (score, right) in enumerate(pairs):
-        without = platt([*pairs[:i], *pairs[i + 1 :]], version, np.delete(w, i))
-        loo.append((without(score), right))
-    raw, mapped = _brier(pairs, w), _brier(loo, w)
+    for g in dict.fromkeys(group.tolist()):
+        out = group == g
+        without = platt([p for p, o in zip(pairs, out, strict=True) if not o], version, w[~out])
+        loo += [(without(score), right) for (score, right), o in zip(pairs, out, strict=True) if o]
+    loo_w = np.concatenate([w[group == g] for g in dict.fromkeys(group.tolist())])
+    raw, mapped = _brier(pairs, w), _brier(loo, loo_w)
     if mapped >= (1 - MARGIN) * raw:
         logger.info("分数校准未采用 (score map not used): on %d judged scores it does not beat the raw score "
                     "(Brier %.3f raw, %.3f mapped, leave-one-out)", len(pairs), raw, mapped)
