@@ -15,11 +15,12 @@ from collections.abc import Callable
 from .labeling.controls import OBJECT_TAGS
 from .labeling.prompts import PromptGuidance
 from .labeling.schema import LabelingSchema, parse_schema
-from .learning.autotune import Choice, Judged, candidates, evaluate
+from .learning.autotune import Choice, Judged, candidates, evaluate, stored_choice
 from .learning.events import examples_bucket
 from .learning.examples import Example, answers_from_results, region_pairs
 from .learning.index import ExampleIndex
 from .learning.retrieval import Form, Shots
+from .learning.store import open_example_store
 from .llm.client import shared_client
 from .llm.errors import PredictionError
 from .predictor import BatchStats, Predictor, PromptInputs
@@ -67,6 +68,15 @@ def build_predictor(
     version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket, form.name)
     maps = choice.fitted(model_version(settings, schema.config_hash, guidance.fingerprint())) if choice else None
     return Predictor(schema, settings, shared_client(settings), version, guidance, examples, maps)
+
+
+def project_choice(label_config: str | None, settings: Settings, project: int | str) -> Choice | None:
+    """The project's stored few-shot evaluation, for the batch job and its workers: its score maps make their
+    scores mean what `/predict`'s do (one model_version, one Data Manager column, one sort order)."""
+    if not settings.fewshot_auto:
+        return None
+    store = open_example_store(settings)
+    return stored_choice(store, str(project), schema_for(label_config).config_hash) if store is not None else None
 
 
 def task_of(schema: LabelingSchema, example: Example) -> dict:

@@ -114,3 +114,37 @@ def test_batch_job_stops_cleanly_when_the_quota_is_out(llm: fake.FakeLLMServer, 
     batch.predictor.client.pool.ledger.clear()  # what the new quota day does to the ledger
     again = batch.run(progress=False)
     assert again.skipped == 55 and again.predicted == 55 and again.models == {"A": 25, "C": 30}
+
+
+def test_the_batch_job_scores_with_the_projects_fitted_map_as_predict_does(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    """Predictions posted by the batch job share `/predict`'s model_version and Data Manager column, so their
+    scores must mean the same: the project's stored score map (fitted on this model and prompt) applies to both;
+    a map fitted for another model does not."""
+    from my_ml_backend.engine import project_choice, schema_for
+    from my_ml_backend.labeling.prompts import PromptGuidance
+    from my_ml_backend.learning.autotune import Choice, meta_key
+    from my_ml_backend.learning.scorefit import ScoreMap
+    from my_ml_backend.learning.store import open_example_store
+    from my_ml_backend.versioning import model_version
+
+    llm.set_responder(lambda body: fake.chat('{"sentiment": "正面", "_confidence": 0.9}'))
+    settings = Settings(api_key=TEST_KEY, base_url=llm.base_url, model="A", timeout=5.0, max_retries=0,
+                        data_dir=tmp_path, logprobs=False, batch_deadline=3600.0)
+    cfg = config("text_classification")
+    schema = schema_for(cfg)
+    guidance = PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
+    zero_shot = model_version(settings, schema.config_hash, guidance.fingerprint())
+    store = open_example_store(settings)
+    assert store is not None
+
+    def scores_with(version: str) -> float:
+        fitted = ScoreMap(a=1.0, b=-2.0, n=30, right=9, version=version).to_dict()
+        store.set_meta("1", meta_key(schema.config_hash), Choice(form="0", score_map=fitted).dumps())
+        predictor = build_predictor(cfg, settings, choice=project_choice(cfg, settings, 1))
+        [prediction] = predictor.predict_batch(reviews(1))
+        return prediction["score"]
+
+    assert scores_with(zero_shot) == pytest.approx(0.5492, abs=1e-3)  # expit(logit(0.9) - 2)
+    assert scores_with("another-model-1234") == pytest.approx(0.9)

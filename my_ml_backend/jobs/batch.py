@@ -27,7 +27,7 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
-from ..engine import build_predictor
+from ..engine import build_predictor, project_choice
 from ..labeling import packing
 from ..llm.pool import MODEL_ANSWERS, MODEL_REFUSALS
 from ..predictor import Predictor
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"无法读取项目 {args.project} (cannot read project) at {args.url} "
               f"with key {mask(args.api_key)}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
         return 2
-    predictor = build_predictor(label_config, settings)
+    predictor = build_predictor(label_config, settings, choice=project_choice(label_config, settings, args.project))
     chunk_size = args.chunk_size or default_chunk_size(predictor)
     if args.dry_run:
         for line in estimate(BatchJob(client, args.project, predictor, chunk_size), args.limit).lines():

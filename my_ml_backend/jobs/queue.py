@@ -39,7 +39,7 @@ from label_studio_sdk import LabelStudio
 from rq import Worker
 from tqdm import tqdm
 
-from ..engine import build_predictor
+from ..engine import build_predictor, project_choice
 from ..llm.limits import Renewer
 from ..predictor import Predictor
 from ..settings import Settings, load_env_file, load_settings
@@ -168,7 +168,8 @@ def predict_chunk(project: int, model_version: str, run: str, chunk: list[dict[s
     if not settings.redis_url or not settings.label_studio_url or not settings.label_studio_api_key:
         raise RuntimeError("worker needs REDIS_URL, LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (env or .env)")
     client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
-    predictor = build_predictor(client.projects.get(id=project).label_config, settings)
+    label_config = client.projects.get(id=project).label_config
+    predictor = build_predictor(label_config, settings, choice=project_choice(label_config, settings, project))
     if predictor.model_version != model_version:  # this machine's settings differ: never mix versions
         raise RuntimeError(f"worker model_version {predictor.model_version} != run's {model_version}: "
                            "give every worker the same MODELSCOPE_*/LLM_* settings as the command")
