@@ -66,8 +66,7 @@ class NewModel(LabelStudioMLBase):
         base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
         self.guidance = guidance_from_params(base, self.extra_params)
         count = self._count()
-        self.choice: autotune.Choice | None = None  # the last automatic evaluation, read by `_form`
-        self.form = self._form(count)
+        self.form, self.choice = self._form(count)  # choice: the last automatic evaluation (its score maps)
         if self.form.k:  # build the index in the background, from just after /setup has answered
             live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=2.0)
         examples = self.shots if self.store is not None else None
@@ -99,15 +98,16 @@ class NewModel(LabelStudioMLBase):
             logger.warning("无法读取示例库 (cannot read the example store): %s", exc)
             return 0
 
-    def _form(self, count: int) -> Form:
-        """The explicit FEWSHOT_EXAMPLES, or the form the last automatic evaluation chose (zero-shot before)."""
+    def _form(self, count: int) -> tuple[Form, autotune.Choice | None]:
+        """The explicit FEWSHOT_EXAMPLES, or the form the last automatic evaluation chose (zero-shot before),
+        with that evaluation; starts the next evaluation when one is due."""
         if not self.settings.fewshot_auto:
-            return Form(self.settings.fewshot_k, self.settings.fewshot_form)
+            return Form(self.settings.fewshot_k, self.settings.fewshot_form), None
         if self.store is None:
-            return Form(0)
-        self.choice = choice = autotune.stored_choice(self.store, self.project_id, self.schema.config_hash)
+            return Form(0), None
+        choice = autotune.stored_choice(self.store, self.project_id, self.schema.config_hash)
         self._autotune(count, choice)
-        return Form.parse(choice.form) if choice else Form(0)
+        return (Form.parse(choice.form) if choice else Form(0)), choice
 
     def _live(self) -> LiveIndex:
         return live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars)
