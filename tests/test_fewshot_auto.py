@@ -72,16 +72,21 @@ def setup(backend: Backend, config: str = CONFIG) -> str:
     return backend.setup(config, PROJECT)
 
 
+def post_annotation(backend: Backend, n: int, text: str, result: list[dict], config: str = CONFIG) -> None:
+    """Label Studio's ANNOTATION_CREATED webhook for task and annotation `n`."""
+    status, body = backend.post("/webhook", {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {"id": n, "task": n, "result": result, "was_cancelled": False},
+        "task": {"id": n, "data": {"text": text}},
+        "project": {"id": 1, "label_config": config},
+    })
+    assert status == 201, body
+
+
 def annotate(backend: Backend) -> None:
     for n, (text, label) in enumerate(ANNOTATED.items(), start=1):
         result = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
-        status, body = backend.post("/webhook", {
-            "action": "ANNOTATION_CREATED",
-            "annotation": {"id": n, "task": n, "result": result, "was_cancelled": False},
-            "task": {"id": n, "data": {"text": text}},
-            "project": {"id": 1, "label_config": CONFIG},
-        })
-        assert status == 201, body
+        post_annotation(backend, n, text, result)
 
 
 def settle(backend: Backend, llm: fake.FakeLLMServer, config: str = CONFIG) -> dict[str, float]:
@@ -263,13 +268,7 @@ def test_entity_region_scores_are_fitted_to_the_projects_annotations(llm: fake.F
             result = [{"from_name": "ner", "to_name": "text", "type": "labels", "value": {
                 "start": text.index(m), "end": text.index(m) + len(m), "text": m, "labels": [label]}}
                 for m, label in spans]
-            status, body = backend.post("/webhook", {
-                "action": "ANNOTATION_CREATED",
-                "annotation": {"id": n, "task": n, "result": result, "was_cancelled": False},
-                "task": {"id": n, "data": {"text": text}},
-                "project": {"id": 1, "label_config": NER_CONFIG},
-            })
-            assert status == 201, body
+            post_annotation(backend, n, text, result, NER_CONFIG)
         settle(backend, llm, NER_CONFIG)
         log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
         assert log and "region maps {'ner'" in log[-1], backend.logs()[-3000:]
