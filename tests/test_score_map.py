@@ -134,6 +134,14 @@ def test_each_predicted_region_is_judged_against_the_annotators_answer() -> None
     ]
     # An annotator who marked no entity: every predicted one is wrong; a choice they left empty is too.
     assert [right for *_, right in region_pairs(schema, results[:4], {})] == [False] * 4
+    # Multiple choices are one region: right when it holds the annotator's set, not a part of it.
+    multi = schema_for(NER.replace('<Choices name="topic"', '<Choices name="topic" choice="multiple"'))
+    both = [{"from_name": "topic", "to_name": "text", "type": "choices", "value": {"choices": ["other", "work"]},
+             "score": 0.5}]
+    assert region_pairs(multi, both, {"topic": ["work", "other"]}) == [("topic", 0.5, True)]
+    assert region_pairs(multi, both, {"topic": ["work"]}) == [("topic", 0.5, False)]
+    part = [{**both[0], "value": {"choices": ["work"]}}]
+    assert region_pairs(multi, part, {"topic": ["work", "other"]}) == [("topic", 0.5, False)]
 
 
 def test_a_control_whose_regions_are_overconfident_gets_a_map_and_a_calibrated_one_does_not() -> None:

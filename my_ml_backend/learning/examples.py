@@ -45,8 +45,8 @@ def region_pairs(
 ) -> list[tuple[str, float, bool]]:
     """(control, region score, the annotator's `answers` have that region) for each scored predicted region.
 
-    A region's own answer is `to_answer` of it alone: one item of a list answer (an entity:
-    label and text) must be in the annotator's list; any other answer must equal theirs.
+    A region's own answer is `to_answer` of it alone: a span (an entity: label and text) must
+    be in the annotator's list; any other answer (a choice, a set of choices) must equal theirs.
     """
     targets = {t.name: t for t in schema.targets}
     pairs = []
@@ -56,8 +56,10 @@ def region_pairs(
         if target is None or not isinstance(score, (int, float)) or not isinstance(value, dict):
             continue
         mine, gold = HANDLERS[target.tag].to_answer(target, [value]), answers.get(target.name)
-        if isinstance(mine, list) and (isinstance(gold, list) or gold is None):
-            right = bool(mine) and all(item in (gold or []) for item in mine)
+        if isinstance(mine, list) and mine and all(isinstance(item, dict) for item in mine):  # spans
+            right = isinstance(gold or [], list) and all(item in (gold or []) for item in mine)
+        elif isinstance(mine, list) and isinstance(gold, list):  # multiple choices: the same set
+            right = sorted(map(str, mine)) == sorted(map(str, gold))
         else:
             right = mine == gold
         pairs.append((target.name, float(score), right))
