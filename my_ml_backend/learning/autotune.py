@@ -72,10 +72,11 @@ class Choice:
     def fitted(self, version: str) -> ScoreMaps | None:
         """The score maps fitted on predictions of `version` (same model, prompt, config, guidance), if any."""
         task = ScoreMap.from_dict(self.score_map)
-        regions = {name: m for name, raw in (self.region_maps or {}).items() if (m := ScoreMap.from_dict(raw))}
-        regions = {name: m for name, m in regions.items() if m.version == version}
-        if task is not None and task.version != version:
-            task = None
+        task = task if task is not None and task.version == version else None
+        regions = {
+            name: m for name, raw in (self.region_maps or {}).items()
+            if (m := ScoreMap.from_dict(raw)) is not None and m.version == version
+        }
         return ScoreMaps(task, regions) if task is not None or regions else None
 
     def dumps(self) -> str:
