@@ -93,13 +93,13 @@ def fit(
         return None
     w = np.ones(len(pairs)) if weights is None else np.asarray(weights, dtype=float)
     found = platt(pairs, version, w)
-    loo = []
-    for g in dict.fromkeys(group.tolist()):
+    loo = list(pairs)  # each pair's score mapped by the curve fitted without its group, in place
+    for g in np.unique(group):
         out = group == g
         without = platt([p for p, o in zip(pairs, out, strict=True) if not o], version, w[~out])
-        loo += [(without(score), right) for (score, right), o in zip(pairs, out, strict=True) if o]
-    loo_w = np.concatenate([w[group == g] for g in dict.fromkeys(group.tolist())])
-    raw, mapped = _brier(pairs, w), _brier(loo, loo_w)
+        for i in np.flatnonzero(out):
+            loo[i] = (without(pairs[i][0]), pairs[i][1])
+    raw, mapped = _brier(pairs, w), _brier(loo, w)
     if mapped >= (1 - MARGIN) * raw:
         logger.info("分数校准未采用 (score map not used): on %d judged scores it does not beat the raw score "
                     "(Brier %.3f raw, %.3f mapped, leave-one-out)", len(pairs), raw, mapped)
