@@ -565,22 +565,20 @@ def score_fit_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tupl
     kinds = [("task", "tasks", [[p] for p in task_pairs(data, answers)], [[p] for p in task_pairs(*fit_on)])]
     if data.kind == "labels":
         kinds.append(("span", "spans", span_pairs(data, answers), span_pairs(*fit_on)))
-    def of(n: int) -> str:
-        return "" if kind == "task" else f" of {n} tasks"
-
     for kind, unit, tested, judged in kinds:
         test = [p for task in tested for p in task]
         scores, right = [p[0] for p in test], [p[1] for p in test]
         for n in sizes:
+            of = "" if kind == "task" else f" of {n} tasks"
             train = [p for task in judged[:n] for p in task]
             found = scorefit.fit(train, "bench", groups=[i for i, task in enumerate(judged[:n]) for _ in task])
             if found is None:
                 why = "too few" if len(train) < scorefit.MIN_PAIRS else "no clear gain leave-one-out: raw score kept"
-                row.notes.append(f"{kind} score map fitted on {len(train)} {unit}{of(n)} of the other run: {why}")
+                row.notes.append(f"{kind} score map fitted on {len(train)} {unit}{of} of the other run: {why}")
                 continue
             mapped = [found(x) for x in scores]
             row.notes.append(
-                f"{kind} score mapped (fit on {found.n} {unit}{of(n)} of the other run, {found.right} right; "
+                f"{kind} score mapped (fit on {found.n} {unit}{of} of the other run, {found.right} right; "
                 f"a {found.a:.2f}, b {found.b:.2f}): ECE {fmt(ece(scores, right))} -> {fmt(ece(mapped, right))}, "
                 f"Brier {fmt(brier(scores, right))} -> {fmt(brier(mapped, right))}, AUROC "
                 f"{fmt(auroc(scores, right))} -> {fmt(auroc(mapped, right))}, mean score "
