@@ -10,16 +10,24 @@ batches 80 % one class (skew80), and the share of items whose answer changes bet
 - raw: the argmax of the choice distribution read from the answer's first-token alternatives;
 - batch a: Batch Calibration, the batch's mean (25 tasks, 2 pseudo-tasks of uniform) divided out
   with exponent a;
-- content-free a: the content-free prior (mixed with 20 % uniform) divided out with exponent a.
+- content-free a: the content-free prior (mixed with 20 % uniform) divided out with exponent a;
+- both orders: the two orders' content-free 0.5 distributions averaged (what asking a choice a
+  second time, in the other order, would buy).
 
 Entities (``--set entities``): our prompt on Faker entity sentences, each reply's tokens and
 alternatives saved; analysing compares span scores against the span being exactly right (its
 start, end and label): the joint product of the text's and label's tokens (the score before
 2026-12-01), the text's geometric mean, P(label among the labels) from the label token's
-alternatives, and their products. The seed picks the sentences, so one seed can choose a rule
+alternatives, and their products. It also re-decides each found entity's type from its label
+token's alternatives with the mean label distribution divided out (as `calibration` does for a
+choice) and counts the types right. The seed picks the sentences, so one seed can choose a rule
 and another check it.
 
+Requests are sent as the backend sends them to llama.cpp (`LLM_REPEAT_PENALTY=auto`: repeat_penalty
+1.0), to a server this script starts or to ``--base-url``.
+
 Usage: .venv/bin/python bench/calibration_study.py collect --set topics --n 100 --out topics.json
+       .venv/bin/python bench/calibration_study.py collect --set sentiment --n 200 --base-url URL --out s.json
        .venv/bin/python bench/calibration_study.py analyse topics.json
        .venv/bin/python bench/calibration_study.py collect --set entities --n 40 --seed 1 --out e1.json
 """
@@ -31,8 +39,9 @@ import json
 import math
 import random
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.quality import (  # noqa: E402
     auroc,
+    auroc_interval,
     ece,
     entity_set,
     partial_entity_set,
@@ -48,7 +58,12 @@ from bench.quality import (  # noqa: E402
     topic_set,
 )
 from my_ml_backend.engine import schema_for  # noqa: E402
-from my_ml_backend.labeling.calibration import CONTENT_FREE, calibrate, choice_distribution  # noqa: E402
+from my_ml_backend.labeling.calibration import (  # noqa: E402
+    CONTENT_FREE,
+    calibrate,
+    choice_distribution,
+    content_free_prior,
+)
 from my_ml_backend.labeling.controls.base import ordered  # noqa: E402
 from my_ml_backend.labeling.parsing import parse_reply  # noqa: E402
 from my_ml_backend.labeling.prompts import answer_schema, build_prompt, prompt_language  # noqa: E402
@@ -63,25 +78,38 @@ def _ask(client: object, model: str, schema: object, task: dict, max_tokens: int
     reply = client.chat.completions.create(  # type: ignore[attr-defined]
         model=model, messages=build_prompt(schema, task, confidence=False), temperature=0,
         max_tokens=max_tokens, logprobs=True, top_logprobs=20, response_format=fmt,
+        extra_body={"repeat_penalty": 1.0},  # as the backend sends it (LLM_REPEAT_PENALTY=auto)
     )
     content = reply.choices[0].logprobs.content
     tokens = [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in content]
     return tokens, reply.choices[0].message.content
 
 
-def collect(args: argparse.Namespace) -> None:
+@contextmanager
+def _server(base_url: str) -> Iterator[tuple[object, str]]:
+    """(an OpenAI client, the model name) for `base_url`, or for a local model server started here."""
     import openai
 
+    if base_url:
+        yield openai.OpenAI(base_url=base_url, api_key="sk-local", timeout=600), "local"
+        return
+    with LocalModelServer() as server:
+        yield openai.OpenAI(base_url=server.base_url, api_key="sk-local", timeout=600), server.model
+
+
+def collect(args: argparse.Namespace) -> None:
     paths = install()
     if args.set.startswith("entities"):
         return collect_entities(args, Path(paths["cache"]), paths["python"])
     build = topic_set if args.set == "topics" else sentiment_set
-    data = build(Path(paths["cache"]), paths["python"], args.n, 0)
+    data = build(Path(paths["cache"]), paths["python"], args.n, args.seed)
+    if args.label_prefix:  # choices whose names share their first tokens (e.g. "评价正面" / "评价负面")
+        data = replace(data, values=[args.label_prefix + v for v in data.values],
+                       items=[replace(i, gold=args.label_prefix + i.gold) for i in data.items])
     key = "topic" if args.set == "topics" else "sentiment"
     rows = []
-    with LocalModelServer() as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-local", timeout=600)
-        for order in ("forward", "reversed"):
+    with _server(args.base_url) as (client, model):
+        for order in ("forward", "reversed") if args.order == "both" else (args.order,):
             schema = schema_for(data.config(data.values))
             texts = [(item.text, item.gold) for item in data.items]
             lang = prompt_language({"text": texts[0][0]})
@@ -89,22 +117,19 @@ def collect(args: argparse.Namespace) -> None:
             with prompt_order_reversed() if order == "reversed" else nullcontext():
                 listed = ordered(data.values)
                 for text, gold in texts:
-                    tokens, reply = _ask(client, server.model, schema, {"text": text}, 40)
+                    tokens, reply = _ask(client, model, schema, {"text": text}, 40)
                     rows.append({"order": order, "listed": listed, "gold": gold, "tokens": tokens, "reply": reply})
     Path(args.out).write_text(json.dumps({"key": key, "values": ordered(data.values), "rows": rows},
                                          ensure_ascii=False), encoding="utf-8")
 
 
 def collect_entities(args: argparse.Namespace, cache: Path, python: str) -> None:
-    import openai
-
     data = (partial_entity_set if args.set == "entities-partial" else entity_set)(cache, python, args.n, args.seed)
     schema = schema_for(data.config(data.values))
     rows = []
-    with LocalModelServer() as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-local", timeout=600)
+    with _server(args.base_url) as (client, model):
         for item in data.items:
-            tokens, reply = _ask(client, server.model, schema, {"text": item.text}, 200)
+            tokens, reply = _ask(client, model, schema, {"text": item.text}, 200)
             results, _ = build_results(schema, parse_reply(reply, ["ner"]), {"text": item.text})
             rows.append({"text": item.text, "gold": item.gold, "tokens": tokens, "reply": reply, "results": results})
     Path(args.out).write_text(json.dumps({"key": "ner", "values": data.values, "rows": rows}, ensure_ascii=False),
@@ -173,6 +198,43 @@ def analyse_entities(saved: dict, name: str) -> None:
         scores, right = [s for s, _ in pairs], [r for _, r in pairs]
         print(f"| {rule} | {sum(right) / len(right):.1%} | {sum(scores) / len(scores):.3f} "
               f"| {_f(auroc(scores, right))} | {_f(ece(scores, right))} |")
+    _retyped(saved, labels)
+
+
+def _retyped(saved: dict, labels: list[str]) -> None:
+    """Types right among the entities found (their text is a gold mention): as written, and re-decided from the
+    label token's alternatives with the mean label distribution divided out (all items, or the first item's
+    own mean for first items), exponent 0.5 and 1."""
+    found = []  # (item index in its list, written label, gold label, distribution at the label token)
+    for row in saved["rows"]:
+        gold = dict(row["gold"])
+        tokens = [(t[0], t[1], [tuple(a) for a in t[2]]) for t in row["tokens"]]
+        joined, after = "".join(t[0] for t in tokens), 0
+        for n, result in enumerate(row["results"]):
+            value = result["value"]
+            at = joined.find(json.dumps(value["text"], ensure_ascii=False), after)
+            label_at = label_before(joined, value["labels"][0], after, at) if at >= 0 else -1
+            if label_at < 0:
+                continue
+            after = at
+            dist = distribution_at(tokens[token_at(tokens, label_at)], labels)
+            if dist and value["text"] in gold:
+                found.append((n, value["labels"][0], gold[value["text"]], dist))
+    if not found:
+        return
+    mean = content_free_prior([f[3] for f in found], shrink=0)  # the plain mean of the distributions
+    first = content_free_prior([f[3] for f in found if f[0] == 0] or [mean], shrink=0)
+    print(f"\n{len(found)} entities found; mean label distribution {dict(zip(labels, map(_f, mean), strict=True))}\n")
+    print("| type | right |\n|---|---|")
+    print(f"| as written | {sum(w == g for _, w, g, _ in found)} |")
+    for strength in (0.5, 1.0):
+        for name, prior_of in (("mean", lambda n: mean),
+                               ("first item's mean for first items", lambda n: first if n == 0 else mean)):
+            right = 0
+            for n, _, g, dist in found:
+                c = calibrate(dist, prior_of(n), strength)
+                right += labels[max(range(len(labels)), key=c.__getitem__)] == g
+            print(f"| re-decided, {name} divided out ({strength}) | {right} |")
 
 
 def _batches(n: int, size: int, seed: int) -> list[list[int]]:
@@ -182,9 +244,11 @@ def _batches(n: int, size: int, seed: int) -> list[list[int]]:
 
 
 def analyse(args: argparse.Namespace) -> None:
-    saved = json.loads(Path(args.path).read_text(encoding="utf-8"))
+    runs = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.paths]
+    saved = {**runs[0], "rows": [row for run in runs for row in run["rows"]]}  # e.g. one file per listed order
+    name = " + ".join(Path(path).name for path in args.paths)
     if saved["key"] == "ner":
-        return analyse_entities(saved, Path(args.path).name)
+        return analyse_entities(saved, name)
     key, values = saved["key"], saved["values"]
     k = len(values)
     by_order: dict[str, dict[str, list]] = {}
@@ -214,7 +278,7 @@ def analyse(args: argparse.Namespace) -> None:
     for strength in (0.5, 1.0):
         rules[f"batch {strength}"] = batch_rule(strength)
         rules[f"content-free {strength}"] = free_rule(strength)
-    print(f"## {Path(args.path).name}: {len(by_order['forward']['items'])} items, choices {values}\n")
+    print(f"## {name}: {len(by_order['forward']['items'])} items, choices {values}\n")
     print("| rule | listed order | accuracy | AUROC | ECE | skew80 accuracy | order test: changed |")
     print("|---|---|---|---|---|---|---|")
     for name, rule in rules.items():
@@ -238,6 +302,32 @@ def analyse(args: argparse.Namespace) -> None:
                   f"| {_f(ece(scores, right))} | {'-' if skew is None else f'{skew:.1%}'} ", end="")
             changed = sum(a != b for a, b in zip(answers["forward"], picks, strict=True)) / len(picks)
             print(f"| {'' if order == 'forward' else f'{changed:.1%}'} |")
+    if len(by_order) == 2:
+        _both_orders(by_order, free_rule(0.5), k)
+    part = by_order.get("forward") or next(iter(by_order.values()))  # the backend's rule, in the order it lists
+    dists = [d for _, d, _ in part["items"]]
+    settled = free_rule(0.5)(dists, list(range(len(dists))), part["free"])
+    picks = [max(range(k), key=d.__getitem__) for d in settled]
+    right = [p == g for p, (g, _, _) in zip(picks, part["items"], strict=True)]
+    interval = auroc_interval([d[p] for d, p in zip(settled, picks, strict=True)], right)
+    if interval is not None:
+        print(f"\nThe backend's rule (content-free 0.5) over all {len(dists)} items at once: AUROC 95 % bootstrap "
+              f"interval [{interval[0]:.3f}, {interval[1]:.3f}] (2,000 resamples)")
+
+
+def _both_orders(by_order: dict[str, dict[str, list]], rule: Callable, k: int) -> None:
+    """The row for a choice asked in both listed orders: the two content-free 0.5 distributions averaged."""
+    settled = []
+    for part in by_order.values():
+        dists = [d for _, d, _ in part["items"]]
+        settled.append(rule(dists, list(range(len(dists))), part["free"]))
+    mean = [[(a + b) / 2 for a, b in zip(x, y, strict=True)] for x, y in zip(*settled, strict=True)]
+    gold = [g for g, _, _ in by_order["forward"]["items"]]
+    picks = [max(range(k), key=d.__getitem__) for d in mean]
+    scores = [d[p] for d, p in zip(mean, picks, strict=True)]
+    right = [p == g for p, g in zip(picks, gold, strict=True)]
+    print(f"| both orders, content-free 0.5 averaged (2 calls) | both | {sum(right) / len(right):.1%} "
+          f"| {_f(auroc(scores, right))} | {_f(ece(scores, right))} | - | - |")
 
 
 def _skew80(rule: Callable, dists: list, gold: list[int], free: list, k: int) -> float:
@@ -262,10 +352,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     c = sub.add_parser("collect")
     c.add_argument("--set", choices=["topics", "sentiment", "entities", "entities-partial"], default="topics")
     c.add_argument("--n", type=int, default=100)
-    c.add_argument("--seed", type=int, default=0, help="entities: which sentences")
+    c.add_argument("--seed", type=int, default=0, help="which items (the benchmark's --seed)")
+    c.add_argument("--base-url", default="", help="a running local model server (default: start one)")
+    c.add_argument("--order", default="both", choices=["both", "forward", "reversed"],
+                   help="choices: the listed orders to ask in (one per process: --merge the files)")
+    c.add_argument("--label-prefix", default="", help="choices: put this before every choice name")
     c.add_argument("--out", required=True)
     a = sub.add_parser("analyse")
-    a.add_argument("path")
+    a.add_argument("paths", nargs="+", help="saved collections of one set (several: their rows together)")
     args = parser.parse_args(argv)
     collect(args) if args.command == "collect" else analyse(args)
 

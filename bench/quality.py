@@ -67,10 +67,11 @@ from my_ml_backend.engine import build_predictor  # noqa: E402
 from my_ml_backend.jobs.evaluation import Evaluation  # noqa: E402
 from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
 from my_ml_backend.learning import scorefit  # noqa: E402
+from my_ml_backend.learning.autotune import Judged, extension_verdict  # noqa: E402
 from my_ml_backend.learning.examples import Example, answers_from_results  # noqa: E402
 from my_ml_backend.learning.retrieval import Form, Shots  # noqa: E402
 from my_ml_backend.settings import load_settings  # noqa: E402
-from my_ml_backend.telemetry.metrics import COMPLETION_TOKENS, METRICS, PROMPT_TOKENS  # noqa: E402
+from my_ml_backend.telemetry.metrics import API_REQUESTS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
 
 logger = logging.getLogger("quality")
@@ -234,6 +235,15 @@ def partial_entity_set(cache: Path, python: str, size: int, seed: int) -> DataSe
     return DataSet(name, labels_config, list(ENTITY_LABELS), items, "labels", "en+zh")
 
 
+def prefixed(data: DataSet, prefix: str) -> DataSet:
+    """A choice set whose every choice name starts with `prefix` ("评价正面" / "评价负面"): names that share
+    their first tokens, so the answer's first token no longer tells the choices apart."""
+    if not prefix or data.kind != "choices":
+        return data
+    return replace(data, name=f"{data.name}, choices named {prefix}...", values=[prefix + v for v in data.values],
+                   items=[replace(item, gold=prefix + item.gold) for item in data.items])
+
+
 # --- systems -------------------------------------------------------------------------------------
 
 
@@ -242,6 +252,14 @@ class Answer:
     results: list[dict[str, Any]]  # Label Studio results
     score: float | None
     tokens: int
+    calls: float = 1.0  # chat requests per task (ours: its batch's requests over its tasks)
+    before: dict[str, Any] | None = None  # ours: {"results", "score"} before list extension grew the answer
+
+
+def unextended(answers: list[Answer]) -> list[Answer]:
+    """Our answers as they were before list extension (`labeling.extension`): the same run with it off."""
+    return [replace(a, results=a.before["results"], score=a.before["score"], before=None) if a.before else a
+            for a in answers]
 
 
 def gold_results(data: DataSet, item: Item) -> list[dict[str, Any]]:
@@ -308,15 +326,20 @@ def ours(
             predictor = build_predictor(config, settings, examples=lambda: shots, count=count, form=form)
         else:
             predictor = build_predictor(config, settings)
+        predictor.before = {}  # each task's answer before list extension, for the same run without it
         answers = []
         for start in range(0, len(items), batch):
             chunk = items[start : start + batch]
-            paid = METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS)
+            paid, asked = METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS), METRICS.get(API_REQUESTS)
             tasks = [{"id": start + i, "data": {"text": item.text}} for i, item in enumerate(chunk)]
             predictions = predictor.predict_batch(tasks)
             tokens = int(METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS) - paid) / len(chunk)
-            answers += [Answer(p.get("result", []), p.get("score") if "result" in p else None, tokens)
-                        for p in predictions]
+            calls = (METRICS.get(API_REQUESTS) - asked) / len(chunk)
+            for task, p in zip(tasks, predictions, strict=True):
+                first = predictor.before.pop(task["id"], None)
+                before = {"results": first.get("result", []), "score": first.get("score")} if first else None
+                answers.append(Answer(p.get("result", []), p.get("score") if "result" in p else None, tokens, calls,
+                                      before))
             logger.info("ours: %d/%d tasks", start + len(chunk), len(items))
         return answers
 
@@ -444,6 +467,31 @@ def auroc(scores: list[float], right: list[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def auroc_interval(scores: list[float], right: list[bool], resamples: int = 2000, seed: int = 0
+                   ) -> tuple[float, float] | None:
+    """95 % bootstrap percentile interval of `auroc` (items resampled with replacement).
+
+    Why: 200 items with about 40 wrong answers cannot tell 0.736 from 0.75; the interval says how
+    far one sample's AUROC is from the model's. Ranks (scipy's Mann-Whitney form) keep 2,000 resamples fast.
+    """
+    import numpy as np
+    from scipy.stats import rankdata
+
+    s, r = np.asarray(scores, dtype=float), np.asarray(right, dtype=bool)
+    rng, found = np.random.default_rng(seed), []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(s), len(s))
+        ps, pr = s[pick], r[pick]
+        n_pos, n_neg = int(pr.sum()), int((~pr).sum())
+        if n_pos and n_neg:
+            ranks = rankdata(ps)  # ties share their mean rank: they count half, as in `auroc`
+            found.append((ranks[pr].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    if not found:
+        return None
+    low, high = np.percentile(found, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def ece(scores: list[float], right: list[bool], bins: int = 10) -> float | None:
     """Expected calibration error: |accuracy - mean score| per equal-width bin, weighted by size."""
     if not scores:
@@ -461,11 +509,6 @@ def ece(scores: list[float], right: list[bool], bins: int = 10) -> float | None:
     return total
 
 
-def brier(scores: list[float], right: list[bool]) -> float | None:
-    """Mean squared error of the score as P(right): a proper score, steadier than binned ECE on 40 tasks."""
-    return sum((s - r) ** 2 for s, r in zip(scores, right, strict=True)) / len(scores) if scores else None
-
-
 @dataclass
 class Row:
     system: str
@@ -476,6 +519,7 @@ class Row:
     auroc: float | None
     ece: float | None
     tokens: float
+    calls: float = 1.0
     changed: str = "-"
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -516,6 +560,7 @@ def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -
     positions = " / ".join(f"{position[i] / total:.0%}" for i in range(len(data.values)))
     extra = f"span micro-F1 {report.micro.f1:.3f}" if data.kind == "labels" else ""
     tokens = sum(a.tokens for a in answers) / len(answers)
+    calls = sum(a.calls for a in answers) / len(answers)
     row = Row(
         system,
         report.accuracy,
@@ -525,6 +570,7 @@ def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -
         auroc(scores, right),
         ece(scores, right),
         tokens,
+        calls,
         seconds=seconds,
     )
     if data.kind == "labels" and (pairs := task_pairs(data, answers)):  # AUROC/ECE above are per span
@@ -555,6 +601,74 @@ def span_pairs(data: DataSet, answers: list[Answer]) -> list[list[tuple[float, b
     return out
 
 
+def judged_tasks(fit_on: tuple[DataSet, list[Answer]]) -> list[Judged]:
+    """Our answers on an entity set judged as `FEWSHOT_EXAMPLES=auto` judges a project's annotated tasks: all
+    right, and each scored span with whether the gold has it; `before`: the same before list extension."""
+    def judged_as(results: list[dict[str, Any]], gold: set) -> Judged:
+        regions = [("ner", r["score"], _key(r) in gold) for r in results if r.get("score") is not None]
+        return Judged({_key(r) for r in results} == gold, None, regions)
+
+    judged = []
+    for item, answer in zip(fit_on[0].items, fit_on[1], strict=True):
+        gold = {_key(r) for r in gold_results(fit_on[0], item)}
+        before = judged_as(answer.before["results"], gold) if answer.before else None
+        judged.append(judged_as(answer.results, gold)._replace(before=before))
+    return judged
+
+
+def extension_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tuple[DataSet, list[Answer]] | None,
+                    sizes: list[int]) -> None:
+    """The same run without list extension (its first answers), and what a project annotated like the first n
+    tasks of another run would decide (`autotune.extension_verdict`, as FEWSHOT_EXAMPLES=auto judges)."""
+    grown = sum(a.before is not None for a in answers)
+    if not grown and not (fit_on and any(a.before for a in fit_on[1])):
+        return
+    off = measure("ours", data, unextended(answers), 0)
+    row.notes.append(
+        f"without list extension (the same run's first answers; {grown} of {len(answers)} tasks grew): accuracy "
+        f"{off.accuracy:.1%} ({off.extra}), macro-F1 {off.macro_f1:.3f}, span AUROC {fmt(off.auroc)}, "
+        f"ECE {fmt(off.ece)}; " + "; ".join(off.notes)
+    )
+    if fit_on is None:
+        return
+    judged = judged_tasks(fit_on)
+    for n in sizes:
+        verdict, why = extension_verdict(judged[:n])
+        keep = {None: "the setting stands (on)", True: "kept on", False: "turned off"}[verdict]
+        row.notes.append(f"a project annotated like the first {n} tasks of the other run: list extension {keep} "
+                         f"({why})")
+
+
+def region_cut_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tuple[DataSet, list[Answer]] | None,
+                     sizes: list[int]) -> None:
+    """What a project annotated like the first n tasks of another run would serve: list extension as its
+    annotations decide (`extension_verdict`), then the region cut fitted on the same judged regions
+    (`scorefit.fit_cut`, as `autotune.fit_maps` fits it), applied to this run's answers."""
+    if fit_on is None:
+        return
+    every = judged_tasks(fit_on)
+    for n in sizes:
+        judged, pairs, groups = every[:n], [], []
+        off = extension_verdict(judged)[0] is False
+        for task, o in enumerate(judged):
+            for _, score, right in (o.before or o).regions if off else o.regions:
+                pairs.append((score, right))
+                groups.append(task)
+        served = unextended(answers) if off else answers
+        cut = scorefit.fit_cut(pairs, "bench", groups)
+        if cut is None:
+            row.notes.append(f"region cut fitted on the first {n} tasks of the other run: none")
+            continue
+        kept = [replace(a, results=[r for r in a.results if r.get("score") is None or r["score"] >= cut.below])
+                for a in served]
+        with_cut, without = measure("ours", data, kept, 0), measure("ours", data, served, 0)
+        row.notes.append(
+            f"region cut fitted on the first {n} tasks of the other run: {cut.below} ({cut.wrong} judged regions "
+            f"under it wrong, {cut.right} right); served (list extension {'off' if off else 'as run'}): accuracy "
+            f"{without.accuracy:.1%} ({without.extra}) -> {with_cut.accuracy:.1%} ({with_cut.extra})"
+        )
+
+
 def score_fit_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tuple[DataSet, list[Answer]] | None,
                     sizes: list[int]) -> None:
     """The backend's score maps (`learning.scorefit`), fitted on the first n tasks of another run (a project's
@@ -577,10 +691,11 @@ def score_fit_notes(row: Row, data: DataSet, answers: list[Answer], fit_on: tupl
                 row.notes.append(f"{kind} score map fitted on {len(train)} {unit}{of} of the other run: {why}")
                 continue
             mapped = [found(x) for x in scores]
+            brier_raw, brier_mapped = scorefit.brier(test), scorefit.brier(list(zip(mapped, right, strict=True)))
             row.notes.append(
                 f"{kind} score mapped (fit on {found.n} {unit}{of} of the other run, {found.right} right; "
                 f"a {found.a:.2f}, b {found.b:.2f}): ECE {fmt(ece(scores, right))} -> {fmt(ece(mapped, right))}, "
-                f"Brier {fmt(brier(scores, right))} -> {fmt(brier(mapped, right))}, AUROC "
+                f"Brier {fmt(brier_raw)} -> {fmt(brier_mapped)}, AUROC "
                 f"{fmt(auroc(scores, right))} -> {fmt(auroc(mapped, right))}, mean score "
                 f"{sum(scores) / len(scores):.3f} -> {sum(mapped) / len(mapped):.3f}, right "
                 f"{sum(right) / len(right):.3f} ({len(test)} {unit})"
@@ -658,7 +773,7 @@ def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, 
     runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     for name in dict.fromkeys(n for run in runs for n in run["sets"]):
         size = next(run["sizes"][name] for run in runs if name in run["sets"])
-        data = builders[name][0](cache, python, size, runs[0]["seed"])
+        data = prefixed(builders[name][0](cache, python, size, runs[0]["seed"]), runs[0].get("choice_prefix", ""))
         chunks: dict[tuple[str, str], list[tuple[int, float, list[Answer]]]] = {}
         for run in runs:
             for system, saved in run["sets"].get(name, {}).items():
@@ -682,6 +797,10 @@ def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, 
             if system == "ours" and fits:
                 fit_on = fit_source(fits, name, builders, cache, python)
                 score_fit_notes(row, replace(data, items=data.items[: len(answers)]), answers, fit_on, fit_sizes)
+            if system == "ours" and data.kind == "labels":
+                fit_on = fit_source(fits, name, builders, cache, python) if fits else None
+                extension_notes(row, replace(data, items=data.items[: len(answers)]), answers, fit_on, fit_sizes)
+                region_cut_notes(row, replace(data, items=data.items[: len(answers)]), answers, fit_on, fit_sizes)
             if (system, "other") in joined:
                 other = joined[(system, "other")][1]
                 n = min(len(other), len(answers))
@@ -697,15 +816,15 @@ def print_rows(data: DataSet, rows: list[Row]) -> None:
     if gold:
         print(f"gold share by position: {' / '.join(f'{gold[v] / len(data.items):.0%}' for v in data.values)}")
     print(
-        "\n| system | accuracy | macro-F1 | answers by position | AUROC | ECE | tokens/task "
+        "\n| system | accuracy | macro-F1 | answers by position | AUROC | ECE | tokens/task | calls/task "
         "| order test: changed | s/task |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         acc = f"{r.accuracy:.1%}" + (f" ({r.extra})" if r.extra else "")
         print(
             f"| {r.system} | {acc} | {r.macro_f1:.3f} | {r.positions} | {fmt(r.auroc)} | {fmt(r.ece)} "
-            f"| {r.tokens:.0f} | {r.changed} | {r.seconds / len(data.items):.1f} |"
+            f"| {r.tokens:.0f} | {r.calls:.2f} | {r.changed} | {r.seconds / len(data.items):.1f} |"
         )
     for r in rows:
         for note in r.notes:
@@ -725,6 +844,7 @@ def main() -> None:
     parser.add_argument("--scaffold", default="", choices=["", "en", "zh"],
                         help="our prompt's scaffolding language for every text (default: the text's own)")
     parser.add_argument("--logprobs", default="auto", help="LLM_LOGPROBS for our backend (off: the fallback score)")
+    parser.add_argument("--extend", default="auto", help="LLM_EXTEND_LISTS for our backend (off: one call per task)")
     parser.add_argument(
         "--systems",
         nargs="+",
@@ -745,6 +865,8 @@ def main() -> None:
                         help="few-shot form for our backend (3, block-3, chat-3, labels-1): annotated examples from "
                              "the sets drawn with seed+1000 (entities: both entity sets, never the task's own "
                              "template); 0: zero-shot")
+    parser.add_argument("--choice-prefix", default="",
+                        help="choice sets: put this before every choice name (names sharing their first tokens)")
     parser.add_argument("--save", default="", help="write every answer to this JSON file (for --merge)")
     parser.add_argument("--merge", nargs="+", default=[], help="print the tables of runs saved with --save")
     parser.add_argument("--fit-scores", nargs="+", default=[],
@@ -775,7 +897,8 @@ def main() -> None:
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline (merged runs)")
         merge(args.merge, builders, cache, python, args.fit_scores, args.fit_n)
         return
-    sets = [builders[name][0](cache, python, builders[name][1], args.seed) for name in args.sets]
+    sets = [prefixed(builders[name][0](cache, python, builders[name][1], args.seed), args.choice_prefix)
+            for name in args.sets]
 
     def pool_sets(name: str) -> list[DataSet]:
         """The annotated sets examples come from: drawn with another seed (entities: both shapes)."""
@@ -805,6 +928,7 @@ def main() -> None:
         if args.reasoning:
             env["LLM_REASONING"] = args.reasoning
         env["LLM_LOGPROBS"] = args.logprobs
+        env["LLM_EXTEND_LISTS"] = args.extend
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
         shown = Form.parse(args.examples)
         examples = f"few-shot {shown.name} (other seed, other templates)" if shown.k else "no examples"
@@ -813,10 +937,12 @@ def main() -> None:
             print(f"- baseline: repeat_penalty {args.baseline_repeat_penalty} (not the server's default)")
         print(
             f"- ours: LLM_OUTPUT_MODE={args.mode}, LLM_REASONING={args.reasoning or '(default)'}, "
-            f"LLM_LOGPROBS={args.logprobs}, scaffolding {args.scaffold or 'in the text language'}, "
+            f"LLM_LOGPROBS={args.logprobs}, LLM_EXTEND_LISTS={args.extend}, "
+            f"scaffolding {args.scaffold or 'in the text language'}, "
             f"cache off, {examples}, {args.batch} tasks per /predict; order test: {args.permute}"
         )
-        record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {}}
+        record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {},
+                                  "choice_prefix": args.choice_prefix}
         for name, data in zip(args.sets, sets, strict=True):
             systems: dict[str, Callable] = {}
             if "ours" in args.systems:
@@ -833,6 +959,11 @@ def main() -> None:
                     mine = [Answer(**a) for a in saved["ours"]["answers"]]
                     fit_on = fit_source(args.fit_scores, name, builders, cache, python)
                     score_fit_notes(row, data, mine, fit_on, args.fit_n)
+                if row.system == "ours" and data.kind == "labels":
+                    mine = [Answer(**a) for a in saved["ours"]["answers"]]
+                    fit_on = fit_source(args.fit_scores, name, builders, cache, python) if args.fit_scores else None
+                    extension_notes(row, data, mine, fit_on, args.fit_n)
+                    region_cut_notes(row, data, mine, fit_on, args.fit_n)
             print_rows(data, rows)
             if args.save:
                 Path(args.save).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # executed as a script by `label-studio-ml start`
 from label_studio_ml.api import init_app  # noqa: E402
 
 from my_ml_backend.llm.client import shared_client  # noqa: E402
+from my_ml_backend.llm.quota import DayClock  # noqa: E402
 from my_ml_backend.model import NewModel  # noqa: E402
 from my_ml_backend.server.guards import server_options, warn_if_exposed  # noqa: E402
 from my_ml_backend.server.launcher import follow_launcher  # noqa: E402
@@ -32,6 +33,7 @@ from my_ml_backend.telemetry.logs import configure_logging  # noqa: E402
 load_env_file()
 try:
     settings = load_settings()
+    DayClock(settings.quota_reset)  # its format and time zone checked now, not in the first /predict
 except ValueError as exc:  # a wrong setting: its message, not a traceback
     sys.exit(f"配置错误 (configuration error): {exc}")
 configure_logging(settings)

@@ -15,15 +15,16 @@ from collections.abc import Callable
 from .labeling.controls import OBJECT_TAGS
 from .labeling.prompts import PromptGuidance
 from .labeling.schema import LabelingSchema, parse_schema
-from .learning.autotune import Choice, Judged, candidates, evaluate, stored_choice
+from .learning.autotune import Choice, EvaluationAborted, Judged, candidates, evaluate, stored_choice
 from .learning.events import examples_bucket
 from .learning.examples import Example, answers_from_results, region_pairs
 from .learning.index import ExampleIndex
 from .learning.retrieval import Form, Shots
 from .learning.store import open_example_store
+from .llm.batch_stats import BatchStats
 from .llm.client import shared_client
 from .llm.errors import PredictionError
-from .predictor import BatchStats, Predictor, PromptInputs
+from .predictor import Predictor, PromptInputs
 from .settings import Settings
 from .telemetry.metrics import API_REQUESTS
 from .versioning import model_version
@@ -59,14 +60,18 @@ def build_predictor(
     The version counts the examples available now (`count`, from the store) and names
     the form they are shown in; the batch that follows uses them. `choice`: the project's
     few-shot evaluation, whose score maps rescale the scores if they were fitted on this
-    model, prompt, config and guidance (the zero-shot version is what the evaluation ran as).
+    model, prompt, config and guidance (the zero-shot version is what the evaluation ran as), and its
+    region cuts leave low-scored regions of list answers out (under a version of their own).
     """
     schema = schema_for(label_config)
+    if choice is not None and choice.extend is False:  # the project's annotations turned list extension off
+        settings = settings.without_extension()
     guidance = guidance or PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
     form = form or Form(settings.fewshot_k, settings.fewshot_form)
     bucket = examples_bucket(count) if examples is not None and form.k else 0
-    version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket, form.name)
     maps = choice.fitted(model_version(settings, schema.config_hash, guidance.fingerprint())) if choice else None
+    cuts = maps.cuts if maps is not None else None  # regions left out: other answers, another version
+    version = model_version(settings, schema.config_hash, guidance.fingerprint(), bucket, form.name, cuts)
     return Predictor(schema, settings, shared_client(settings), version, guidance, examples, maps)
 
 
@@ -100,19 +105,28 @@ def choose_form(
     schema = schema_for(label_config)
     settings = dataclasses.replace(settings, batch_deadline=24 * 3600.0)
     predictor = build_predictor(label_config, settings, guidance)
+    predictor.before = {}  # a task's answer before list extension: the evaluation judges both
     stats = BatchStats()
+
+    def judged(example: Example, prediction: dict) -> Judged:
+        got = answers_from_results(schema, prediction["result"])
+        ok = all(_same(got.get(name), answer) for name, answer in example.answers.items())
+        return Judged(ok, prediction.get("score"), region_pairs(schema, prediction["result"], example.answers))
 
     def judge(example: Example, form: Form) -> Judged:
         shots = Shots(index, form, settings.fewshot_max_chars) if form.k else None
         try:
             prediction = predictor.predict_task(task_of(schema, example), stats, None, PromptInputs(guidance, shots))
-        except PredictionError:
-            return Judged(False)
-        got = answers_from_results(schema, prediction["result"])
-        ok = all(_same(got.get(name), answer) for name, answer in example.answers.items())
-        return Judged(ok, prediction.get("score"), region_pairs(schema, prediction["result"], example.answers))
+        except PredictionError as err:
+            if err.fatal:  # no key, quota out ...: every further judgement would fail the same way
+                raise EvaluationAborted(err.message) from err
+            return Judged(False, error=True)
+        before = predictor.before.pop(example.task_id, None)
+        outcome = judged(example, prediction)
+        return outcome._replace(before=judged(example, before)) if before is not None else outcome
 
     return evaluate(
         index, candidates(settings.fewshot_k), settings.fewshot_eval_calls, judge,
         lambda: int(stats.calls.get(API_REQUESTS)), seed, predictor.model_version,
+        model_version(settings.without_extension(), schema.config_hash, guidance.fingerprint()),
     )

@@ -165,7 +165,7 @@ class NewModel(LabelStudioMLBase):
         done = record_event(self.store, self.schema, project_id, str(event), data)
         if project_id == self.project_id:
             if self.form.k:
-                self._live().refresh()
+                self._live().refresh_soon()
             if event == "START_TRAINING":
                 done = self._start_resync(project_id)
             else:

@@ -9,68 +9,33 @@ What a batch cost (cache hits, requests, retries, tokens) is logged in one line.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from .labeling import calibration, packing
+from .labeling import calibration, extension, packing
 from .labeling.parsing import parse_reply
 from .labeling.prompts import CONFIDENCE_KEY, PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
 from .labeling.results import build_results
 from .labeling.schema import LabelingSchema, Target
 from .labeling.scoring import completeness, prediction_score, region_confidence
 from .learning.retrieval import Shots
-from .llm.client import ChatReply, LLMClient
+from .llm.batch_stats import BatchStats
+from .llm.client import LLMClient
 from .llm.errors import PredictionError, deadline_reached, no_text, unexpected_error
 from .llm.packed import Ask, answer_pack, default_tasks_per_call, pack_outcomes, plan_packs
+from .llm.replies import ChatReply
 from .settings import Settings
-from .telemetry.activity import ACTIVITY, BatchProgress
-from .telemetry.metrics import (
-    API_REQUESTS,
-    API_RETRIES,
-    API_THROTTLED,
-    BATCHES,
-    CACHE_HITS,
-    CACHE_MISSES,
-    COMPLETION_TOKENS,
-    ERRORS,
-    METRICS,
-    PROMPT_TOKENS,
-    TASKS,
-    Tally,
-)
+from .telemetry.activity import ACTIVITY
+from .telemetry.metrics import BATCHES, METRICS, TASKS, Tally
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchStats:
-    """What one batch cost and how it went; logged once per batch. Updated from worker threads.
-
-    `calls` is filled by the LLM client (cache hits and misses, requests, retries,
-    tokens paid); calls still running after the deadline keep adding to it.
-    """
-
-    tasks: int = 0
-    succeeded: int = 0
-    calls: Tally = field(default_factory=Tally)
-    errors: Counter[str] = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def count_success(self) -> None:
-        with self._lock:
-            self.succeeded += 1
-
-    def count_error(self, err: PredictionError) -> None:
-        METRICS.inc(ERRORS, kind=str(err.kind))
-        ACTIVITY.error(str(err.kind), err.message)
-        with self._lock:
-            self.errors[str(err)] += 1
+T = TypeVar("T")
 
 
 @dataclass
@@ -123,6 +88,9 @@ class Predictor:
         self._priors: calibration.Priors = {}  # content-free priors (`_settle`)
         self._asked: set[str] = set()  # prompt languages whose priors were asked for
         self._priors_lock = threading.Lock()
+        # LLM_EXTEND_LISTS where it can work (`labeling.extension`); 0 once the endpoint is seen to ignore minItems
+        self.extend_below = settings.extend_below if settings.extends_lists else 0.0
+        self.before: dict[Any, dict[str, Any]] | None = None  # set to {}: each task's prediction before extension
 
     def prompt_inputs(self, guidance: PromptGuidance | None = None) -> PromptInputs:
         """Guidance (the request's own, else the project's) and the examples the batch may show."""
@@ -135,9 +103,10 @@ class Predictor:
         return PromptInputs(guidance or self.guidance, shots)
 
     def predict_batch(
-        self, tasks: list[dict[str, Any]], guidance: PromptGuidance | None = None, project: str = ""
+        self, tasks: list[dict[str, Any]], guidance: PromptGuidance | None = None, project: str = "",
+        stats: BatchStats | None = None,
     ) -> list[dict[str, Any]]:
-        """One prediction per task, in order; never raises for a task's failure.
+        """One prediction per task, in order; never raises for a task's failure. `stats`: filled in for the caller.
 
         Tasks run concurrently (`LLM_CONCURRENCY`). Label Studio drops the whole reply
         after `ML_TIMEOUT_PREDICT` seconds, so tasks not finished before our deadline
@@ -146,7 +115,8 @@ class Predictor:
         started = time.monotonic()
         inputs = self.prompt_inputs(guidance)
         deadline = started + self.settings.batch_deadline
-        stats = BatchStats(tasks=len(tasks))
+        stats = stats if stats is not None else BatchStats()
+        stats.tasks = len(tasks)
         METRICS.inc(BATCHES)
         METRICS.inc(TASKS, len(tasks))
         ACTIVITY.configure(self.settings)
@@ -196,7 +166,7 @@ class Predictor:
                 stats.count_error(err)
                 predictions[i] = self.failed_prediction(err)
         done = self._settle([p for p in predictions if p is not None], stats, deadline)
-        self._log_batch(stats, time.monotonic() - started, progress)
+        stats.log(time.monotonic() - started, progress, self.client.limiter.limit)
         return done
 
     def _settle(self, predictions: list[dict], stats: BatchStats | None, deadline: float | None) -> list[dict]:
@@ -205,27 +175,38 @@ class Predictor:
         wanted = {p[calibration.PRIVATE_KEY]["lang"] for p in predictions if calibration.PRIVATE_KEY in p}
         with self._priors_lock:
             late = deadline is not None and deadline - time.monotonic() < self.settings.batch_deadline / 4
-            if (missing := wanted - self._asked) and not late:
-                self._asked |= missing  # once, whatever comes back: a failing endpoint is not asked every batch
-
-                def answer(task: dict[str, Any]) -> dict[str, Any] | None:
-                    try:
-                        return self.predict_task(task, stats, deadline, PromptInputs(self.guidance), settle=False)
-                    except PredictionError:
-                        return None
-
-                self._priors.update(calibration.content_free_priors(missing, self.schema.data_keys, answer))
+            missing = set() if late else wanted - self._asked
+            self._asked |= missing  # once, whatever comes back: a failing endpoint is not asked every batch
+        if missing:
+            self._ask_priors(missing, stats, deadline)
         return calibration.settle(predictions, self._priors, self.score_maps)
 
+    def _ask_priors(self, languages: set[str], stats: BatchStats | None, deadline: float | None) -> None:
+        """The content-free priors of `languages`, asked in a thread that the batch waits for only until its
+        deadline: Label Studio drops a late reply whole. The calls themselves are not cut at the deadline
+        (asked once, cut they would leave the project uncalibrated): priors that come later serve the next batches."""
+
+        def answer(task: dict[str, Any]) -> dict[str, Any] | None:
+            try:
+                # only the choice distributions are read: a list there is not worth a second call
+                return self.predict_task(task, stats, None, PromptInputs(self.guidance), False, False)
+            except PredictionError:
+                return None
+
+        def ask() -> None:
+            found = calibration.content_free_priors(languages, self.schema.data_keys, answer)
+            with self._priors_lock:
+                self._priors.update(found)
+
+        worker = threading.Thread(target=ask, name="content-free-priors", daemon=True)
+        worker.start()
+        worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            logger.info("校准调用未在批次时限内完成，本批用未校准的分布 (content-free calls not done by the deadline: "
+                        "this batch keeps the raw distribution, the next ones are calibrated)")
+
     def _outcome(self, future: Future, task: dict[str, Any], stats: BatchStats) -> dict[str, Any]:
-        try:
-            outcome = future.result()
-        except PredictionError as exc:
-            outcome = exc
-        except Exception:  # a bug must cost one task, not the batch
-            logger.exception("Task %s: unexpected error", task.get("id"))
-            outcome = unexpected_error()
-        return self._settled(outcome, task, stats)
+        return self._settled(_safely(task, future.result), task, stats)  # a bug costs one task, not the batch
 
     def _settled(self, outcome: dict[str, Any] | PredictionError, task: dict[str, Any], stats: BatchStats) -> dict:
         """The item for one task's outcome, counted in the batch's stats."""
@@ -248,10 +229,11 @@ class Predictor:
         prepared: dict[int, PreparedTask] = {}
         ready: dict[int, dict[str, Any] | PredictionError] = {}
         for i, task in enumerate(tasks):
-            try:
-                prepared[i] = self.prepare_task(task, inputs)
-            except PredictionError as err:
-                ready[i] = err
+            made = _safely(task, lambda task=task: self.prepare_task(task, inputs))
+            if isinstance(made, PredictionError):
+                ready[i] = made
+            else:
+                prepared[i] = made
         n = self.tasks_per_call
         budget, max_tokens = self.settings.pack_token_budget, self.settings.max_tokens
 
@@ -262,7 +244,8 @@ class Predictor:
 
         asks = {i: p.ask for i, p in prepared.items()}
         cached, groups = plan_packs(self.client, asks, sizes, packing.pack_family, tally)
-        ready.update({i: self.finish_task(prepared[i], reply) for i, reply in cached.items()})
+        for i, reply in cached.items():
+            ready[i] = _safely(tasks[i], lambda i=i, reply=reply: self.finish_task(prepared[i], reply))
         return Plan(prepared, ready, groups)
 
     def _run_pack(
@@ -277,9 +260,13 @@ class Predictor:
         replies = answer_pack(self.client, asks, packing, deadline=deadline, tally=stats.calls)
         outcomes: list[dict[str, Any] | PredictionError] = []
         for i, reply in zip(group, replies, strict=True):
-            if isinstance(reply, PredictionError) and reply.fatal:
+            if not isinstance(reply, PredictionError):
+                task = plan.prepared[i]
+                outcomes.append(_safely(task.task, lambda task=task, reply=reply: self.finish_task(task, reply)))
+                continue
+            if reply.fatal:
                 fatal.append(reply)
-            outcomes.append(reply if isinstance(reply, PredictionError) else self.finish_task(plan.prepared[i], reply))
+            outcomes.append(reply)
         return outcomes
 
     def predict_task(
@@ -289,27 +276,49 @@ class Predictor:
         deadline: float | None = None,
         inputs: PromptInputs | None = None,
         settle: bool = True,
+        extend: bool = True,
     ) -> dict[str, Any]:
-        """The prediction for one task; raises `PredictionError`. `settle=False`: the batch settles it later.
+        """The prediction for one task; raises `PredictionError`. `settle=False`: the batch settles it later;
+        `extend=False`: a list closed in doubt is not asked again (`labeling.extension`).
 
         No request starts after `deadline`; a request already sent finishes even after
         it, so its answer reaches the cache and the next retrieve gets it for free.
         """
         prepared = self.prepare_task(task, inputs)
-        ask = prepared.ask
-        reply = self.client.chat(
-            ask.messages,
-            ask.schema,
-            deadline=deadline,
-            accept=ask.accept,
-            tally=stats.calls if stats is not None else None,
-        )
+        ask, tally = prepared.ask, stats.calls if stats is not None else None
+        reply = self.client.chat(ask.messages, ask.schema, deadline=deadline, accept=ask.accept, tally=tally)
         prediction = self.finish_task(prepared, reply)
+        if extend and self.extend_below and reply.mode in extension.ENFORCING_MODES and not reply.truncated:
+
+            def again(schema: dict[str, Any]) -> tuple[dict[str, Any], list] | None:
+                """The same prompt, its doubtful lists made to go on; None when that call fails or is not enforced."""
+                logger.debug("Task %s: lists closed in doubt asked to go on: %s", task.get("id"),
+                             {k: v["minItems"] for k, v in schema["properties"].items() if "minItems" in v})
+                try:
+                    more = self.client.chat(ask.messages, schema, deadline=deadline, accept=ask.accept, tally=tally)
+                except PredictionError as err:
+                    logger.info("任务 %s 补充请求失败，保留原答案 (extension call failed): %s", task.get("id"), err)
+                    return None
+                if more.truncated:  # made to go on, it looped to LLM_MAX_TOKENS: nothing to trust in it
+                    return None
+                if not extension.enforced(schema, more.text):
+                    self.extend_below = 0.0  # this endpoint ignores minItems: every further extension would be wasted
+                    logger.warning("端点未执行 minItems，不再补充列表 (endpoint ignored minItems: lists not extended)")
+                    return None
+                return self.finish_task(prepared, more), more.tokens
+
+            names, below = [t.name for t in prepared.wanted], self.extend_below
+            grown = extension.extend(prediction, (reply.text, reply.tokens), ask.schema, names, again, below)
+            if grown is not prediction and self.before is not None:  # the few-shot evaluation judges both
+                self.before[task.get("id")] = self._settle([copy.deepcopy(prediction)], stats, deadline)[0]
+            prediction = grown
         return self._settle([prediction], stats, deadline)[0] if settle else prediction
 
     def prepare_task(self, task: dict[str, Any], inputs: PromptInputs | None = None) -> PreparedTask:
         """The task's texts and its one-task call; raises `PredictionError` when it has no text."""
         data = task.get("data") or {}
+        if not isinstance(data, dict):  # Label Studio's task data is an object; anything else holds no field
+            raise no_text(self.schema.data_keys)
         texts, truncated = read_texts(self.schema, data, self.settings.max_input_chars)
         if not texts:
             raise no_text(self.schema.data_keys)
@@ -379,20 +388,13 @@ class Predictor:
         would be stored under this model_version and the task skipped forever after)."""
         return {"model_version": self.model_version, "score": 0.0, "error": err.message}
 
-    def _log_batch(self, stats: BatchStats, seconds: float, progress: BatchProgress) -> None:
-        failed = stats.tasks - stats.succeeded
-        calls = stats.calls
-        tokens = int(calls.get(PROMPT_TOKENS) + calls.get(COMPLETION_TOKENS))
-        requests, hits = int(calls.get(API_REQUESTS)), int(calls.get(CACHE_HITS))
-        ACTIVITY.finish_batch(progress, stats.succeeded, requests, hits, tokens)
-        logger.info(
-            "批次完成 (batch done): %d 个任务, %d 成功, %d 失败, 缓存命中 %d/未命中 %d (cache hits/misses), "
-            "API 请求 %d (requests), 重试 %d (retries), 429 × %d, 并发上限 %d (concurrency limit), "
-            "tokens %d+%d, %.2f s",
-            stats.tasks, stats.succeeded, failed,
-            calls.get(CACHE_HITS), calls.get(CACHE_MISSES), calls.get(API_REQUESTS), calls.get(API_RETRIES),
-            calls.get(API_THROTTLED), self.client.limiter.limit,
-            calls.get(PROMPT_TOKENS), calls.get(COMPLETION_TOKENS), seconds,
-        )
-        for message, count in stats.errors.items():
-            logger.warning("%s × %d", message, count)
+
+def _safely(task: dict[str, Any], make: Callable[[], T]) -> T | PredictionError:
+    """`make()` for one task; its failure, even a bug, is that task's error and never its pack's or batch's."""
+    try:
+        return make()
+    except PredictionError as err:
+        return err
+    except Exception:  # noqa: BLE001 - logged with its traceback; the task gets "internal error"
+        logger.exception("Task %s: unexpected error", task.get("id") if isinstance(task, dict) else None)
+        return unexpected_error()

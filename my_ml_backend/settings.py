@@ -8,15 +8,19 @@ backend must start (and `/health` answer) even before the user has set a key.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 from dotenv import find_dotenv, load_dotenv
 
 DEFAULT_API_URL = "https://api-inference.modelscope.cn/v1"
+# LLM_EXTEND_LISTS=auto: a list answer with P(complete) under this is asked to go on (`labeling.extension`;
+# chosen on the real local model, bench/RESULTS.md).
+EXTEND_BELOW = 0.9
 DEFAULT_MODEL = "Qwen/Qwen3-Coder-480B-A35B-Instruct"
 BACKEND_DIR = Path(__file__).resolve().parent
 
@@ -51,18 +55,26 @@ def is_alibaba_host(base_url: str) -> bool:
     return any(host == h or host.endswith("." + h) for h in _ALIBABA_HOSTS)
 
 
-def _float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+def _float(
+    env: Mapping[str, str], name: str, default: float | None, minimum: float | None = None
+) -> float | None:
+    """A number setting: finite (`inf` and `nan` parse as floats but mean nothing here), at least `minimum`."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
         raise ValueError(f"环境变量 {name} 必须是数字 ({name} must be a number), got {raw!r}") from exc
+    if not math.isfinite(value):
+        raise ValueError(f"环境变量 {name} 必须是有限的数字 ({name} must be a finite number), got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"环境变量 {name} 不能小于 {minimum:g} ({name} must be at least {minimum:g}), got {raw!r}")
+    return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _float(env, name, default)
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
+    value = _float(env, name, default, minimum)
     return int(value) if value is not None else default
 
 
@@ -78,14 +90,30 @@ def _optional_bool(env: Mapping[str, str], name: str) -> bool | None:
     return None if env.get(name, "").strip().lower() in ("", "auto") else _bool(env, name)
 
 
+_OFF = ("off", "0", "false", "no", "none")
+
+
+def _auto_off_or_number(env: Mapping[str, str], name: str, auto: float | None) -> float | None:
+    """A setting that is "auto" (unset too: `auto`), "off" (0.0) or a number (anything else raises, naming it)."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "auto"):
+        return auto
+    return 0.0 if raw in _OFF else _float(env, name, None)
+
+
 def _repeat_penalty(env: Mapping[str, str]) -> float | None:
     """LLM_REPEAT_PENALTY: "auto" (None), "off" (0.0: never sent) or the value to send."""
-    raw = env.get("LLM_REPEAT_PENALTY", "").strip().lower()
-    if raw in ("", "auto"):
-        return None
-    if raw in ("off", "0", "false", "no", "none"):
-        return 0.0
-    return _float(env, "LLM_REPEAT_PENALTY", None)
+    return _auto_off_or_number(env, "LLM_REPEAT_PENALTY", None)
+
+
+def _extend_below(env: Mapping[str, str]) -> float:
+    """LLM_EXTEND_LISTS: "auto" or "on" (the measured default), "off", or the P(complete) under which a list goes on."""
+    raw = env.get("LLM_EXTEND_LISTS", "").strip().lower()
+    on = raw in ("on", "true", "yes", "1")
+    value = EXTEND_BELOW if on else _auto_off_or_number(env, "LLM_EXTEND_LISTS", EXTEND_BELOW)
+    if value is None or not (raw in _OFF or 0 < value <= 1):
+        raise ValueError(f"LLM_EXTEND_LISTS 只能是 auto、off 或 (0, 1] 之间的数 (auto, off or a number), got {raw!r}")
+    return value
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
@@ -117,6 +145,9 @@ class Settings:
     logprobs: bool | None = None  # None: on, except for ModelScope/DashScope
     # None: "auto", 1.0 (no penalty) except for ModelScope/DashScope; 0.0: "off", never sent
     repeat_penalty: float | None = None
+    # LLM_EXTEND_LISTS: a list answer whose P(complete) is under this is asked once more, made to go on
+    # (`labeling.extension`); 0 = off. Needs logprobs and an endpoint that enforces the schema.
+    extend_below: float = EXTEND_BELOW
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
     cache_enabled: bool = True  # LLM_CACHE
@@ -160,6 +191,22 @@ class Settings:
             return None if is_alibaba_host(self.base_url) else 1.0
         return self.repeat_penalty or None  # 0.0: off
 
+    def without_extension(self) -> Settings:
+        """These settings with list extension off: what the project's annotations turned it off to, and the
+        zero-shot version the few-shot evaluation runs as (`engine`)."""
+        return replace(self, extend_below=0.0)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """LLM_LOGPROBS, or by default on except for ModelScope/DashScope (they return none)."""
+        return self.logprobs if self.logprobs is not None else not is_alibaba_host(self.base_url)
+
+    @property
+    def extends_lists(self) -> bool:
+        """Whether a list closed in doubt may be asked again (`labeling.extension`): it needs logprobs
+        and a mode that sends the schema to the decoder (`auto` finds one)."""
+        return self.extend_below > 0 and self.wants_logprobs and self.output_mode in ("auto", "json_schema")
+
     def generation_fingerprint(self) -> dict[str, object]:
         """The settings that change what the model answers (part of `model_version`)."""
         return {
@@ -170,6 +217,7 @@ class Settings:
             "top_p": self.top_p,
             # a new key only when sent, so ModelScope/DashScope projects keep their versions
             **({"repeat_penalty": rp} if (rp := self.sent_repeat_penalty()) is not None else {}),
+            **({"extend_lists": self.extend_below} if self.extends_lists else {}),
             "max_input_chars": self.max_input_chars,
             # a pool and packing change who answers and how: new keys only when used, so old versions stay
             **({"fallback_models": list(self.fallback_models)} if self.fallback_models else {}),
@@ -186,11 +234,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         base_url=normalize_base_url(env.get("MODELSCOPE_API_URL", "") or DEFAULT_API_URL),
         model=env.get("MODELSCOPE_MODEL", "").strip() or DEFAULT_MODEL,
         temperature=_float(env, "LLM_TEMPERATURE", 0.1) or 0.0,
-        max_tokens=_int(env, "LLM_MAX_TOKENS", 1024),
+        max_tokens=_int(env, "LLM_MAX_TOKENS", 1024, minimum=0),
         top_p=_float(env, "LLM_TOP_P", None),
-        timeout=_float(env, "LLM_TIMEOUT", 60.0) or 60.0,
-        max_retries=_int(env, "LLM_MAX_RETRIES", 2),
-        max_input_chars=_int(env, "MAX_INPUT_CHARS", 4000),
+        timeout=_float(env, "LLM_TIMEOUT", 60.0, minimum=0.0) or 60.0,
+        max_retries=_int(env, "LLM_MAX_RETRIES", 2, minimum=0),
+        max_input_chars=_int(env, "MAX_INPUT_CHARS", 4000, minimum=0),
         debug=_bool(env, "DEBUG") or env.get("LOG_LEVEL", "").strip().upper() == "DEBUG",
         log_dir=Path(env.get("LOG_DIR", "").strip() or BACKEND_DIR.parent / "logs"),
         data_dir=Path(env.get("DATA_DIR", "").strip() or BACKEND_DIR / "data"),
@@ -199,6 +247,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         output_mode=_choice(env, "LLM_OUTPUT_MODE", ("auto", "json_schema", "json_object", "text")),
         logprobs=_optional_bool(env, "LLM_LOGPROBS"),
         repeat_penalty=_repeat_penalty(env),
+        extend_below=_extend_below(env),
         basic_auth_user=env.get("BASIC_AUTH_USER", "").strip() or None,
         basic_auth_pass=env.get("BASIC_AUTH_PASS", "") or None,
         cache_enabled=env.get("LLM_CACHE", "").strip().lower() not in ("off", "0", "false", "no", "none", "disabled"),
@@ -219,7 +268,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_config_chars=max(1000, _int(env, "MAX_CONFIG_CHARS", 1_000_000)),
         model_cache_chars=max(1000, _int(env, "MODEL_CACHE_CHARS", 4_000_000)),
         max_instructions_chars=max(0, _int(env, "MAX_INSTRUCTIONS_CHARS", 20_000)),
-        predict_slots=_int(env, "PREDICT_SLOTS", 0) or None,
+        predict_slots=_int(env, "PREDICT_SLOTS", 0, minimum=0) or None,
         slot_lease=max(1.0, _float(env, "LLM_SLOT_LEASE", 15.0) or 15.0),
         fallback_models=_fallback_models(env),
         tasks_per_call=_tasks_per_call(env),

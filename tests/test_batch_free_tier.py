@@ -148,3 +148,21 @@ def test_the_batch_job_scores_with_the_projects_fitted_map_as_predict_does(
 
     assert scores_with(zero_shot) == pytest.approx(0.5492, abs=1e-3)  # expit(logit(0.9) - 2)
     assert scores_with("another-model-1234") == pytest.approx(0.9)
+
+
+def test_tasks_without_text_never_stop_the_run_but_a_dead_endpoint_does(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    """Two whole chunks of blank rows (no call made) used to stop the run as if the endpoint were dead; they were
+    listed first again by every rerun, so the project could never be finished."""
+    llm.set_responder(answering())
+    blank = [{"id": 1000 + i, "data": {"text": ""}} for i in range(20)]
+    batch, ls = job(llm, tmp_path, blank + reviews(30))
+    summary = batch.run(progress=False)
+    assert summary.stopped == "" and summary.posted == 30 == len(ls.stored) and summary.failed == 20
+    llm.set_default(fake.error(500, "internal server error"))
+    llm.set_responder(None)
+    dead, ls = job(llm, tmp_path / "dead", reviews(40, start=100))
+    summary = dead.run(progress=False)
+    assert "every task of the last chunks failed" in summary.stopped
+    assert summary.failed == 2 * dead.chunk_size < 40 and not ls.stored  # stopped after two chunks, not all 40

@@ -45,8 +45,11 @@ def test_no_distribution_without_alternatives_or_when_the_first_token_does_not_d
     assert choice_distribution(reply("law", {"law": 0.9})[:1], "topic", TOPICS) is None  # key, no answer
     assert choice_distribution([(t, lp) for t, lp, _ in reply("law", {"law": 0.9})], "topic", TOPICS) is None
     assert choice_distribution(reply("law", {"law": 0.9}), "other", TOPICS) is None
-    # "非常" begins both choices: the written token leaves the answer open, so no reading of it.
+    # "非常" begins two choices and the reply ends without alternatives at the token that would decide.
     assert choice_distribution(reply("非常", {"非常": 0.9, "一般": 0.1}), "topic", ["非常好", "非常差", "一般"]) is None
+    # A written first token that begins no choice (the parser matched the answer loosely): its alternatives decide.
+    assert choice_distribution(reply("legal", {"legal": 0.5, "law": 0.3, "food": 0.2}), "topic", TOPICS) == (
+        pytest.approx([0, 0.4, 0.6, 0, 0]))
     # Shared single-letter alternatives split their share.
     tokens = reply("pos", {"pos": 0.5, "p": 0.2, "neg": 0.3})
     split = choice_distribution(tokens, "topic", ["positive", "politics", "neg"])
@@ -92,3 +95,35 @@ def test_label_sets_have_one_order_whatever_the_config_says() -> None:
     assert ordered(["sports", "Food", "law"]) == ordered(["law", "sports", "Food"]) == ["Food", "law", "sports"]
     assert ordered(["10 stars", "2 stars", "1 star"]) == ["1 star", "2 stars", "10 stars"]
     assert ordered(["负面", "正面"]) == ordered(["正面", "负面"])
+
+
+def test_choices_that_share_their_first_tokens_are_read_on_to_the_token_that_tells_them_apart() -> None:
+    # P(非常) x P(好 | 非常): "一般" is decided at the first token, the two "非常" choices at the second.
+    tokens = [('{"topic": "', -0.01, ()),
+              ("非常", math.log(0.9), (("非常", math.log(0.9)), ("一般", math.log(0.1)))),
+              ("好", math.log(0.7), (("好", math.log(0.7)), ("差", math.log(0.3)))),
+              ('"}', -0.01, ())]
+    assert choice_distribution(tokens, "topic", ["非常好", "非常差", "一般"]) == pytest.approx([0.63, 0.27, 0.1])
+    # Words after the shared one keep their space; the case of the config's names does not matter.
+    tokens = [('{"sentiment": "', -0.01, ()), ("Very", -0.01, (("Very", -0.01),)),
+              (" negative", math.log(0.6), ((" negative", math.log(0.6)), (" positive", math.log(0.4)))),
+              ('"}', -0.01, ())]
+    assert choice_distribution(tokens, "sentiment", ["Very positive", "very negative"]) == pytest.approx([0.4, 0.6])
+    # One name is the start of another: the closing quote is "满意" itself, "度" goes on to "满意度高".
+    tokens = [('{"topic": "', -0.01, ()), ("满意", -0.01, (("满意", -0.01),)),
+              ('"}', math.log(0.8), (('"}', math.log(0.8)), ("度", math.log(0.2))))]
+    assert choice_distribution(tokens, "topic", ["满意", "满意度高"]) == pytest.approx([0.8, 0.2])
+
+
+def test_shared_first_tokens_no_longer_leave_the_answer_to_the_listed_position() -> None:
+    # The written answer took the first listed choice; the distribution at the deciding token says the other.
+    tokens = [('{"topic": "', -0.01, ()), ("评价", -0.01, (("评价", -0.01),)),
+              ("正面", math.log(0.45), (("正面", math.log(0.45)), ("负面", math.log(0.55)))), ('"}', -0.01, ())]
+    prediction = {"result": [{"from_name": "topic", "to_name": "text", "type": "choices",
+                              "value": {"choices": ["评价正面"]}, "score": 0.45}], "score": 0.45,
+                  PRIVATE_KEY: {"lang": "zh", "coverage": 1.0,
+                                "choices": {"topic": [["评价正面", "评价负面"],
+                                                      choice_distribution(tokens, "topic", ["评价正面", "评价负面"])]}}}
+    settle([prediction], {("topic", "zh"): [0.5, 0.5]})
+    assert prediction["result"][0]["value"]["choices"] == ["评价负面"]
+    assert prediction["result"][0]["score"] == pytest.approx(0.55)

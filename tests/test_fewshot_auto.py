@@ -236,6 +236,12 @@ NER_CONFIG = """<View>
   <Labels name="ner" toName="text"><Label value="PER"/><Label value="ORG"/></Labels>
   <Text name="text" value="$text"/>
 </View>"""
+def spelled(pieces: list[tuple[str, float]]) -> fake.Reply:
+    """A reply made of (text, probability) pieces, each piece one token with that logprob."""
+    tokens = [(t, math.log(p)) for t, p in pieces]
+    return fake.chat("".join(t for t, _ in tokens), logprobs=tokens)
+
+
 PEOPLE = ["Anna Berg", "Li Wei", "Omar Haddad", "Sara Lind", "Tom Reyes", "Mia Chen", "Ivan Petrov", "Nora Holt"]
 
 
@@ -248,8 +254,7 @@ def test_entity_region_scores_are_fitted_to_the_projects_annotations(llm: fake.F
 
     def reply(body: dict) -> fake.Reply:
         person = task_text(body["messages"]).split(" joined")[0]
-        tokens = [(t, math.log(p)) for t, p in pieces(person)]
-        return fake.chat("".join(t for t, _ in tokens), logprobs=tokens)
+        return spelled(pieces(person))
 
     def sentence(i: int) -> tuple[str, str, str]:
         person, org = PEOPLE[i % 8], f"Unit {i}"
@@ -278,5 +283,90 @@ def test_entity_region_scores_are_fitted_to_the_projects_annotations(llm: fake.F
         assert [r["value"]["text"] for r in after["result"]] == ["Kai Moss", "Monday"]  # the answer is unchanged
         for region in after["result"]:
             assert 0.3 < region["score"] < 0.7, after  # half the spans it wrote at 0.95 were right
+    finally:
+        backend.stop()
+
+
+def doubtful_lister(body: dict) -> fake.Reply:
+    """Lists the sentence's person and closes the list in doubt (P(more) 0.4); made to go on, it invents the
+    weekday as an ORG, spelled surely."""
+    person = task_text(body["messages"]).split(" met")[0]
+    fmt = body.get("response_format") or {}
+    forced = ((fmt.get("json_schema") or {}).get("schema") or fmt.get("schema") or {}).get("properties", {})
+    pieces = [('{"ner": [{"label": "', 0.99), ("PER", 0.95), ('", "text": "', 0.99), (person, 0.95),
+              ('"}', 0.6, {'"}': 0.6, '"},': 0.4})]
+    if forced.get("ner", {}).get("minItems"):
+        pieces += [(', {"label": "', 0.99), ("ORG", 0.9), ('", "text": "', 0.99), ("Monday", 0.95), ('"}', 0.99)]
+    pieces.append(("]}", 0.99, {"]}": 0.99}))
+    tokens = [(t, math.log(p), tuple((a, math.log(q)) for a, q in (alt[0] if alt else {}).items()))
+              for t, p, *alt in pieces]
+    return fake.chat("".join(t[0] for t in tokens), logprobs=tokens)
+
+
+def annotate_people(backend: Backend, llm: fake.FakeLLMServer) -> str:
+    """16 annotated sentences, each with its person only; the evaluation's log line once it has run."""
+    for n in range(1, 17):
+        person = PEOPLE[n % 8]
+        value = {"start": 0, "end": len(person), "text": person, "labels": ["PER"]}
+        post_annotation(backend, n, f"{person} met the board on Monday.",
+                        [{"from_name": "ner", "to_name": "text", "type": "labels", "value": value}], NER_CONFIG)
+    settle(backend, llm, NER_CONFIG)
+    log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
+    assert log, backend.logs()
+    return log[-1]
+
+
+def assert_only_the_person(backend: Backend, llm: fake.FakeLLMServer, task: list[dict], before: dict) -> None:
+    """One call, the annotators' answer (the person alone), and a new model_version: Label Studio predicts again."""
+    calls = llm.chat_calls
+    [after] = backend.predict(NER_CONFIG, task, PROJECT)
+    assert llm.chat_calls == calls + 1
+    assert [r["value"]["text"] for r in after["result"]] == ["Kai Moss"]
+    assert after["model_version"] != before["model_version"]
+
+
+def test_list_extension_is_turned_off_where_the_projects_annotations_show_it_invents(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    """A model whose lists end in doubt and, made to go on, invent: each task costs two calls and gets the
+    invention until the annotations are judged; then one call and the annotators' answer."""
+    llm.set_responder(doubtful_lister)
+    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40")
+    try:
+        backend.setup(NER_CONFIG, PROJECT)
+        new_task = [{"id": 999, "data": {"text": "Kai Moss met the board on Monday."}}]
+        calls = llm.chat_calls
+        [before] = backend.predict(NER_CONFIG, new_task, PROJECT)
+        assert llm.chat_calls == calls + 2
+        assert [r["value"]["text"] for r in before["result"]] == ["Kai Moss", "Monday"]
+        choice = annotate_people(backend, llm)
+        assert "list extension off" in choice and "added 0 regions the annotators have" in choice, choice
+        assert_only_the_person(backend, llm, new_task, before)
+    finally:
+        backend.stop()
+
+
+def test_regions_the_projects_annotations_show_to_be_mostly_invented_are_left_out(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    """A model that lists each sentence's person surely (0.98) and invents an ORG from its weekday less surely
+    (0.8): after the evaluation the weekday is no longer pre-labelled, under a new model_version, at no extra call."""
+
+    def lister(body: dict) -> fake.Reply:
+        person = task_text(body["messages"]).split(" met")[0]
+        pieces = [('{"ner": [{"label": "', 0.99), ("PER", 0.95), ('", "text": "', 0.99), (person, 0.98),
+                  ('"}, {"label": "', 0.99), ("ORG", 0.9), ('", "text": "', 0.99), ("Monday", 0.8), ('"}]}', 0.99)]
+        return spelled(pieces)
+
+    llm.set_responder(lister)
+    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40")
+    try:
+        backend.setup(NER_CONFIG, PROJECT)
+        new_task = [{"id": 999, "data": {"text": "Kai Moss met the board on Monday."}}]
+        [before] = backend.predict(NER_CONFIG, new_task, PROJECT)
+        assert [r["value"]["text"] for r in before["result"]] == ["Kai Moss", "Monday"]
+        choice = annotate_people(backend, llm)
+        assert "region cuts {'ner': {'below': 0.85" in choice, choice
+        assert_only_the_person(backend, llm, new_task, before)
     finally:
         backend.stop()

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from my_ml_backend.labeling.controls import OBJECT_TAGS
+from my_ml_backend.labeling.schema import parse_schema
 from my_ml_backend.learning.events import record_event
-from my_ml_backend.learning.examples import Example
+from my_ml_backend.learning.examples import Example, example_from_annotation
 from my_ml_backend.learning.index import ExampleIndex
 from my_ml_backend.learning.live import LiveIndex
 from my_ml_backend.learning.retrieval import Form, Shots, choose
@@ -128,6 +130,8 @@ def test_index_over_redis_sees_another_replicas_writes(redis_db: str) -> None:
     assert answers(live) == {1: "负面", 2: "负面"}
     record_event(second, SCHEMA, PROJECT, "ANNOTATIONS_DELETED", {"annotations": [{"id": 2}]})
     assert answers(live) == {1: "负面"} and first.count(PROJECT) == 1 and first.version(PROJECT) == 4
+    first.set_meta(PROJECT, "fewshot_choice:h", "{}")  # a project's :version, :changes and :meta keys are no counts
+    assert first.counts() == {PROJECT: 1}  # the status page's figure (it raised WRONGTYPE and showed 0)
 
 
 def reviews(n: int, seed: int = 0) -> list[Example]:
@@ -198,3 +202,98 @@ def test_form_names(name: str, form: Form) -> None:
     assert Form.parse(form.name) == form
     with pytest.raises(ValueError):
         Form.parse("poetry-3")
+
+
+def test_an_unreadable_annotation_is_skipped_and_the_next_ones_still_become_examples(tmp_path: Path) -> None:
+    """Results not shaped as Label Studio writes them (imported through the API) used to stop every refresh of the
+    index at that annotation: later annotations were never shown, and after a restart the project had none."""
+    store = SQLiteExampleStore(tmp_path / "examples.sqlite3")
+    live = LiveIndex(store, PROJECT, SCHEMA, 4000)
+    record_event(store, SCHEMA, PROJECT, "ANNOTATION_CREATED", event(1, 1, "负面", "评论 1 号"))
+    assert answers(live) == {1: "负面"}
+    for aid, value in ((2, {"choices": 5}), (3, {"choices": [["正面"]]}), (4, "正面"), (5, {"choices": None})):
+        bad = event(aid, aid, "正面", f"评论 {aid} 号")
+        bad["annotation"]["result"][0]["value"] = value
+        record_event(store, SCHEMA, PROJECT, "ANNOTATION_CREATED", bad)
+    record_event(store, SCHEMA, PROJECT, "ANNOTATION_CREATED", event(6, 6, "正面", "评论 6 号"))
+    live.refresh()
+    assert answers(live) == {1: "负面", 6: "正面"}
+    assert answers(LiveIndex(store, PROJECT, SCHEMA, 4000)) == {1: "负面", 6: "正面"}  # a restart builds it too
+
+
+def test_a_label_removed_from_the_config_is_no_longer_taught_by_examples() -> None:
+    old = SCHEMA
+    new = parse_schema("""<View><Text name="text" value="$text"/>
+      <Choices name="sentiment" toName="text"><Choice value="正面"/><Choice value="中性"/></Choices></View>""",
+                       OBJECT_TAGS)
+    results = event(1, 1, "负面")["annotation"]["result"]
+    task = {"id": 1, "data": {"text": "一般"}}
+    assert example_from_annotation(old, task, results, 4000) is not None
+    assert example_from_annotation(new, task, results, 4000) is None  # "负面" is gone: neither shown nor gold
+    spans = parse_schema("""<View><Text name="text" value="$text"/>
+      <Labels name="ner" toName="text"><Label value="PER"/></Labels></View>""", OBJECT_TAGS)
+    found = [{"from_name": "ner", "to_name": "text", "type": "labels",
+              "value": {"start": s, "end": e, "text": t, "labels": [label]}}
+             for s, e, t, label in ((0, 2, "张三", "PER"), (3, 5, "北京", "LOC"), (6, 8, "上海", 5))]
+    assert example_from_annotation(spans, {"id": 2, "data": {"text": "张三在北京和上海"}}, found, 4000).answers == {
+        "ner": [{"label": "PER", "text": "张三"}]}
+
+
+class SlowChanges(SQLiteExampleStore):
+    """A store whose change feed waits for a signal: applying a bulk re-read of 100,000 annotations (6 s)."""
+
+    release = threading.Event()
+
+    def changes(self, project: str, since: int):  # noqa: ANN201 - the store's own type
+        self.release.wait(30)
+        return super().changes(project, since)
+
+
+def test_a_webhook_never_waits_for_the_index_to_apply_changes(tmp_path: Path) -> None:
+    store = SlowChanges(tmp_path / "examples.sqlite3")
+    record_event(store, SCHEMA, PROJECT, "ANNOTATION_CREATED", event(1, 1, "正面"))
+    live = LiveIndex(store, PROJECT, SCHEMA, 4000)
+    assert live.current(wait=30) is not None
+    record_event(store, SCHEMA, PROJECT, "ANNOTATION_CREATED", event(2, 2, "负面"))
+    started = time.monotonic()
+    live.refresh_soon()  # what a webhook does now
+    live.refresh_soon()  # a second webhook meanwhile: still one refresh on its way
+    assert time.monotonic() - started < 0.5
+    SlowChanges.release.set()
+    for _ in range(100):
+        if live.version == store.version(PROJECT):
+            break
+        time.sleep(0.05)
+    assert {e.task_id: e.answers["sentiment"] for e in live.index.shown()} == {1: "正面", 2: "负面"}
+
+
+def test_train_rewrites_only_the_annotations_that_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Train button re-reads the project from Label Studio. Writing back every annotation as new made every
+    worker's index apply the whole project again (6.2 s of a webhook at 100,000 before it went to the background)."""
+    import label_studio_sdk
+
+    from my_ml_backend.learning.events import resync
+
+    store = SQLiteExampleStore(tmp_path / "examples.sqlite3")
+    for i in (1, 2, 3):
+        record_event(store, SCHEMA, PROJECT, "ANNOTATION_CREATED", event(i, i, "正面", f"评论 {i} 号"))
+    labels = {1: "正面", 2: "负面", 3: "正面"}  # annotation 2 was changed while the backend was down
+
+    class Task:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def dict(self) -> dict:
+            found = event(self.i, self.i, labels[self.i], f"评论 {self.i} 号")
+            return {**found["task"], "annotations": [found["annotation"]]}
+
+    class StandIn:
+        def __init__(self, base_url: str, api_key: str) -> None:
+            self.tasks = type("Tasks", (), {"list": lambda *_a, **_k: [Task(i) for i in labels]})()
+
+    monkeypatch.setattr(label_studio_sdk, "LabelStudio", StandIn)
+    before = store.version(PROJECT)
+    said = resync(store, SCHEMA, PROJECT, "http://ls", "key")
+    assert said == "resynced 3 annotation(s) from Label Studio, 1 new or changed, 0 stale removed"
+    assert store.changes(PROJECT, before).stored[0].annotation_id == 2 and store.version(PROJECT) == before + 1
+    assert {a.annotation_id: a.results[0]["value"]["choices"] for a in store.all(PROJECT)}[2] == ["负面"]

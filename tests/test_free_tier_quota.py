@@ -282,3 +282,18 @@ def test_check_env_lists_pool_models_and_reported_quota(llm: fake.FakeLLMServer,
     assert "ZhipuAI/GLM-4.6: 端点未列出 (not listed); 今日尚无记录" in out
     assert "账号今日剩余 (account, left today): 1999/2000" in out
     assert TEST_KEY not in out
+
+
+def test_an_answer_that_arrives_after_the_quota_reset_does_not_close_the_new_day() -> None:
+    """Sent at 23:59:58 and answered at 00:00:01 with "remaining: 0": that 0 was the old day's. Booked to the new
+    day, it used to refuse every call of the day without asking the endpoint."""
+    from my_ml_backend.llm.quota import MemoryLedger
+
+    ledger = QuotaLedger(MemoryLedger(), DayClock("00:00 Asia/Shanghai"), "acct")
+    today = ledger.clock.day()
+    out = {"modelscope-ratelimit-requests-remaining": "0", "modelscope-ratelimit-model-requests-remaining": "0"}
+    ledger.observe("A", out, sent_day="2000-01-01")
+    ledger.mark_out(ACCOUNT, "quota", sent_day="2000-01-01")
+    assert ledger.today() == {}
+    ledger.observe("A", {"modelscope-ratelimit-model-requests-remaining": "12"}, sent_day=today)
+    assert ledger.today()["A"].remaining == 12  # sent and answered today: booked as before

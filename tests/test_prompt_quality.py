@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,6 +160,65 @@ def test_answers_are_the_argmax_after_the_content_free_bias_is_divided_out(
     asked = [r["body"]["messages"][-1]["content"].split("<<<\n", 1)[1] for r in llm.requests]
     content_free = sorted(t.removesuffix("\n>>>") for t in asked if not t.startswith(("clear", "close")))
     assert content_free == ["N/A", "[MASK]", "nothing"]
+
+
+def test_slow_content_free_calls_never_keep_a_batch_past_its_deadline(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    """The content-free calls of the first batch take 8 s each; the batch has 12 s (ML_TIMEOUT_PREDICT 22).
+
+    Label Studio drops a late reply whole, so the batch answers by its deadline with the raw
+    distribution; the calls finish in the background and the next batch is calibrated without asking again.
+    """
+    lean = {"food": 0.5, "law": 0.45, "sports": 0.02, "medicine": 0.02, "computers": 0.01}
+
+    def respond(body: dict) -> fake.Reply:
+        text = body["messages"][-1]["content"].split("<<<\n", 1)[1]
+        content = '{"topic": "food"}'
+        return fake.chat(content, logprobs=alternatives(content, "topic", lean),
+                         delay=0.0 if text.startswith("task") else 8.0)
+
+    llm.set_responder(respond)
+    backend = Backend(env_for(llm, LLM_OUTPUT_MODE="json_schema", ML_TIMEOUT_PREDICT="22", LLM_TIMEOUT="30"),
+                      tmp_path / "b")
+    try:
+        started = time.monotonic()
+        first = backend.predict(topic_config(TOPICS), [{"id": i, "data": {"text": f"task {i}"}} for i in (1, 2)])
+        took = time.monotonic() - started
+        while llm.chat_calls < 5 and time.monotonic() - started < 30:  # the 3 calls go on after the reply
+            time.sleep(0.2)
+        time.sleep(0.5)
+        second = backend.predict(topic_config(TOPICS), [{"id": 3, "data": {"text": "task 3"}}])
+    finally:
+        backend.stop()
+    assert took < 13.5, took  # 12 s deadline; before, the second call started at 8 s and ended at 16 s
+    assert [p["result"][0]["value"]["choices"] for p in first] == [["food"]] * 2
+    assert llm.chat_calls == 6  # 2 tasks, 3 content-free texts asked once, 1 task
+    assert first[0]["score"] == pytest.approx(0.5, abs=1e-3)  # raw: food's share of the choices
+    assert second[0]["score"] != first[0]["score"]  # calibrated with the priors that came late
+
+
+def test_choices_sharing_their_first_token_are_decided_where_they_differ(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    """"评价正面" / "评价负面": the first token "评价" says nothing. The model wrote the first listed choice;
+    at the token that tells them apart it gave the other 0.7, so the backend answers the other."""
+
+    def respond(body: dict) -> fake.Reply:
+        text = body["messages"][-1]["content"].split("<<<\n", 1)[1]
+        lean = {"正面": 0.5, "负面": 0.5} if text.startswith(("无", "空白", "暂无")) else {"正面": 0.3, "负面": 0.7}
+        top = tuple((t, math.log(p)) for t, p in lean.items())
+        tokens = [('{"topic": "', math.log(0.99), ()), ("评价", math.log(0.99), (("评价", math.log(0.99)),)),
+                  ("正面", math.log(lean["正面"]), top), ('"}', math.log(0.99), ())]
+        return fake.chat("".join(t[0] for t in tokens), logprobs=tokens)
+
+    llm.set_responder(respond)
+    backend = Backend(env_for(llm, LLM_OUTPUT_MODE="json_schema"), tmp_path / "b")
+    try:
+        task = {"id": 1, "data": {"text": "物流太慢了"}}
+        predictions = backend.predict(topic_config(("评价正面", "评价负面")), [task])
+    finally:
+        backend.stop()
+    assert predictions[0]["result"][0]["value"] == {"choices": ["评价负面"]}
+    assert predictions[0]["score"] == pytest.approx(0.7, abs=0.01)  # the content-free prior here is even
 
 
 def test_score_is_the_answer_token_probability(backend: Backend, llm: fake.FakeLLMServer) -> None:

@@ -160,8 +160,8 @@ def test_a_control_whose_regions_are_overconfident_gets_a_map_and_a_calibrated_o
         def shown(self) -> list[Example]:
             return [Example(i, {"text": str(i)}, {"topic": "work"}) for i in range(30)]
 
-    task, regions = fit_maps(judged, Index(), "v")  # type: ignore[arg-type]
-    assert set(regions) == {"ner"}
+    task, regions, cuts = fit_maps(judged, Index(), "v")  # type: ignore[arg-type]
+    assert set(regions) == {"ner"} and cuts == {}  # no config: no control known to answer with a list
     assert 0.25 < regions["ner"](0.95) < 0.55  # about 0.4, less the prior's pull
     assert task is not None and task(0.9) < 0.3  # no task was all right
 

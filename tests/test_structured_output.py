@@ -69,6 +69,24 @@ def test_null_choices_for_json_schema_steps_down_once(llm: fake.FakeLLMServer) -
     assert [fmt(r) for r in llm.requests] == ["json_schema", "json_object", "json_object"]  # refusal paid once
 
 
+def capping_top_logprobs(body: dict) -> fake.Reply:
+    """An endpoint that returns logprobs but at most 5 alternatives per token, and says so in a 400."""
+    if body.get("top_logprobs", 0) > 5:
+        return fake.error(400, "<400> InternalError.Algo.InvalidParameter: top_logprobs should be in [0, 5]")
+    return fake.chat('{"a": "ok"}', logprobs=[('{"a": "', -0.01), ("ok", -0.2, [("ok", -0.2), ("no", -1.8)]),
+                                             ('"}', -0.01)])
+
+
+def test_an_endpoint_capping_top_logprobs_is_asked_for_fewer_not_none(llm: fake.FakeLLMServer) -> None:
+    llm.set_responder(capping_top_logprobs)
+    c = client(llm)
+    reply = c.chat(MESSAGES, SCHEMA)
+    assert c.logprobs is True and reply.tokens  # the scores still come from the model's distribution
+    assert [r["body"]["top_logprobs"] for r in llm.requests] == [20, 5]
+    c.chat([{"role": "user", "content": "another task"}], SCHEMA)
+    assert [r["body"]["top_logprobs"] for r in llm.requests] == [20, 5, 5]  # the refusal is paid once
+
+
 def test_refusals_step_down_to_text_and_drop_logprobs(llm: fake.FakeLLMServer) -> None:
     llm.set_responder(strict_text_only)
     c = client(llm)

@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from ..engine import build_predictor, project_choice
 from ..labeling import packing
+from ..llm.batch_stats import BatchStats
+from ..llm.errors import TASK_KINDS, ErrorKind
 from ..llm.pool import MODEL_ANSWERS, MODEL_REFUSALS
 from ..predictor import Predictor
 from ..settings import load_env_file, load_settings
@@ -39,7 +41,8 @@ from .estimate import estimate
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
-STOP_AFTER_FAILED_CHUNKS = 2  # whole chunks failing in a row: a bad key or a dead endpoint, not bad tasks
+# Whole chunks failing in a row, not for the tasks' own reasons (`TASK_KINDS`): a bad key or a dead endpoint.
+STOP_AFTER_FAILED_CHUNKS = 2
 CHUNK_DEADLINE = 24 * 3600.0  # no Label Studio timeout here; the LLM client's own timeout still applies
 
 
@@ -117,10 +120,12 @@ class BatchJob:
         pending = self.pending(done, summary)
         try:
             for chunk in chunks(pending, self.chunk_size, limit):
-                succeeded = self._predict_and_post(chunk, summary)
+                posted, kinds = self._predict_and_post(chunk, summary)
                 bar.update(len(chunk))
                 bar.set_postfix(failed=summary.failed, calls=int(counters()[API_REQUESTS] - before[API_REQUESTS]))
-                failed_chunks = 0 if succeeded else failed_chunks + 1
+                # a chunk of tasks without text (or refused for their own content) says nothing of the next ones
+                endpoint_failed = any(kind not in TASK_KINDS for kind in kinds)
+                failed_chunks = failed_chunks + 1 if not posted and endpoint_failed else 0
                 if stop := quota_stop(self.predictor):
                     summary.stopped = stop
                     break
@@ -144,13 +149,15 @@ class BatchJob:
 
     def _predict_and_post(
         self, chunk: list[dict[str, Any]], summary: Summary, on_posted: Callable[[int], None] | None = None
-    ) -> int:
-        """Predict one chunk and post its successful predictions; returns how many were posted.
+    ) -> tuple[int, Counter[str]]:
+        """Predict one chunk and post its successful predictions: how many were posted, and the failures by kind
+        (a refused post counts as `connection`: Label Studio, not the task).
 
         `on_posted(task_id)` runs right after each post (the queued job marks the task done).
         """
-        posted = 0
-        for task, prediction in zip(chunk, self.predictor.predict_batch(chunk, project=str(self.project)), strict=True):
+        posted, stats = 0, BatchStats()
+        predictions = self.predictor.predict_batch(chunk, project=str(self.project), stats=stats)
+        for task, prediction in zip(chunk, predictions, strict=True):
             if "result" not in prediction:
                 summary.failed += 1
                 summary.errors[prediction.get("error", "unknown error")] += 1
@@ -166,13 +173,14 @@ class BatchJob:
             except Exception as exc:  # noqa: BLE001 - one refused post must not stop the project
                 summary.failed += 1
                 summary.errors[f"写入预测失败 (posting the prediction failed): {type(exc).__name__}"] += 1
+                stats.kinds[ErrorKind.CONNECTION] += 1
                 logger.debug("Task %s: posting failed: %s", task["id"], exc)
                 continue
             summary.posted += 1
             posted += 1
             if on_posted is not None:
                 on_posted(task["id"])
-        return posted
+        return posted, stats.kinds
 
 
 def quota_stop(predictor: Predictor) -> str:

@@ -19,6 +19,7 @@ endpoints that are not metered per call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from .controls.base import ordered
 from .prompts import prompt_language
 from .schema import Target
-from .scoring import distribution_at, token_at, value_start
+from .scoring import path_distribution, value_start
 
 STRENGTH = 0.5  # exponent of the divided-out prior: 0 = raw distribution, 1 = full calibration
 SHRINK = 0.2  # share of uniform mixed into the content-free prior: a choice it never names is not infinite
@@ -37,26 +38,22 @@ PRIVATE_KEY = "_calibration"  # what a prediction carries until its batch is set
 
 @dataclass(frozen=True)
 class ScoreMaps:
-    """The project's fitted score maps (`learning.scorefit`): the task score's, and per control its regions'."""
+    """The project's fitted score maps (`learning.scorefit`): the task score's, per control its regions', and per
+    list control the raw region score under which its regions are left out (`scorefit.fit_cut`)."""
 
     task: Callable[[float], float] | None = None
     regions: Mapping[str, Callable[[float], float]] = field(default_factory=dict)
-
-
-def answer_token(tokens: Sequence[tuple], key: str) -> int | None:
-    """Index of the token holding the first character of the value after `"key":` in the reply."""
-    at = value_start("".join(t[0] for t in tokens), key)
-    return None if at is None else token_at(tokens, at)
+    cuts: Mapping[str, float] = field(default_factory=dict)
 
 
 def choice_distribution(tokens: Sequence[tuple], key: str, allowed: Sequence[str]) -> list[float] | None:
-    """P(choice) over `allowed` from the alternatives at the answer's first token, or None.
+    """P(choice) over `allowed` from the alternatives along the answer after `"key":`, or None.
 
-    A token that can begin several choices shares its probability between them; when the
-    token the model wrote is such a token the first token does not decide, so None.
+    Mostly its first token decides; where choices share their first tokens the answer is read
+    on until one is left (`scoring.path_distribution`), so such label sets are calibrated too.
     """
-    i = answer_token(tokens, key)
-    return None if i is None else distribution_at(tokens[i], allowed)
+    at = value_start("".join(t[0] for t in tokens), key)
+    return None if at is None else path_distribution(tokens, at, allowed)
 
 
 def content_free_prior(distributions: Sequence[Sequence[float]], shrink: float = SHRINK) -> list[float]:
@@ -116,13 +113,20 @@ def carry(prediction: dict, targets: Sequence[Target], tokens: Sequence[tuple], 
         prediction[PRIVATE_KEY] = {"lang": prompt_language(texts), "coverage": coverage, "choices": choices}
 
 
+def _under_cut(region: dict[str, Any], cuts: Mapping[str, float]) -> bool:
+    score, cut = region.get("score"), cuts.get(str(region.get("from_name")))
+    return cut is not None and isinstance(score, (int, float)) and score < cut
+
+
 def settle(
     predictions: list[dict[str, Any]], priors: Priors | None = None, maps: ScoreMaps | None = None
 ) -> list[dict[str, Any]]:
     """Calibrate single-choice answers in place with `priors`; strip the private key from every item;
     then map every answered prediction's score, and its regions' scores, with the project's `maps`.
 
-    The task map was fitted on task scores made of raw region scores, so regions are mapped last.
+    The task map was fitted on task scores made of raw region scores, so regions are mapped last;
+    a list control's regions under its cut go first, on their raw scores (what the cut was fitted on).
+    The task score keeps the doubt of a region cut out: the task still sorts among those to review.
 
     A prediction carries `{PRIVATE_KEY: {"lang", "coverage", "choices": {control: [allowed, dist]}}}`
     from `Predictor.finish_task`. With a prior for its control and language, the answer becomes
@@ -145,10 +149,25 @@ def settle(
         if scores:
             prediction["score"] = round(sum(scores) / len(scores) * private["coverage"], 4)
     for prediction in predictions if maps is not None else ():
+        if maps.cuts and isinstance(prediction.get("result"), list):
+            prediction["result"] = [r for r in prediction["result"] if not _under_cut(r, maps.cuts)]
         if maps.task is not None and "result" in prediction and isinstance(prediction.get("score"), (int, float)):
             prediction["score"] = maps.task(prediction["score"])
         for region in prediction.get("result") or ():
             region_map = maps.regions.get(region.get("from_name"))
             if region_map is not None and isinstance(region.get("score"), (int, float)):
                 region["score"] = region_map(region["score"])
+    for prediction in predictions:
+        for item in (prediction, *(r for r in prediction.get("result") or () if isinstance(r, dict))):
+            if isinstance(item.get("score"), (int, float)):
+                item["score"] = bounded(item["score"])
     return predictions
+
+
+def bounded(score: float) -> float:
+    """A score Label Studio accepts: within [0, 1], and 0 (review first) for NaN.
+
+    An endpoint's logprobs are not ours to trust: some mark a missing one with 1.0, some send
+    probabilities under that name, and a NaN would make the whole reply invalid JSON.
+    """
+    return min(max(float(score), 0.0), 1.0) if math.isfinite(score) else 0.0

@@ -20,6 +20,8 @@ import json
 import re
 from typing import Any
 
+from .parsing import FINITE_NUMBERS
+
 Messages = list[dict[str, str]]
 
 MAX_PACK = 16  # auto packing never puts more tasks than this in one call
@@ -141,7 +143,7 @@ def _object(pairs: list[tuple[str, Any]]) -> _Object:
     return obj
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_object)
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, **FINITE_NUMBERS)
 
 
 def _decode_all(text: str) -> list[Any]:

@@ -11,6 +11,7 @@ content is read in well under 0.1 s (tests/test_hardening.py). A reply cut off a
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,17 @@ import json_repair
 
 _FENCE_LANG = re.compile(r"(?:json|JSON)?\s*")
 _FULLWIDTH = {"“": '"', "”": '"', "：": ":", "，": ",", "｛": "{", "｝": "}", "［": "[", "］": "]"}
-_DECODER = json.JSONDecoder()
+
+
+def _finite(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+# Python's json reads NaN, Infinity and 1e999 (an infinite float); no control can use them, and
+# int() of one raised and lost the whole task. They read as null: only that answer is lost.
+FINITE_NUMBERS: dict[str, Any] = {"parse_constant": lambda _name: None, "parse_float": _finite}
+_DECODER = json.JSONDecoder(**FINITE_NUMBERS)
 # Work bounds that keep parsing linear in the reply's length whatever it holds (20,000 `{` once
 # cost 42 s): at most MAX_STARTS positions tried as the start of an object, and at most
 # SCAN_FACTOR x the reply's length (plus SCAN_SLACK) characters read by the JSON decoder.
@@ -82,7 +93,7 @@ def _halfwidth(text: str) -> str:
 def _loads(candidate: str) -> dict[str, Any] | None:
     for attempt in (candidate, _halfwidth(candidate)):
         try:
-            value = json.loads(attempt)
+            value = _DECODER.decode(attempt)
         except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):

@@ -19,6 +19,7 @@ from typing import Any
 
 from .controls import HANDLERS
 from .controls.base import Lang
+from .controls.textarea import result_texts
 from .schema import LabelingSchema, Target, TextSource
 
 CONFIDENCE_KEY = "_confidence"
@@ -120,14 +121,21 @@ def guidance_from_params(base: PromptGuidance, extra_params: Any) -> PromptGuida
 
 
 def context_instruction(schema: LabelingSchema, context: Any) -> str:
-    """The annotator's instruction in an interactive request (a `prompt` TextArea's text)."""
+    """The annotator's instruction in an interactive request (a `prompt` TextArea's text).
+
+    The context is the client's to shape: parts that are not what Label Studio sends are
+    skipped (the tasks are still predicted), never a 500.
+    """
     if not isinstance(context, dict) or not schema.prompt_controls:
         return ""
+    results = context.get("result")
     texts = []
-    for result in context.get("result") or []:
-        if isinstance(result, dict) and result.get("from_name") in schema.prompt_controls:
-            value = result.get("value") or {}
-            texts += [str(t) for t in value.get("text") or [] if str(t).strip()]
+    for result in results if isinstance(results, list) else ():
+        if not isinstance(result, dict) or not isinstance(name := result.get("from_name"), str):
+            continue
+        value = result.get("value")
+        text = value.get("text") if name in schema.prompt_controls and isinstance(value, dict) else None
+        texts += [str(t) for t in result_texts(text) if str(t).strip()]
     return "\n".join(texts)
 
 

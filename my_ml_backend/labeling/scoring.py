@@ -86,13 +86,62 @@ def distribution_at(token: tuple, allowed: Sequence[str]) -> list[float] | None:
     folded = [str(v).casefold() for v in allowed]
     if len(_begins(token[0], folded)) > 1:
         return None
-    probs = [0.0] * len(folded)
-    for text, logprob in token[2]:
-        hits = _begins(text, folded)
-        for j in hits:
-            probs[j] += math.exp(logprob) / len(hits)
+    probs = _shares(token[2], lambda text: _begins(text, folded), len(folded))
     total = sum(probs)
     return [p / total for p in probs] if total > 0 else None
+
+
+def _shares(alternatives: Sequence[tuple], spells: Callable[[str], list[int]], k: int) -> list[float]:
+    """Each of `k` values' probability from a token's alternatives; one that spells several shares it."""
+    shares = [0.0] * k
+    for text, logprob in alternatives:
+        found = spells(text)
+        for j in found:
+            shares[j] += math.exp(logprob) / len(found)
+    return shares
+
+
+def _spells(text: str, written: str | None, open_: Sequence[int], folded: Sequence[str]) -> list[int]:
+    """The open values `text` can spell, written after `written` (the answer so far; None: it is the first token,
+    which may carry the opening quote or a space and is read as `distribution_at` reads it)."""
+    if written is None:
+        return [j for j in _begins(text, folded) if j in open_]
+    text = written + text
+    if (end := text.find('"')) >= 0:  # the string closes here: the answer is exactly what came before
+        return [j for j in open_ if text[:end].casefold() == folded[j]]
+    return [j for j in open_ if folded[j].startswith(text.casefold())] if text else []
+
+
+def path_distribution(tokens: Tokens, at: int, allowed: Sequence[str]) -> list[float] | None:
+    """P(value) over `allowed` for the answer whose first character is at offset `at` of the joined reply, or None.
+
+    At the answer's first token it is `distribution_at`. Where the written token begins several
+    values (names that share their first token: "非常好" / "非常差", "Very positive" / "Very
+    negative"), the values it leaves open are read on at the next token, weighted by what the
+    written one got there: P(非常) x P(好 | 非常). None when the answer ends before one value is
+    left, or a token on the way has no alternatives.
+    """
+    i = token_at(tokens, at)
+    folded = [str(v).casefold() for v in allowed]
+    probs, open_, weight = [0.0] * len(folded), list(range(len(folded))), 1.0
+    written: str | None = None  # the answer's text before token i; None at its first token
+    while i is not None and i < len(tokens) and len(tokens[i]) >= 3 and tokens[i][2]:
+        shares = _shares(tokens[i][2], lambda text, w=written, o=open_: _spells(text, w, o, folded), len(folded))
+        on, total = _spells(tokens[i][0], written, open_, folded), sum(shares)
+        if not on and written is None and total > 0:  # a first token that begins no value: its alternatives decide
+            return [share / total for share in shares]
+        if not on or total <= 0:
+            return None
+        for j in open_:  # a value the written token left behind gets its share here, for good
+            if j not in on or len(on) == 1:
+                probs[j] += weight * shares[j] / total
+        if len(on) == 1:
+            return [p / sum(probs) for p in probs]
+        weight *= sum(shares[j] for j in on) / total
+        # the first token may begin before the answer (its opening quote): only what follows `at` is the answer's
+        piece = tokens[i][0] if written is not None else tokens[i][0][at - sum(len(t[0]) for t in tokens[:i]):]
+        open_, written, i = on, (written or "") + piece, i + 1
+    return None
 
 
 def _span(tokens: Tokens, joined: str, needle: str, after: int) -> tuple[list[int], int, int] | None:

@@ -14,6 +14,17 @@ chosen form gives its score and whether it was all right, and each predicted reg
 score and whether the annotator has it, so the prediction score (and a region's) can say
 how likely it is right on this project, at no extra call.
 
+The same judged regions set each list control's region cut (`scorefit.fit_cut`): where the
+regions under some score are mostly not the annotators', they are left out of the project's
+predictions (a 0.5B model invents "next Tuesday" as an ORG at 0.88 on sentences lacking a type).
+
+The same predictions judge list extension (`labeling.extension`: a list the model closed
+in doubt asked again and made to go on). A region it added counts as won (the annotator has
+it) or lost; where it added more wrong regions than right ones, the project's predictions
+stop extending (on a 0.5B model it finds the missing entity of a full
+sentence but invents one where a type is absent, bench/RESULTS.md). No extra call: the
+judge sees the answer before and after.
+
 The evaluation runs on the Train button and when the example count enters a new
 version bucket. Its choice is kept in the example store (every worker and replica uses
 it, a restart keeps it), logged, and exposed in `/metrics`. This module decides; the
@@ -34,11 +45,12 @@ from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 from ..labeling.calibration import ScoreMaps
+from ..labeling.controls import LIST_TAGS
 from ..telemetry.metrics import METRICS, Labels
 from .examples import Example
 from .index import ExampleIndex, label_of
 from .retrieval import Form
-from .scorefit import ScoreMap, fit
+from .scorefit import RegionCut, ScoreMap, fit, fit_cut
 from .store import ExampleStore
 
 logger = logging.getLogger(__name__)
@@ -46,8 +58,15 @@ logger = logging.getLogger(__name__)
 MIN_EXAMPLES = 8  # fewer annotated tasks: nothing to judge by, zero-shot
 MIN_SAMPLES = 4  # fewer tasks per form than this: not worth the calls
 RUNNING_FOR = 900.0  # seconds an evaluation started by another process blocks a new one
+ABORT_AFTER_ERRORS = 3  # failed judgements (endpoint errors) from which, if they are most, the evaluation stops
+RETRY_AFTER = 300.0  # seconds after an aborted evaluation before the next one may start
 EVALUATIONS = "fewshot_evaluations"
 EVAL_CALLS = "fewshot_eval_calls"
+
+
+class EvaluationAborted(RuntimeError):
+    """The endpoint failed the evaluation (outage, quota, key): nothing was learned about the forms, so no
+    choice is stored, the previous one stays, and the next webhook may try again after `RETRY_AFTER`."""
 
 
 def candidates(k: int) -> list[Form]:
@@ -68,16 +87,23 @@ class Choice:
     at: float = 0.0
     score_map: dict | None = None  # `ScoreMap.to_dict()` fitted on the chosen form's judged tasks
     region_maps: dict[str, dict] | None = None  # control name -> `ScoreMap.to_dict()` of its regions' scores
+    extend: bool | None = None  # list extension on the annotations: False lost, True won, None not seen
+    region_cuts: dict[str, dict] | None = None  # list control name -> `RegionCut.to_dict()`
 
     def fitted(self, version: str) -> ScoreMaps | None:
-        """The score maps fitted on predictions of `version` (same model, prompt, config, guidance), if any."""
+        """The score maps and region cuts fitted on predictions of `version` (same model, prompt, config,
+        guidance), if any."""
         task = ScoreMap.from_dict(self.score_map)
         task = task if task is not None and task.version == version else None
         regions = {
             name: m for name, raw in (self.region_maps or {}).items()
             if (m := ScoreMap.from_dict(raw)) is not None and m.version == version
         }
-        return ScoreMaps(task, regions) if task is not None or regions else None
+        cuts = {
+            name: c.below for name, raw in (self.region_cuts or {}).items()
+            if (c := RegionCut.from_dict(raw)) is not None and c.version == version
+        }
+        return ScoreMaps(task, regions, cuts) if task is not None or regions or cuts else None
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -94,11 +120,31 @@ class Choice:
 
 class Judged(NamedTuple):
     """One judged task: all right, its prediction score (None: no answer), and per scored region
-    (control name, region score, whether the annotator's answer has that region)."""
+    (control name, region score, whether the annotator's answer has that region); `before`: the same
+    judged before a doubtful list was made to go on (`labeling.extension`), None when none was."""
 
     ok: bool
     score: float | None = None
     regions: Sequence[tuple[str, float, bool]] = ()
+    before: Judged | None = None
+    error: bool = False  # no answer because the call failed: says nothing of the form
+
+
+def extension_verdict(judged: Sequence[Judged]) -> tuple[bool | None, str]:
+    """Keep list extension on this project? The regions it added that the annotators have, against those they do
+    not: off when it added more wrong than right, None (the setting stands) when it added nothing.
+
+    Counted per region, not per task: where a small model already invents, a task is wrong before and after,
+    and only its regions show what the forced item was.
+    """
+    won = lost = 0
+    for o in judged:
+        if o.before is not None:
+            won += sum(right for *_, right in o.regions) - sum(right for *_, right in o.before.regions)
+            lost += sum(not right for *_, right in o.regions) - sum(not right for *_, right in o.before.regions)
+    if not won and not lost:
+        return None, "list extension added no judged region"
+    return won >= lost, f"list extension added {won} regions the annotators have and {lost} they do not"
 
 
 def margin(samples: int) -> int:
@@ -156,6 +202,7 @@ def evaluate(
     spent: Callable[[], int],
     seed: int = 0,
     version: str = "",
+    version_off: str = "",
 ) -> Choice:
     """Leave-one-out accuracy of each form on a sample, within `budget` calls, the decision and its score map.
 
@@ -163,7 +210,8 @@ def evaluate(
     example) and says whether the answer equals the annotator's, its prediction score
     (None: no answer) and each scored region's (control, score, the annotator has it);
     `spent()` is the number of LLM requests made so far; `version` the zero-shot
-    model_version the score maps are valid for.
+    model_version the score maps are valid for, `version_off` the same with list extension
+    off (where the annotations turn it off, `extension_verdict`).
     """
     per_form = budget // len(forms)
     if budget <= 0 or len(index) < MIN_EXAMPLES or per_form < MIN_SAMPLES:
@@ -172,27 +220,36 @@ def evaluate(
     sample = stratified_sample(index, per_form, seed)
     right: dict[str, list[bool]] = {f.name: [] for f in forms}
     judged: dict[str, list[tuple[Judged, str]]] = {f.name: [] for f in forms}
-    start = spent()
+    start, errors, asked = spent(), 0, 0
     for example in sample:
         if spent() - start + len(forms) > budget:
             break
         for form in forms:
             outcome = judge(example, form)
+            errors, asked = errors + outcome.error, asked + 1
+            if errors >= ABORT_AFTER_ERRORS and 2 * errors > asked:
+                raise EvaluationAborted(f"{errors} of {asked} predictions failed: the endpoint, not the forms")
             right[form.name].append(outcome.ok)
             judged[form.name].append((outcome, label_of(example, index.schema)))
     n = len(right["0"])
     name, why = decide(forms, right)
     accuracy = {f: (sum(r) / n if n else 0.0) for f, r in right.items()}
-    task, regions = fit_maps(judged[name], index, version)
-    return Choice(form=name, samples=n, calls=spent() - start, accuracy=accuracy, reason=why, at=time.time(),
+    extend, said = extension_verdict([o for o, _ in judged[name]])
+    if extend is False:  # the maps are fitted on what will be served: the answers before extension
+        judged[name] = [(o.before or o, label) for o, label in judged[name]]
+    task, regions, cuts = fit_maps(judged[name], index, version_off if extend is False and version_off else version)
+    return Choice(form=name, samples=n, calls=spent() - start, accuracy=accuracy,
+                  reason=why if extend is None else f"{why}; {said}", at=time.time(),
                   score_map=task.to_dict() if task else None,
-                  region_maps={c: m.to_dict() for c, m in regions.items()} or None)
+                  region_maps={c: m.to_dict() for c, m in regions.items()} or None, extend=extend,
+                  region_cuts={c: cut.to_dict() for c, cut in cuts.items()} or None)
 
 
 def fit_maps(
     judged: Sequence[tuple[Judged, str]], index: ExampleIndex, version: str
-) -> tuple[ScoreMap | None, dict[str, ScoreMap]]:
-    """The task score's map and each control's region map, from one form's judged tasks.
+) -> tuple[ScoreMap | None, dict[str, ScoreMap], dict[str, RegionCut]]:
+    """The task score's map, each control's region map and each list control's region cut, from one form's
+    judged tasks.
 
     A region weighs as its task does (label-stratified sample, `stratum_weights`). A control's
     map is kept only where it beats its raw scores (`scorefit.fit`): an already calibrated
@@ -205,12 +262,15 @@ def fit_maps(
     for task_no, ((outcome, _), w) in enumerate(zip(judged, weights, strict=True)):
         for control, score, ok in outcome.regions:
             by_control.setdefault(control, []).append((score, ok, w, task_no))
-    regions = {}
+    regions, cuts = {}, {}
+    listed = {t.name for t in (index.schema.targets if index.schema else ()) if t.tag in LIST_TAGS}
     for control, found in sorted(by_control.items()):
         pairs, w, tasks = [(s, ok) for s, ok, *_ in found], [x[2] for x in found], [x[3] for x in found]
         if fitted := fit(pairs, version, w, groups=tasks):  # leave-one-task-out: a task's regions share its doubt
             regions[control] = fitted
-    return task, regions
+        if control in listed and (cut := fit_cut(pairs, version, tasks)):
+            cuts[control] = cut
+    return task, regions, cuts
 
 
 # -- per-project state: stored choice, running evaluations, metrics -----------------------
@@ -265,6 +325,7 @@ def start(
         return False
 
     def work() -> None:
+        marker = 0.0  # the running marker left behind: 0, or a start time that reads as running until RETRY_AFTER
         try:
             choice = run()
             choice.bucket = bucket
@@ -275,19 +336,24 @@ def start(
             METRICS.inc(EVAL_CALLS, choice.calls)
             logger.info(
                 "少样本自动选择 (few-shot auto choice): project %s -> %s (%s); accuracy on %d annotated tasks %s; "
-                "%d calls; score map %s; region maps %s",
+                "%d calls; score map %s; region maps %s; region cuts %s; list extension %s",
                 project, choice.form, choice.reason, choice.samples,
                 {f: round(a, 3) for f, a in choice.accuracy.items()}, choice.calls, choice.score_map or "none",
-                choice.region_maps or "none",
+                choice.region_maps or "none", choice.region_cuts or "none",
+                {None: "as set", True: "kept", False: "off"}[choice.extend],
             )
             done()
+        except EvaluationAborted as exc:  # the previous choice stays; the next try waits RETRY_AFTER
+            logger.warning("少样本自动评估中止，%.0f 秒后可重试 (few-shot evaluation aborted, retried after %.0f s), "
+                           "project %s: %s", RETRY_AFTER, RETRY_AFTER, project, exc)
+            marker = time.time() - RUNNING_FOR + RETRY_AFTER
         except Exception:  # noqa: BLE001 - a failed evaluation keeps the previous choice
             logger.exception("少样本自动评估失败 (few-shot auto evaluation failed), project %s", project)
         finally:
             with _lock:
                 _running.discard(key)
             try:
-                store.set_meta(project, running_key, "0")
+                store.set_meta(project, running_key, str(marker))
             except Exception:  # noqa: BLE001
                 pass
 

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 SAVE_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 DELETE_EVENTS = frozenset({"ANNOTATION_DELETED", "ANNOTATIONS_DELETED"})
 MAX_BUCKET = 64
+RESYNC_WRITE = 500  # changed annotations written together while re-reading a project (one transaction each)
 
 
 def examples_bucket(count: int) -> int:
@@ -80,18 +81,30 @@ def resync(store: ExampleStore, schema: LabelingSchema, project: str, url: str, 
 
     started = now()
     client = LabelStudio(base_url=url.rstrip("/"), api_key=api_key)
+    known = {s.annotation_id: (s.task_id, s.data, s.results) for s in store.all(project)}
     seen: set[int] = set()
+    changed: list[StoredAnnotation] = []
+    written = 0
     for task in client.tasks.list(project=int(project), fields="all", only_annotated=True, page_size=100):
         raw = task.dict()
         for annotation in raw.get("annotations") or []:
             if annotation.get("was_cancelled") or not annotation.get("result"):
                 continue
-            store.upsert(project, _annotation_item(schema, raw, annotation))
-            seen.add(int(annotation["id"]))
+            item = _annotation_item(schema, raw, annotation)
+            seen.add(item.annotation_id)
+            # An annotation stored as it is stays untouched: rewriting all of them made every worker's index
+            # apply the whole project again after each press of Train.
+            if known.get(item.annotation_id) != (item.task_id, item.data, item.results):
+                changed.append(item)
+            if len(changed) >= RESYNC_WRITE:
+                store.upsert_many(project, changed)
+                written, changed = written + len(changed), []
+    store.upsert_many(project, changed)
+    written += len(changed)
     # Gone from Label Studio, and not written by a webhook while we were reading: removed.
     stale = [s.annotation_id for s in store.all(project) if s.annotation_id not in seen and s.updated < started]
     removed = store.delete(project, stale)
-    return f"resynced {len(seen)} annotation(s) from Label Studio, {removed} stale removed"
+    return f"resynced {len(seen)} annotation(s) from Label Studio, {written} new or changed, {removed} stale removed"
 
 
 def example_pool(store: ExampleStore | None, project: str, schema: LabelingSchema, max_chars: int) -> list[Example]:

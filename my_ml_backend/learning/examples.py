@@ -8,12 +8,15 @@ lets predictions be scored against annotations control by control.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from ..labeling.controls import HANDLERS
 from ..labeling.prompts import read_texts
 from ..labeling.schema import LabelingSchema
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,11 @@ def answers_from_results(schema: LabelingSchema, results: list[dict[str, Any]]) 
     answers = {}
     for target in schema.targets:
         if target.name in values:
-            answer = HANDLERS[target.tag].to_answer(target, values[target.name])
+            try:
+                answer = HANDLERS[target.tag].to_answer(target, values[target.name])
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError):  # a result of another shape
+                logger.debug("Result of %s skipped: %s", target.name, values[target.name])
+                continue
             if answer is not None:
                 answers[target.name] = answer
     return answers
@@ -70,7 +77,8 @@ def example_from_annotation(
     schema: LabelingSchema, task: dict[str, Any], results: list[dict[str, Any]], max_chars: int
 ) -> Example | None:
     """The example an annotation makes, or None (cancelled/empty, or no text to show)."""
-    texts, _ = read_texts(schema, task.get("data") or {}, max_chars)
+    data = task.get("data")
+    texts, _ = read_texts(schema, data if isinstance(data, dict) else {}, max_chars)
     answers = answers_from_results(schema, results)
     if not texts or not answers or task.get("id") is None:
         return None

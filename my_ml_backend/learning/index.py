@@ -151,9 +151,14 @@ class ExampleIndex:
         assert self.schema is not None or not stored, "reading annotations needs the labeling config"
         rows = []
         for item in stored:
-            example = example_from_annotation(
-                self.schema, {"id": item.task_id, "data": item.data}, item.results, self.max_chars
-            )
+            try:
+                example = example_from_annotation(
+                    self.schema, {"id": item.task_id, "data": item.data}, item.results, self.max_chars
+                )
+            except Exception:  # noqa: BLE001 - one unreadable annotation must not freeze the project's index
+                logger.warning("标注 %s 无法读取，不作为示例 (annotation %s cannot be read: not an example)",
+                               item.annotation_id, item.annotation_id, exc_info=True)
+                example = None
             rows.append((item.annotation_id, item.task_id, item.updated, example))
         with self._lock:
             touched = {self._retire(a) for a in removed} | {self._retire(r[0]) for r in rows}

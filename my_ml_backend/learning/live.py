@@ -34,6 +34,7 @@ class LiveIndex:
         self._sync = threading.Lock()
         self._delay = delay
         self._go = threading.Event()  # set by the first use: build now, do not wait out the delay
+        self._soon = threading.Lock()  # held while a background refresh is waiting to start (`refresh_soon`)
         self._thread = threading.Thread(target=self._build, name=f"example-index-{project}", daemon=True)
         self._thread.start()
 
@@ -67,6 +68,18 @@ class LiveIndex:
             return None
         self.refresh()
         return self.index if self.version >= 0 else None
+
+    def refresh_soon(self) -> None:
+        """`refresh` in a background thread, one waiting at most: a webhook has about 1 s, and after a bulk change
+        (100,000 annotations re-read) applying it took 6 s. Predictions refresh before they read the index anyway."""
+        if not self._ready.is_set() or not self._soon.acquire(blocking=False):
+            return  # not built yet (the build reads everything), or a refresh is already on its way
+
+        def run() -> None:
+            self._soon.release()  # from here a newer change schedules another refresh
+            self.refresh()
+
+        threading.Thread(target=run, name=f"example-index-refresh-{self.project}", daemon=True).start()
 
     def refresh(self) -> None:
         """Apply what changed in the store since our version (our own writes and other processes')."""

@@ -17,6 +17,14 @@ A score that is already calibrated (single choices, after contextual calibration
 gets noise from a 15-task fit (measured: Brier 0.153 -> 0.169 on topics). So the map is
 kept only when, leave-one-out on the same sample, it beats the raw score's Brier score
 by `MARGIN`; otherwise the raw score stays.
+
+The same judged regions also set a region cut (`fit_cut`) for list answers: where the
+model invents (a 0.5B model on sentences lacking some entity types writes "next Tuesday"
+as ORG at 0.88), the regions under some score are mostly wrong on the project's own
+annotations, and a pre-label that is mostly wrong costs the annotator more than a gap.
+Measured (bench/RESULTS.md, session 18): fitted on 15 annotated sentences, the cut is 0.95
+where types are absent (exact sentences 6.2 % -> 31.2 %, span F1 0.447 -> 0.580) and none
+on full sentences, where the low-scored regions are as often right.
 """
 
 from __future__ import annotations
@@ -24,11 +32,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, logit
+from scipy.stats import binomtest
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +50,31 @@ MARGIN = 0.1  # the map's leave-one-out Brier score must be this much (relative)
 PRIOR = 0.5
 MIN_SLOPE = 0.1  # a score that does not rank on the sample still orders the tasks
 EPS = 1e-4  # scores are clipped to [EPS, 1 - EPS] before their log-odds
+CUTS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # region cuts tried: 0.50 ... 0.95
+CUT_ALPHA = 0.05  # under a cut, wrong regions must outnumber right ones beyond chance (one-sided binomial test)
 
 
 def _logodds(scores: np.ndarray | float) -> np.ndarray:
     return logit(np.clip(scores, EPS, 1 - EPS))
 
 
+class _Stored:
+    """A frozen dataclass kept as a dict in the project's stored evaluation (`autotune.Choice`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Self | None:
+        """The stored dict back, or None when it is missing or from another shape."""
+        try:
+            return cls(**raw) if isinstance(raw, dict) else None
+        except TypeError:
+            return None
+
+
 @dataclass(frozen=True)
-class ScoreMap:
+class ScoreMap(_Stored):
     """P(task all right) = expit(a * logit(score) + b), for the predictions of one `version`."""
 
     a: float
@@ -60,19 +86,10 @@ class ScoreMap:
     def __call__(self, score: float) -> float:
         return round(float(expit(self.a * _logodds(score) + self.b)), 4)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, raw: Any) -> ScoreMap | None:
-        try:
-            return cls(**raw) if isinstance(raw, dict) else None
-        except TypeError:
-            return None
-
-
-def _brier(pairs: Sequence[tuple[float, bool]], w: np.ndarray) -> float:
-    return float(np.average([(s - r) ** 2 for s, r in pairs], weights=w))
+def brier(pairs: Sequence[tuple[float, bool]], weights: Sequence[float] | None = None) -> float:
+    """Mean squared error of the score as P(right), optionally weighted: what a map must lower to be kept."""
+    return float(np.average([(s - r) ** 2 for s, r in pairs], weights=weights))
 
 
 def fit(
@@ -99,7 +116,7 @@ def fit(
         without = platt([p for p, o in zip(pairs, out, strict=True) if not o], version, w[~out])
         for i in np.flatnonzero(out):
             loo[i] = (without(pairs[i][0]), pairs[i][1])
-    raw, mapped = _brier(pairs, w), _brier(loo, w)
+    raw, mapped = brier(pairs, w), brier(loo, w)
     if mapped >= (1 - MARGIN) * raw:
         logger.info("分数校准未采用 (score map not used): on %d judged scores it does not beat the raw score "
                     "(Brier %.3f raw, %.3f mapped, leave-one-out)", len(pairs), raw, mapped)
@@ -125,3 +142,35 @@ def platt(pairs: Sequence[tuple[float, bool]], version: str, w: np.ndarray) -> S
     found = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(MIN_SLOPE, None), (None, None)])
     a, b = (float(v) for v in found.x)
     return ScoreMap(round(a, 4), round(b, 4), len(pairs), int(y.sum()), version)
+
+
+@dataclass(frozen=True)
+class RegionCut(_Stored):
+    """A list answer's regions scored under `below` are left out: on the judged annotations of `version`'s
+    predictions, `wrong` regions under it were not the annotators' and `right` were."""
+
+    below: float
+    right: int
+    wrong: int
+    version: str
+
+
+def fit_cut(pairs: Sequence[tuple[float, bool]], version: str, groups: Sequence[int]) -> RegionCut | None:
+    """The region cut of judged `(score, right)` pairs (`groups`: each one's task), or None.
+
+    Of the cuts in `CUTS`, those under which wrong regions outnumber right ones beyond chance
+    (binomial test, `CUT_ALPHA`), from at least `MIN_GROUPS` tasks (one task's regions share its
+    text and doubt); of these, the one that leaves out the most wrong regions net of right ones.
+    """
+    best: RegionCut | None = None
+    for below in CUTS:
+        under = [(right, g) for (score, right), g in zip(pairs, groups, strict=True) if score < below]
+        right = sum(r for r, _ in under)
+        wrong = len(under) - right
+        if wrong <= right or len({g for r, g in under if not r}) < MIN_GROUPS:
+            continue
+        if binomtest(wrong, len(under), 0.5, alternative="greater").pvalue >= CUT_ALPHA:
+            continue
+        if best is None or wrong - right > best.wrong - best.right:
+            best = RegionCut(below, right, wrong, version)
+    return best

@@ -330,7 +330,8 @@ class RedisExampleStore(ParsedSnapshots):
     def counts(self) -> dict[str, int]:
         """Stored examples per project (for the status page); SCAN, so Redis is never blocked."""
         keys = [k.decode() if isinstance(k, bytes) else k for k in self._redis.scan_iter(self.prefix + "*")]
-        return {k[len(self.prefix) :]: int(self._redis.hlen(k)) for k in keys}
+        # only the examples hashes: a project's `:version`, `:changes` and `:meta` keys share the prefix
+        return {k[len(self.prefix) :]: int(self._redis.hlen(k)) for k in keys if ":" not in k[len(self.prefix) :]}
 
 
 _stores: dict[str, ExampleStore] = {}

@@ -1,4 +1,4 @@
-"""LLM access: the OpenAI-compatible client, output modes, pacing, the error table and the response cache.
+"""LLM access: the OpenAI-compatible client and its replies, output modes, pacing, errors, the cache, batch costs.
 
 May import `settings`, `storage` and `telemetry` only; knows nothing of labeling configs or Label Studio.
 """

@@ -16,11 +16,9 @@ costs no API call. Every request, retry, cache lookup and token is counted in
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -38,7 +36,7 @@ from ..telemetry.metrics import (
     PROMPT_TOKENS,
     Tally,
 )
-from .cache import CachedAnswer, ResponseCache, Token, cache_key, open_cache
+from .cache import CachedAnswer, ResponseCache, cache_key, open_cache
 from .errors import (
     QUOTA_HEADERS,
     ErrorKind,
@@ -50,43 +48,20 @@ from .errors import (
     server_message,
 )
 from .limits import open_limiter
-from .output_modes import LADDER, OutputMode, initial_mode, is_alibaba_host, response_format, step_down
+from .output_modes import LADDER, OutputMode, initial_mode, response_format, step_down
 from .pacing import MAX_RETRY_AFTER, is_throttle, retry_after, retry_delay
 from .pool import ModelPool, pool_models
 from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, header_int, open_ledger
+from .replies import ChatReply, Usage, cache_entry, from_cache, reply_tokens, worth_keeping
 
 logger = logging.getLogger(__name__)
 
 # Alternatives returned per token when logprobs are on: 20 (OpenAI's and vLLM's maximum)
 # so that every choice of a label set usually shows up at the answer's first token.
 TOP_LOGPROBS = 20
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class ChatReply:
-    """What the rest of the backend needs from a completion."""
-
-    text: str
-    usage: Usage = field(default_factory=Usage)
-    # (token, logprob, alternatives) of the answer, when the endpoint returned logprobs;
-    # alternatives: the top (token, logprob) pairs at that position (`labeling.calibration`).
-    tokens: list[Token] = field(default_factory=list)
-    quota_remaining: int | None = None
-    mode: str = "text"
-    cached: bool = False  # served from the response cache: no request, no tokens paid
-    model: str = ""  # the pool model that answered ("" when served from the cache)
-    truncated: bool = False  # cut at max_tokens (finish_reason "length"): only its complete items are read
-
-    @property
-    def token_confidence(self) -> float | None:
-        """Geometric-mean token probability of the whole answer."""
-        return math.exp(sum(t[1] for t in self.tokens) / len(self.tokens)) if self.tokens else None
+# What is asked instead from an endpoint that refuses 20 by name (some accept at most 5):
+# enough for two to five choices at the answer's first token, and far better than no logprobs.
+FEWER_TOP_LOGPROBS = 5
 
 
 class LLMClient:
@@ -104,7 +79,8 @@ class LLMClient:
         self._local = threading.local()  # the tally of the batch the current thread works for
         self._extra_body: dict[str, Any] = {}
         self.mode = initial_mode(settings.base_url, settings.output_mode)
-        self.logprobs = settings.logprobs if settings.logprobs is not None else not is_alibaba_host(settings.base_url)
+        self.logprobs = settings.wants_logprobs  # until the endpoint refuses them
+        self.top_logprobs = TOP_LOGPROBS  # until the endpoint refuses that many
         # llama-cpp-python's server (and Ollama) default to 1.1, which penalises every token already
         # written, the JSON syntax a structured answer repeats for each item too: on the local 0.5B
         # model the second entity's `"},` lost to `"}` and lists stopped at two (bench/RESULTS.md).
@@ -178,7 +154,7 @@ class LLMClient:
                 claimed = self.cache.claim(key, deadline)
                 if isinstance(claimed, CachedAnswer):
                     self._count(CACHE_HITS)
-                    return _reply_from_cache(claimed)
+                    return from_cache(claimed)
                 if claimed is False:  # another thread asked the same and got no answer worth keeping
                     if deadline is not None and time.monotonic() >= deadline:
                         raise deadline_reached()
@@ -186,11 +162,13 @@ class LLMClient:
                 self._count(CACHE_MISSES)
             try:
                 reply = self._create(params, mode, deadline)
-                if key is not None and self.cache is not None and (accept is None or accept(reply)):
-                    self.cache.put(key, _cache_entry(reply))
+                if key is not None and self.cache is not None and worth_keeping(accept, reply):
+                    self.cache.put(key, cache_entry(reply))
                 return reply
             except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
-                if switches < len(self.pool.models) and self.pool.refused(params["model"], exc):
+                if switches < len(self.pool.models) and self.pool.refused(
+                    params["model"], exc, getattr(self._local, "sent_day", None)
+                ):
                     switches += 1
                     continue  # that model is out for today: the next one, or the "quota used up" error
                 if _too_long(exc):  # no output mode is the cure: the caller sends less (smaller packs)
@@ -206,29 +184,53 @@ class LLMClient:
     def _adapt(self, exc: BaseException, mode: OutputMode, params: dict[str, Any]) -> bool:
         """Drop the feature `exc` refused, if any; True when the call is worth repeating.
 
-        Workers run concurrently: when another one already learned the same lesson,
-        the call is simply repeated with what the client now knows.
+        Each lesson is learned once per client: workers run concurrently, and when another one
+        already learned it, the call is simply repeated with what the client now knows.
         """
-        if is_thinking_refusal(exc):
-            if self._extra_body.get("enable_thinking") is not False:
-                logger.info("模型要求关闭思考模式，改为发送 enable_thinking=false (sending enable_thinking=false)")
-                self._extra_body = {**self._extra_body, "enable_thinking": False}
-            return (params.get("extra_body") or {}).get("enable_thinking") is not False
-        refused_logprobs = isinstance(exc, openai.BadRequestError) and "logprob" in server_message(exc).lower()
-        if refused_logprobs and "logprobs" in params:
-            if self.logprobs:
-                logger.info("端点不支持 logprobs，已关闭 (endpoint refused logprobs: disabled)")
-                self.logprobs = False
-            return True
-        # Named in a 400/422 (OpenAI, strict validators) or a 500 (llama-cpp-python reports validation errors so).
-        refused_penalty = isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 422, 500) and (
-            "repeat_penalty" in server_message(exc).lower()
+        message = server_message(exc).lower() if isinstance(exc, openai.APIStatusError) else ""
+        for lesson in (self._without_thinking, self._fewer_logprobs, self._without_repeat_penalty):
+            if (again := lesson(exc, message, params)) is not None:
+                return again
+        return self._lower_mode(exc, mode, params)
+
+    def _without_thinking(self, exc: BaseException, _message: str, params: dict[str, Any]) -> bool | None:
+        """Qwen3 "thinking" models refuse non-streamed calls unless told `enable_thinking: false`."""
+        if not is_thinking_refusal(exc):
+            return None
+        if self._extra_body.get("enable_thinking") is not False:
+            logger.info("模型要求关闭思考模式，改为发送 enable_thinking=false (sending enable_thinking=false)")
+            self._extra_body = {**self._extra_body, "enable_thinking": False}
+        return (params.get("extra_body") or {}).get("enable_thinking") is not False
+
+    def _fewer_logprobs(self, exc: BaseException, message: str, params: dict[str, Any]) -> bool | None:
+        """A 400 naming logprobs: fewer alternatives when it names how many, else none at all."""
+        if not isinstance(exc, openai.BadRequestError) or "logprob" not in message or "logprobs" not in params:
+            return None
+        sent = params.get("top_logprobs", 0)
+        if "top_logprobs" in message and sent > FEWER_TOP_LOGPROBS:  # refused how many, not logprobs as such
+            if self.top_logprobs > FEWER_TOP_LOGPROBS:
+                logger.info("端点不接受 top_logprobs=%d，改为 %d (endpoint refused top_logprobs=%d, sending %d)",
+                            sent, FEWER_TOP_LOGPROBS, sent, FEWER_TOP_LOGPROBS)
+                self.top_logprobs = FEWER_TOP_LOGPROBS
+        elif self.logprobs:
+            logger.info("端点不支持 logprobs，已关闭 (endpoint refused logprobs: disabled)")
+            self.logprobs = False
+        return True
+
+    def _without_repeat_penalty(self, exc: BaseException, message: str, params: dict[str, Any]) -> bool | None:
+        """Named in a 400/422 (OpenAI, strict validators) or a 500 (llama-cpp-python reports validation errors so)."""
+        named = isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 422, 500) and (
+            "repeat_penalty" in message
         )
-        if refused_penalty and "repeat_penalty" in (params.get("extra_body") or {}):
-            if self.repeat_penalty is not None:
-                logger.info("端点不接受 repeat_penalty，已不再发送 (endpoint refused repeat_penalty: not sent)")
-                self.repeat_penalty = None
-            return True
+        if not named or "repeat_penalty" not in (params.get("extra_body") or {}):
+            return None
+        if self.repeat_penalty is not None:
+            logger.info("端点不接受 repeat_penalty，已不再发送 (endpoint refused repeat_penalty: not sent)")
+            self.repeat_penalty = None
+        return True
+
+    def _lower_mode(self, exc: BaseException, mode: OutputMode, params: dict[str, Any]) -> bool:
+        """A refused or unreadable structured answer: one step down the output-mode ladder."""
         kind = self._classify(exc).kind
         if kind not in (ErrorKind.BAD_REQUEST, ErrorKind.BAD_RESPONSE) or "response_format" not in params:
             return False
@@ -261,7 +263,7 @@ class LLMClient:
             params["logprobs"] = True
             # llama.cpp's servers return no logprobs at all without top_logprobs; the
             # alternatives of each token are what `scoring` weighs the chosen answer against.
-            params["top_logprobs"] = TOP_LOGPROBS
+            params["top_logprobs"] = self.top_logprobs
         if s.max_tokens:
             params["max_tokens"] = s.max_tokens
         if s.top_p is not None:
@@ -280,7 +282,7 @@ class LLMClient:
     def _record_answer(self, params: dict[str, Any], raw: Any, usage: Usage, seconds: float) -> None:
         """Tell the pool which model answered (ledger, metrics) and what the answer cost (dry-run calibration)."""
         model = params["model"]
-        self.pool.answered(model, raw.headers)
+        self.pool.answered(model, raw.headers, getattr(self._local, "sent_day", None))
         chars = sum(len(str(m.get("content") or "")) for m in params.get("messages") or [])
         tasks = getattr(self._local, "tasks", 1)
         cost = Cost(1, chars, usage.prompt_tokens, usage.completion_tokens, seconds, tasks)
@@ -308,7 +310,7 @@ class LLMClient:
         if not text.strip():
             raise bad_response("empty content")
         return ChatReply(
-            text=text, usage=usage, tokens=_tokens(choices[0]), quota_remaining=quota, mode=str(mode),
+            text=text, usage=usage, tokens=reply_tokens(choices[0]), quota_remaining=quota, mode=str(mode),
             model=params["model"], truncated=choices[0].finish_reason == "length",
         )
 
@@ -325,6 +327,7 @@ class LLMClient:
             if not self.limiter.acquire(deadline):
                 raise deadline_reached()
             started = time.monotonic()
+            self._local.sent_day = self.pool.ledger.clock.day()  # its answer counts against this quota day
             try:
                 raw = self._client.chat.completions.with_raw_response.create(**params)
             except Exception as exc:
@@ -360,25 +363,6 @@ def _too_long(exc: BaseException) -> bool:
     return isinstance(exc, openai.BadRequestError) and any(
         m in server_message(exc).lower() for m in _CONTEXT_MARKERS
     )
-
-
-def _tokens(choice: Any) -> list[Token]:
-    content = getattr(getattr(choice, "logprobs", None), "content", None) or []
-    return [
-        (t.token, t.logprob, tuple((a.token, a.logprob) for a in getattr(t, "top_logprobs", None) or ()))
-        for t in content
-        if getattr(t, "logprob", None) is not None
-    ]
-
-
-def _reply_from_cache(answer: CachedAnswer) -> ChatReply:
-    usage = Usage(answer.prompt_tokens, answer.completion_tokens)
-    return ChatReply(text=answer.text, usage=usage, tokens=list(answer.tokens), mode=answer.mode, cached=True)
-
-
-def _cache_entry(reply: ChatReply) -> CachedAnswer:
-    usage = reply.usage
-    return CachedAnswer(reply.text, usage.prompt_tokens, usage.completion_tokens, tuple(reply.tokens), reply.mode)
 
 
 _SHARED_LOCK = threading.Lock()

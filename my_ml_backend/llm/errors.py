@@ -41,6 +41,11 @@ FATAL_KINDS = frozenset(
 )
 
 
+# Kinds that belong to the task, not the endpoint: a task without text, or one the endpoint refuses (too long,
+# content filter). A run of them says nothing about the next tasks (`jobs.batch` does not stop on them).
+TASK_KINDS = frozenset({ErrorKind.NO_TEXT, ErrorKind.BAD_REQUEST})
+
+
 class PredictionError(Exception):
     """A failure of one task's prediction, with the message shown to the user."""
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..telemetry.metrics import CACHE_HITS, METRICS, Tally
-from .client import ChatReply, LLMClient, Usage, _cache_entry, _reply_from_cache
+from .client import LLMClient
 from .errors import ErrorKind, PredictionError, deadline_reached, unexpected_error
 from .output_modes import OutputMode, is_alibaba_host
+from .replies import ChatReply, Usage, cache_entry, from_cache, worth_keeping
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +97,14 @@ def lookup(client: LLMClient, ask: Ask, tally: Tally | None = None) -> ChatReply
     METRICS.inc(CACHE_HITS)
     if tally is not None:
         tally.inc(CACHE_HITS)
-    return _reply_from_cache(answer)
+    return from_cache(answer)
 
 
 def remember(client: LLMClient, ask: Ask, reply: ChatReply) -> None:
     """Keep one task's part of a packed answer as that task's own cache entry."""
     key = task_key(client, ask.messages, ask.schema)
     if key is not None and client.cache is not None:
-        client.cache.put(key, _cache_entry(reply))
+        client.cache.put(key, cache_entry(reply))
 
 
 def answer_pack(
@@ -180,7 +181,7 @@ def _ask_group(
         text = parts.get(task_id)
         part = ChatReply(text=text or "", usage=share, tokens=tokens.get(task_id, []), mode=reply.mode,
                          model=reply.model)
-        if text and (asks[i].accept is None or asks[i].accept(part)):
+        if text and worth_keeping(asks[i].accept, part):
             remember(client, asks[i], part)
             results[i] = part
         else:

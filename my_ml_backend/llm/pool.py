@@ -80,15 +80,16 @@ class ModelPool:
             )
         return quota_used_up(self.ledger.clock, list(self.models))
 
-    def answered(self, model: str, headers: Any) -> None:
-        """A successful answer from `model`: count it, and learn its quota headers."""
+    def answered(self, model: str, headers: Any, sent_day: str | None = None) -> None:
+        """A successful answer from `model`: count it, and learn its quota headers (`sent_day`: the quota day the
+        request was sent in; an answer that arrives after the reset speaks of the day before)."""
         METRICS.inc(MODEL_ANSWERS, model=model)
-        self.ledger.observe(model, headers)
+        self.ledger.observe(model, headers, sent_day)
         if model != self._last:
             self._last = model
             logger.info("现在由模型 %s 回答 (now answered by %s)", model, model)
 
-    def refused(self, model: str, exc: BaseException) -> bool:
+    def refused(self, model: str, exc: BaseException, sent_day: str | None = None) -> bool:
         """Learn from a failed call to `model`; True when the call should go to the pool's next model.
 
         A retired model or a used-up cap is marked out for the rest of the quota day;
@@ -97,7 +98,7 @@ class ModelPool:
         if not isinstance(exc, openai.APIStatusError):
             return False
         headers = exc.response.headers if exc.response is not None else {}
-        self.ledger.observe(model, headers)
+        self.ledger.observe(model, headers, sent_day)
         kind = classify(exc, model=model, base_url="", timeout=0).kind
         if kind == ErrorKind.MODEL_UNAVAILABLE:
             reason, scope = RETIRED, model
@@ -107,7 +108,7 @@ class ModelPool:
         else:
             return False
         METRICS.inc(MODEL_REFUSALS, model=model, reason=reason)
-        self.ledger.mark_out(scope, reason)
+        self.ledger.mark_out(scope, reason, sent_day)
         logger.warning(
             "模型 %s 今日不再使用 (%s)，%s (model %s out for today: %s)",
             "所有模型" if scope == ACCOUNT else model, reason,

@@ -90,7 +90,7 @@ def _zone(name: str) -> tzinfo:
             return timezone(timedelta(hours=8), name)
         if name.upper() == "UTC":
             return UTC
-        raise ValueError(f"未知时区 (unknown time zone) {name!r}") from None
+        raise ValueError(f"LLM_QUOTA_RESET 的时区未知 (unknown time zone in LLM_QUOTA_RESET) {name!r}") from None
 
 
 # --------------------------------------------------------------------------- what is known
@@ -316,15 +316,20 @@ class QuotaLedger:
             logger.warning("额度账本%s失败，视为未知 (quota ledger %s failed): %s", action, action, type(exc).__name__)
             return default
 
-    def observe(self, model: str, headers: Any) -> None:
-        """Record the quota headers of one answer (or refusal) from `model`."""
+    def _today(self, sent_day: str | None) -> str | None:
+        """The quota day to book an answer to: today's, or None when it was sent in a day that has ended since
+        (its "remaining: 0" is yesterday's and must not close the new day)."""
+        day = self.clock.day()
+        return day if sent_day in (None, day) else None
+
+    def observe(self, model: str, headers: Any, sent_day: str | None = None) -> None:
+        """Record the quota headers of one answer (or refusal) from `model`, sent in quota day `sent_day`."""
         get = getattr(headers, "get", None)
-        if get is None:
+        if get is None or (day := self._today(sent_day)) is None:
             return
         values = {h: header_int(get(h)) for h in (ACCOUNT_LIMIT, ACCOUNT_REMAINING, MODEL_LIMIT, MODEL_REMAINING)}
         if not any(v is not None for v in values.values()):
             return
-        day = self.clock.day()
         if values[ACCOUNT_LIMIT] is not None or values[ACCOUNT_REMAINING] is not None:
             self._safely("写入", lambda: self.store.update(
                 self.account, day, ACCOUNT, values[ACCOUNT_LIMIT], values[ACCOUNT_REMAINING], ""))
@@ -332,9 +337,10 @@ class QuotaLedger:
             self._safely("写入", lambda: self.store.update(
                 self.account, day, model, values[MODEL_LIMIT], values[MODEL_REMAINING], ""))
 
-    def mark_out(self, scope: str, reason: str) -> None:
+    def mark_out(self, scope: str, reason: str, sent_day: str | None = None) -> None:
         """No call may be spent on `scope` (a model, or `ACCOUNT`) until the quota day ends."""
-        day = self.clock.day()
+        if (day := self._today(sent_day)) is None:
+            return
         self._safely("写入", lambda: self.store.update(self.account, day, scope, None, None, reason))
 
     def today(self) -> dict[str, Quota]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from ..telemetry.logs import mask
 from ..versioning import BACKEND_VERSION
 from .registry import ModelRegistry
 
+logger = logging.getLogger(__name__)
 REFRESH_MS = 2000
 STARTED = time.time()
 
@@ -249,11 +251,15 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
         try:
             for project, count in store.counts().items():
                 projects.setdefault(project, {})["examples"] = count
+        except Exception:  # noqa: BLE001 - the page shows what it can: the choices below still
+            logger.warning("读取示例数失败 (cannot count the stored examples)", exc_info=True)
+        try:
             for project, config_hash in configs:
                 if (choice := stored_choice(store, project, config_hash)) is not None:
                     fitted = (choice.score_map or {}).get("n")
                     projects[project]["fewshot"] = fewshot_text(
-                        choice.form, choice.accuracy.get(choice.form), fitted, sorted(choice.region_maps or {})
+                        choice.form, choice.accuracy.get(choice.form), fitted, sorted(choice.region_maps or {}),
+                        choice.region_cuts,
                     )
         except Exception:  # noqa: BLE001 - the page shows what it can
             pass
@@ -267,16 +273,22 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
     return StatusData(settings, ACTIVITY.snapshot(), projects, time.time(), pool, quotas)
 
 
-def fewshot_text(form: str, accuracy: float | None, fitted: int | None = None, regions: Sequence[str] = ()) -> str:
+def fewshot_text(
+    form: str, accuracy: float | None, fitted: int | None = None, regions: Sequence[str] = (),
+    cuts: dict[str, dict] | None = None,
+) -> str:
     """`labels-1 (准确率 accuracy 80 %)`: the auto choice and what it measured on the project's annotations;
     `fitted`: the number of judged tasks the score map was fitted on, `regions`: the controls whose region
-    scores have a map (`learning.scorefit`)."""
+    scores have a map (`learning.scorefit`), `cuts`: the list controls whose low-scored regions are left out."""
     name = "0 (零样本 zero-shot)" if form == "0" else form
     text = f"{name}（准确率 accuracy {accuracy:.0%}）" if accuracy is not None else name
     if fitted:
         text += f"；分数按 {fitted} 条标注校准 (score fitted on {fitted} tasks)"
     if regions:
         text += f"；区域分数已校准 (region scores fitted: {', '.join(regions)})"
+    if cuts:
+        below = ", ".join(f"{name} < {cut.get('below')}" for name, cut in sorted(cuts.items()))
+        text += f"；低分区域不预标注 (regions left out: {below})"
     return text
 
 

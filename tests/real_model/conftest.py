@@ -145,6 +145,11 @@ class RealBackend:
         text = self.backend.stdout.read_bytes()[since:].decode("utf-8", "replace")
         return len(set(re.findall(r"Task (content-free-\w+-\d+) fields", text)))
 
+    def extension_calls(self, since: int) -> int:
+        """Second requests for a list closed in doubt (labeling/extension.py) since `since`, from the debug log."""
+        text = self.backend.stdout.read_bytes()[since:].decode("utf-8", "replace")
+        return len(re.findall(r"Task \S+: lists closed in doubt asked to go on", text))
+
     def predict(self, label_config: str, tasks: list[dict]) -> list[dict]:
         """What Label Studio sends for "Retrieve predictions", waiting as long as the model needs."""
         payload = {

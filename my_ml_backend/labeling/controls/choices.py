@@ -55,7 +55,8 @@ class ChoicesHandler:
         return [{"choices": picked}]
 
     def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
-        picked = [c for v in values for c in v.get("choices") or []]
+        allowed = set(_allowed(target))  # a value the config no longer has is not an answer to show or judge by
+        picked = [c for v in values if isinstance(v.get("choices"), list) for c in v["choices"] if c in allowed]
         if not picked:
             return None
         return picked if _multiple(target) else picked[0]

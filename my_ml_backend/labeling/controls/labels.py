@@ -38,7 +38,7 @@ def _entities(answer: Any) -> list[dict[str, Any]]:
 def _hint(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         return None
 
 
@@ -86,5 +86,8 @@ class LabelsHandler:
         ]
 
     def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
-        ordered = sorted(values, key=lambda v: (v.get("start") or 0, v.get("end") or 0))
-        return [{"label": v["labels"][0], "text": v["text"]} for v in ordered if v.get("text") and v.get("labels")]
+        allowed = set(_allowed(target))  # a label the config no longer has is not an answer to show or judge by
+        spans = [v for v in values if isinstance(v.get("text"), str) and v["text"] and isinstance(v.get("labels"), list)
+                 and v["labels"] and v["labels"][0] in allowed]
+        spans.sort(key=lambda v: (_hint(v.get("start")) or 0, _hint(v.get("end")) or 0))
+        return [{"label": v["labels"][0], "text": v["text"]} for v in spans]

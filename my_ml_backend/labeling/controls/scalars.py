@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,11 @@ def _number(answer: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
+        return number if math.isfinite(number) else None  # NaN or infinite: no answer
     match = re.search(r"-?\d+(?:\.\d+)?", str(value or ""))
     return float(match.group()) if match else None
 

@@ -52,5 +52,7 @@ class TaxonomyHandler:
         return [{"taxonomy": picked if _multiple(target) else picked[:1]}]
 
     def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
-        paths = [SEPARATOR.join(path) for v in values for path in v.get("taxonomy") or [] if path]
-        return paths or None
+        options = _options(target)  # a path the config no longer has is not an answer to show or judge by
+        paths = [SEPARATOR.join(path) for v in values if isinstance(v.get("taxonomy"), list)
+                 for path in v["taxonomy"] if isinstance(path, list) and all(isinstance(p, str) for p in path)]
+        return [p for p in paths if p in options] or None

@@ -42,5 +42,10 @@ class TextAreaHandler:
         return [{"text": texts}] if texts else []
 
     def to_answer(self, target: Target, values: list[dict[str, Any]]) -> Any:
-        texts = [str(t) for v in values for t in v.get("text") or [] if str(t).strip()]
+        texts = [str(t) for v in values for t in result_texts(v.get("text")) if str(t).strip()]
         return "\n".join(texts) if texts else None
+
+
+def result_texts(text: Any) -> list[Any]:
+    """A result's `text`: a list of strings from Label Studio; one imported string is one text, not its letters."""
+    return [text] if isinstance(text, str) else text if isinstance(text, list) else []
