@@ -18,9 +18,9 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from my_ml_backend.engine import build_predictor
 from my_ml_backend.jobs import queue
 from my_ml_backend.jobs.batch import CHUNK_DEADLINE, Summary, default_chunk_size
+from my_ml_backend.predicting.factory import build_predictor
 from my_ml_backend.settings import load_settings
 from tests.conftest import TEST_KEY, config
 from tests.fake_llm import server as fake

@@ -27,12 +27,12 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
-from ..engine import build_predictor, project_choice
 from ..labeling import packing
 from ..llm.batch_stats import BatchStats
 from ..llm.errors import TASK_KINDS, ErrorKind
 from ..llm.pool import MODEL_ANSWERS, MODEL_REFUSALS
-from ..predictor import Predictor
+from ..predicting.factory import build_predictor, project_choice
+from ..predicting.predictor import Predictor
 from ..settings import load_env_file, load_settings
 from ..telemetry.logs import configure_logging, mask
 from ..telemetry.metrics import API_REQUESTS, CACHE_HITS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..labeling import packing
+from ..llm.errors import PredictionError
 from ..llm.quota import ACCOUNT, Cost, Quota
 
 if TYPE_CHECKING:
@@ -98,8 +99,8 @@ def estimate(job: BatchJob, limit: int | None = None) -> Estimate:
     for chunk in chunks(job.pending(job.done_task_ids(), summary), job.chunk_size, limit):
         est.to_predict += len(chunk)
         plan = predictor.plan(chunk, inputs)
-        est.unpreparable += sum(1 for r in plan.ready.values() if not isinstance(r, dict))
-        est.cached += sum(1 for r in plan.ready.values() if isinstance(r, dict))
+        est.unpreparable += sum(1 for r in plan.ready.values() if isinstance(r, PredictionError))
+        est.cached += sum(1 for r in plan.ready.values() if not isinstance(r, PredictionError))
         for group in plan.groups:
             per_task = [plan.prepared[i].ask.messages for i in group]
             messages = per_task[0] if len(group) == 1 else packing.pack_messages(per_task, packing.task_ids(len(group)))

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..engine import build_predictor, schema_for
 from ..learning.examples import Example, example_from_annotation
-from ..learning.retrieval import Form, Shots
+from ..learning.retrieval import FixedShots, Form, Shots
+from ..predicting.factory import build_predictor, schema_for
 from ..settings import load_env_file, load_settings
 from ..telemetry.logs import configure_logging
 from .evaluation import Evaluation, write_chart
@@ -79,7 +79,7 @@ def evaluate_stored(label_config: str, tasks: Sequence[dict[str, Any]], model_ve
 
 def evaluate_fresh(label_config: str, tasks: Sequence[dict[str, Any]], k: int) -> Evaluation:
     """Predict every annotated task now, with `k` few-shot examples from the other annotated tasks."""
-    settings = dataclasses.replace(load_settings(), fewshot_k=k, fewshot_auto=False, batch_deadline=24 * 3600.0)
+    settings = dataclasses.replace(load_settings(), fewshot_k=k, fewshot_auto=False)
     schema = schema_for(label_config)
     annotated = [(t, gold) for t in tasks if (gold := latest_annotation(t)) is not None]
     pool: list[Example] = [
@@ -87,8 +87,9 @@ def evaluate_fresh(label_config: str, tasks: Sequence[dict[str, Any]], k: int) -
     ]
     form = Form(k, settings.fewshot_form)
     shots = Shots.of_pool(pool, form, settings.fewshot_max_chars) if k else None
-    predictor = build_predictor(label_config, settings, examples=lambda: shots, count=len(pool), form=form)
-    predictions = predictor.predict_batch([{"id": t.get("id"), "data": t.get("data") or {}} for t, _ in annotated])
+    predictor = build_predictor(label_config, settings, examples=FixedShots(shots), count=len(pool), form=form)
+    tasks_now = [{"id": t.get("id"), "data": t.get("data") or {}} for t, _ in annotated]
+    predictions = predictor.predict_batch(tasks_now, deadline=None)  # a command line: no Label Studio waiting
     evaluation = Evaluation(schema)
     for (_, gold), prediction in zip(annotated, predictions, strict=True):
         evaluation.add(gold, prediction.get("result") or [])

@@ -39,9 +39,9 @@ from label_studio_sdk import LabelStudio
 from rq import Worker
 from tqdm import tqdm
 
-from ..engine import build_predictor, project_choice
 from ..llm.limits import Renewer
-from ..predictor import Predictor
+from ..predicting.factory import build_predictor, project_choice
+from ..predicting.predictor import Predictor
 from ..settings import Settings, load_env_file, load_settings
 from ..storage import redis_db
 from .batch import CHUNK_DEADLINE, BatchJob, Summary, chunks, counters, model_counts, quota_stop
