@@ -23,6 +23,7 @@ from .evaluation_runs import evaluate_fresh, evaluate_stored, load_export, load_
 from .queue import run_queued
 
 USAGE_ERROR = 2
+MISSING_LLM_KEY = "缺少 MODELSCOPE_API_KEY (missing the LLM API key)"
 
 
 def settings_from_env() -> Settings:
@@ -43,12 +44,9 @@ def start(
     return args, settings
 
 
-def missing_llm_key(settings: Settings) -> bool:
-    """True (after saying so) when the LLM API key is not set."""
-    if settings.has_api_key:
-        return False
-    print("缺少 MODELSCOPE_API_KEY (missing the LLM API key)", file=sys.stderr)
-    return True
+def usage_error(message: str) -> int:
+    print(message, file=sys.stderr)
+    return USAGE_ERROR
 
 
 def label_studio_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,18 +83,16 @@ def batch_predict_main(argv: list[str] | None = None) -> int:
     args, settings = start(batch_arguments, argv)
     settings = dataclasses.replace(settings, batch_deadline=CHUNK_DEADLINE)
     if not args.api_key:
-        print("缺少 Label Studio API key：设置 LABEL_STUDIO_API_KEY 或 --api-key (missing Label Studio API key)",
-              file=sys.stderr)
-        return USAGE_ERROR
-    if missing_llm_key(settings):
-        return USAGE_ERROR
+        return usage_error(
+            "缺少 Label Studio API key：设置 LABEL_STUDIO_API_KEY 或 --api-key (missing Label Studio API key)")
+    if not settings.has_api_key:
+        return usage_error(MISSING_LLM_KEY)
     client = LabelStudio(base_url=args.url.rstrip("/"), api_key=args.api_key)
     try:
         label_config = client.projects.get(id=args.project).label_config
     except Exception as exc:  # noqa: BLE001 - the user needs the reason, not a traceback
-        print(f"无法读取项目 {args.project} (cannot read project) at {args.url} "
-              f"with key {mask(args.api_key)}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
-        return USAGE_ERROR
+        return usage_error(f"无法读取项目 {args.project} (cannot read project) at {args.url} "
+                           f"with key {mask(args.api_key)}: {type(exc).__name__}: {str(exc)[:300]}")
     predictor = build_predictor(label_config, settings, choice=project_choice(label_config, settings, args.project))
     job = BatchJob(client, args.project, predictor, args.chunk_size or default_chunk_size(predictor))
     if args.dry_run:
@@ -105,8 +101,7 @@ def batch_predict_main(argv: list[str] | None = None) -> int:
         return 0
     if args.queue:
         if not settings.redis_url:
-            print("--queue 需要 REDIS_URL (--queue needs REDIS_URL, shared with the workers)", file=sys.stderr)
-            return USAGE_ERROR
+            return usage_error("--queue 需要 REDIS_URL (--queue needs REDIS_URL, shared with the workers)")
         summary = run_queued(client, args.project, predictor, settings, job.chunk_size, args.limit,
                              not args.no_progress)
     else:
@@ -141,19 +136,17 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args, settings = start(evaluate_arguments, argv)
     if args.export:
         if not args.config:
-            print("--export 需要 --config 标注配置文件 (--export needs --config)", file=sys.stderr)
-            return USAGE_ERROR
+            return usage_error("--export 需要 --config 标注配置文件 (--export needs --config)")
         tasks = load_export(args.export)
         label_config = args.config.read_text(encoding="utf-8")
     else:
         if not args.api_key:
-            print("缺少 LABEL_STUDIO_API_KEY / --api-key (missing Label Studio API key)", file=sys.stderr)
-            return USAGE_ERROR
+            return usage_error("缺少 LABEL_STUDIO_API_KEY / --api-key (missing Label Studio API key)")
         tasks, label_config = load_project(args.url, args.api_key, args.project)
     runs: dict[str, Evaluation] = {}
     if args.predict:
-        if missing_llm_key(settings):
-            return USAGE_ERROR
+        if not settings.has_api_key:
+            return usage_error(MISSING_LLM_KEY)
         for k in args.compare or [settings.fewshot_k]:
             run_settings = dataclasses.replace(settings, fewshot_k=k, fewshot_auto=False, batch_deadline=24 * 3600.0)
             runs[f"{k} examples"] = evaluate_fresh(label_config, tasks, run_settings)
