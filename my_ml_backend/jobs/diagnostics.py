@@ -54,9 +54,10 @@ def settings_from_env() -> Settings:
 
 
 def describe(settings: Settings) -> str:
+    from ..settings import reveal
     from ..telemetry.logs import mask
 
-    return f"model={settings.model} url={settings.base_url} key={mask(settings.api_key or '')}"
+    return f"model={settings.model} url={settings.base_url} key={mask(reveal(settings.api_key))}"
 
 
 def force_utf8_stdout() -> None:

@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..settings import Settings
+from ..settings import Settings, reveal
 from ..storage import redis_db
 from ..storage.sqlite_db import SharedSQLite
 from .errors import ErrorKind, PredictionError
@@ -370,7 +370,7 @@ def quota_used_up(clock: DayClock, models: list[str]) -> PredictionError:
 
 def account_id(settings: Settings) -> str:
     """Which account a ledger entry belongs to: a digest of endpoint and key (the key never stored)."""
-    raw = f"{settings.base_url.rstrip('/')}\n{settings.api_key or ''}"
+    raw = f"{settings.base_url.rstrip('/')}\n{reveal(settings.api_key)}"
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
 
