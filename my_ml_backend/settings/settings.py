@@ -72,7 +72,7 @@ class Settings:
     # Bounds on what a client can make the server hold (see README "暴露与安全 / Exposure and security").
     max_request_bytes: int = 100 * 1024 * 1024  # MAX_REQUEST_MB: larger bodies get a 413 before being read
     max_config_chars: int = 1_000_000  # MAX_CONFIG_CHARS: one labeling config
-    model_cache_chars: int = 4_000_000  # MODEL_CACHE_CHARS: configs kept parsed per worker (~80 B of RAM per char)
+    model_cache_chars: int = 4_000_000  # MODEL_CACHE_CHARS: characters of configs kept parsed per worker
     max_instructions_chars: int = 20_000  # MAX_INSTRUCTIONS_CHARS: a project's ML extra params (instructions)
     predict_slots: int | None = None  # PREDICT_SLOTS: concurrent /predict per worker; None = unbounded
     slot_lease: float = 15.0  # LLM_SLOT_LEASE: seconds a killed process may keep a shared slot (REDIS_URL)
