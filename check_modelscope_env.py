@@ -215,7 +215,8 @@ def main() -> int:
         print(f"缺少依赖，无法继续检查 (packages missing: stopping here). {VENV_HINT}")
         return 1
     check_web_stack(report)
-    from my_ml_backend.jobs.diagnostics import describe, settings_from_env
+    from my_ml_backend.jobs.cli import settings_from_env
+    from my_ml_backend.jobs.diagnostics import describe
     from my_ml_backend.settings import SettingsError
 
     try:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, plain, settings_from_env
+from my_ml_backend.jobs.cli import settings_from_env
+from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, plain
 from my_ml_backend.llm.errors import PredictionError
 from my_ml_backend.model import NewModel
 
