@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from label_studio_ml.model import LabelStudioMLBase
 
@@ -29,13 +29,15 @@ from .learning.retrieval import Form
 from .learning.store import open_example_store
 from .predicting.factory import build_predictor, schema_for
 from .predicting.form_evaluation import choose_form
-from .settings import load_settings
+from .settings import Settings, reveal
 
 logger = logging.getLogger(__name__)
 
 
 class NewModel(LabelStudioMLBase):
     """LLM pre-annotation for Text/HyperText/Paragraphs objects, one instance per (project, config)."""
+
+    settings: ClassVar[Settings]  # the process's, read once by its entry point (`_wsgi.py`, a script) and set here
 
     # label-studio-ml 1.0.9 lists neither START_TRAINING (the Train button) nor
     # ANNOTATIONS_DELETED (what Label Studio really sends); both must reach fit().
@@ -61,7 +63,6 @@ class NewModel(LabelStudioMLBase):
         """
         if extra_params is not None:
             self.extra_params = extra_params
-        self.settings = load_settings()
         self.schema = schema_for(self.label_config)
         self.store = open_example_store(self.settings) if self.settings.fewshot_enabled and self.project_id else None
         base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
@@ -175,7 +176,7 @@ class NewModel(LabelStudioMLBase):
         return {"event": event, "model_version": self.model_version, "examples": done}
 
     def _start_resync(self, project_id: str) -> str:
-        url, key = self.settings.label_studio_url, self.settings.label_studio_api_key
+        url, key = self.settings.label_studio_url, reveal(self.settings.label_studio_api_key)
         if not (url and key):
             if project_id == self.project_id:
                 self._autotune(self._count(), force=True)

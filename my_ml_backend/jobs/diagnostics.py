@@ -47,9 +47,10 @@ class Report:
 
 def describe(settings: Settings) -> str:
     """The model, endpoint and masked key the scripts talk to."""
-    from ..telemetry.logs import mask  # imported late: this module must load on the standard library alone
+    from ..settings import reveal  # imported late: this module must load on the standard library alone
+    from ..telemetry.logs import mask
 
-    return f"model={settings.model} url={settings.base_url} key={mask(settings.api_key or '')}"
+    return f"model={settings.model} url={settings.base_url} key={mask(reveal(settings.api_key))}"
 
 
 def force_utf8_stdout() -> None:

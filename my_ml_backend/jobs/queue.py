@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..llm.limits import Renewer
 from ..predicting.factory import build_predictor, project_choice
 from ..predicting.predictor import Predictor
-from ..settings import Settings, load_env_file, load_settings
+from ..settings import Settings, load_env_file, load_settings, reveal
 from ..storage import redis_db
 from .batch import BatchJob, Spending, Summary, chunks, quota_stop
 from .queue_state import KEEP, STATS, RunState
@@ -74,7 +74,7 @@ def predict_chunk(project: int, model_version: str, run: str, chunk: list[dict[s
     settings = load_settings()
     if not settings.redis_url or not settings.label_studio_url or not settings.label_studio_api_key:
         raise RuntimeError("worker needs REDIS_URL, LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (env or .env)")
-    client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+    client = LabelStudio(base_url=settings.label_studio_url, api_key=reveal(settings.label_studio_api_key))
     label_config = client.projects.get(id=project).label_config
     predictor = build_predictor(label_config, settings, choice=project_choice(label_config, settings, project))
     if predictor.model_version != model_version:  # this machine's settings differ: never mix versions

@@ -24,12 +24,13 @@ import re
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..settings import Settings
+from ..settings import Settings, reveal
 from ..storage import redis_db
 from ..storage.sqlite_db import SharedSQLite
 from .errors import ErrorKind, PredictionError
@@ -81,15 +82,12 @@ class DayClock:
 
 
 def _zone(name: str) -> tzinfo:
+    """The IANA zone `name` (the `tzdata` package supplies the database where the system has none)."""
+    if name.upper() == "UTC":
+        return UTC
     try:
-        from zoneinfo import ZoneInfo
-
         return ZoneInfo(name)
-    except Exception:  # noqa: BLE001 - a system without tz data still gets China's fixed offset
-        if name == "Asia/Shanghai":
-            return timezone(timedelta(hours=8), name)
-        if name.upper() == "UTC":
-            return UTC
+    except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"LLM_QUOTA_RESET 的时区未知 (unknown time zone in LLM_QUOTA_RESET) {name!r}") from None
 
 
@@ -370,7 +368,7 @@ def quota_used_up(clock: DayClock, models: list[str]) -> PredictionError:
 
 def account_id(settings: Settings) -> str:
     """Which account a ledger entry belongs to: a digest of endpoint and key (the key never stored)."""
-    raw = f"{settings.base_url.rstrip('/')}\n{settings.api_key or ''}"
+    raw = f"{settings.base_url.rstrip('/')}\n{reveal(settings.api_key)}"
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
 
