@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from ..schema import Target
 from .base import TEXT_OBJECTS, Lang, options_block, ordered, say
-from .matching import as_list, match_value
+from .matching import as_list, closest_value, match_value
+
+logger = logging.getLogger(__name__)
 
 _SPLIT = re.compile(r"[,，;；、|/\n]+")
 
 
 def _allowed(target: Target) -> list[str]:
     return ordered(target.control.labels or [])
+
+
+def _aliases(target: Target) -> dict[str, list[str]]:
+    """Each choice's other names in the config: its `alias` and its `hint`."""
+    attrs = target.control.labels_attrs or {}
+    return {value: [str(tag.attr[k]) for k in ("alias", "hint") if tag.attr.get(k)]
+            for value, tag in attrs.items() if tag is not None}
 
 
 def _multiple(target: Target) -> bool:
@@ -41,14 +51,22 @@ class ChoicesHandler:
 
     def to_values(self, target: Target, answer: Any, text: str = "") -> list[dict[str, Any]]:
         allowed = _allowed(target)
+        candidates = as_list(answer)
         picked: list[str] = []
-        for candidate in as_list(answer):
+        for candidate in candidates:
             match = match_value(candidate, allowed)
             parts = [match] if match else [match_value(p, allowed) for p in _SPLIT.split(candidate)]
             for value in parts:
                 if value and value not in picked:
                     picked.append(value)
+        if not picked:  # no value named as such: the near misses of a model no grammar holds to the list
+            aliases = _aliases(target)
+            near = [(c, value) for c in candidates if (value := closest_value(c, allowed, aliases))]
+            picked = list(dict.fromkeys(value for _, value in near))
+            for said, value in near:
+                logger.debug("Choices %s: answer %r read as the closest choice %r", target.name, said, value)
         if not picked:
+            logger.debug("Choices %s: no choice close to the answer %r among %s", target.name, answer, allowed)
             return []
         if not _multiple(target):
             picked = picked[:1]
