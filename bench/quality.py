@@ -863,8 +863,26 @@ def run_set(
     return rows
 
 
+def reread(data: DataSet, answers: list[Answer], max_chars: int) -> list[Answer]:
+    """Saved replies read again by the current code (no logprobs: the ModelScope kind's replies only)."""
+    from my_ml_backend.labeling.answers import read_answer
+    from my_ml_backend.labeling.prompts import wanted_targets
+    from my_ml_backend.predicting.factory import schema_for
+
+    schema = schema_for(data.config(data.values))
+    out = []
+    for item, answer in zip(data.items, answers, strict=True):
+        if answer.reply is None:
+            out.append(answer)
+            continue
+        texts = {"text": text_cut(item.text, max_chars)}
+        got = read_answer(schema, texts, wanted_targets(schema, texts), answer.reply, [])
+        out.append(Answer(got.regions, got.score, answer.tokens, answer.calls, reply=answer.reply))
+    return out
+
+
 def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, fits: list[str] = (),
-          fit_sizes: list[int] = ()) -> None:
+          fit_sizes: list[int] = (), reread_chars: int | None = None) -> None:
     """One table per set from runs saved by several processes (item ranges and orders on several servers).
 
     Chunks of one system and order are put back together by their first item; the order
@@ -890,6 +908,11 @@ def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, 
                 assert start == len(answers), f"{name} {key}: items {len(answers)}..{start} missing"
                 answers += part
             joined[key] = (sum(seconds for _, seconds, _ in parts), answers)
+        if reread_chars is not None:  # the saved ModelScope-kind replies read by this code: a paired comparison
+            for (system, order), (seconds, answers) in list(joined.items()):
+                if system == "ours @modelscope":
+                    again = reread(replace(data, items=data.items[: len(answers)]), answers, reread_chars)
+                    joined[("ours+reread @modelscope", order)] = (seconds, again)
         rows = []
         for (system, order), (seconds, answers) in joined.items():
             if order != "forward":
@@ -1021,6 +1044,10 @@ def main() -> None:
                              "ModelScope-shaped adapter, or both; prints the per-kind table with intervals")
     parser.add_argument("--max-input-chars", type=int, default=0,
                         help="MAX_INPUT_CHARS for our backend, and the baseline's text cut the same (0: defaults)")
+    parser.add_argument("--reread", action="store_true",
+                        help="with --merge: read the saved ModelScope-kind replies again with this code, as "
+                             "'ours+reread @modelscope' paired against the saved answers (pass --max-input-chars "
+                             "as the run had it)")
     parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS),
                         help="candidate changes run beside ours on each endpoint kind (paired against ours)")
     parser.add_argument("--seed", type=int, default=0)
@@ -1081,7 +1108,8 @@ def main() -> None:
     }
     if args.merge:
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline (merged runs)")
-        merge(args.merge, builders, cache, python, args.fit_scores, args.fit_n)
+        merge(args.merge, builders, cache, python, args.fit_scores, args.fit_n,
+              args.max_input_chars if args.reread else None)
         return
     sets = [prefixed(builders[name][0](cache, python, builders[name][1], args.seed), args.choice_prefix)
             for name in args.sets]
