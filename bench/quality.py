@@ -469,8 +469,20 @@ def labels_after_text() -> ExitStack:
     return _patched((prepare,), "build_prompt", build)
 
 
+def no_confidence() -> ExitStack:
+    """Candidate: no self-reported `_confidence` asked for where no logprobs come back (one key less to write)."""
+    from my_ml_backend.predicting import predictor
+
+    original = predictor.prepare_task
+
+    def prepare(schema: Any, task: Any, inputs: Any, max_chars: int, confidence: bool) -> Any:
+        return original(schema, task, inputs, max_chars, False)
+
+    return _patched((predictor,), "prepare_task", prepare)
+
+
 # Candidate changes measured against our current default on the same items (`--variants`).
-VARIANTS: dict[str, Callable[[], ExitStack]] = {"after-text": labels_after_text}
+VARIANTS: dict[str, Callable[[], ExitStack]] = {"after-text": labels_after_text, "no-confidence": no_confidence}
 
 
 def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
@@ -1059,7 +1071,7 @@ def main() -> None:
     parser.add_argument("--extend", default="auto", help="LLM_EXTEND_LISTS for our backend (off: one call per task)")
     parser.add_argument(
         "--systems",
-        nargs="+",
+        nargs="*",
         default=["ours", "baseline"],
         choices=["ours", "baseline"],
         help="which systems to run (several processes on several servers can share the work)",
@@ -1174,11 +1186,12 @@ def main() -> None:
                                   "choice_prefix": args.choice_prefix}
         for name, data in zip(args.sets, sets, strict=True):
             systems: dict[str, Callable] = {}
-            shots = annotated_pool(data, pool_sets(name), shown) if shown.k and "ours" in args.systems else None
+            shots = annotated_pool(data, pool_sets(name), shown) if shown.k else None
             if "ours" in args.systems and not kinds:
                 systems["ours"] = ours(env, args.batch, shots)
-            for kind in kinds if "ours" in args.systems else []:
-                systems[f"ours @{kind}"] = ours(kind_env[kind], args.batch, shots)
+            for kind in kinds if "ours" in args.systems or args.variants else []:
+                if "ours" in args.systems:  # without it, the candidates alone (to pair with a saved run's ours)
+                    systems[f"ours @{kind}"] = ours(kind_env[kind], args.batch, shots)
                 for variant in args.variants:
                     systems[f"ours+{variant} @{kind}"] = ours(kind_env[kind], args.batch, shots, VARIANTS[variant])
             if "baseline" in args.systems:
