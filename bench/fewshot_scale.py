@@ -102,7 +102,7 @@ def worker(impl: Path, data_dir: Path, queries_file: Path, tasks: int) -> None:
 
         index = ExampleIndex(schema, 4000)
         index.apply(store.snapshot(PROJECT)[1])
-        form = retrieval.Form(3, "block")
+        form = retrieval.FewShotForm(3, "block")
 
         def select(text: str, task_id: int) -> list:
             return retrieval.choose(index, {"text": text}, form, 1500, task_id)

@@ -59,7 +59,7 @@ def _logodds(scores: np.ndarray | float) -> np.ndarray:
 
 
 class _Stored:
-    """A frozen dataclass kept as a dict in the project's stored evaluation (`autotune.Choice`)."""
+    """A frozen dataclass kept as a dict in the project's stored evaluation (`autotune.FewShotEvaluation`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]

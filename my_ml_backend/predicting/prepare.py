@@ -13,7 +13,7 @@ from ..labeling import packing
 from ..labeling.answers import TaskAnswer, read_answer
 from ..labeling.prompts import PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
 from ..labeling.schema import LabelingSchema, Target
-from ..learning.retrieval import Shots
+from ..learning.retrieval import FewShotExamples
 from ..llm.errors import no_text
 from ..llm.packed import Ask
 from ..llm.replies import ChatReply
@@ -26,7 +26,7 @@ class PromptInputs:
     """What every prompt of a batch adds to its task's texts: guidance and the examples it may show."""
 
     guidance: PromptGuidance = field(default_factory=PromptGuidance)
-    shots: Shots | None = None
+    shots: FewShotExamples | None = None
 
 
 @dataclass
