@@ -1,7 +1,7 @@
 """`FEWSHOT_EXAMPLES=auto`: per project, show examples only in a form that measurably helps.
 
-Examples do not always help: on a 0.5B model three similar reviews took sentiment
-accuracy from 0.81 down to 0.67. So the project's own annotations are the validation
+Examples do not always help: a small model can answer worse with them (docs/decisions.md,
+"Few-shot only where it helps"). So the project's own annotations are the validation
 set: a label-stratified sample of annotated tasks is predicted in every candidate form
 (zero-shot included), each task leave-one-out (never shown as its own example), within
 `FEWSHOT_EVAL_CALLS` calls. A form with examples is chosen only when, task by task, it
@@ -16,14 +16,13 @@ how likely it is right on this project, at no extra call.
 
 The same judged regions set each list control's region cut (`scorefit.fit_cut`): where the
 regions under some score are mostly not the annotators', they are left out of the project's
-predictions (a 0.5B model invents "next Tuesday" as an ORG at 0.88 on sentences lacking a type).
+predictions (a small model sure of an entity it invented, on sentences lacking its type).
 
 The same predictions judge list extension (`labeling.extension`: a list the model closed
 in doubt asked again and made to go on). A region it added counts as won (the annotator has
 it) or lost; where it added more wrong regions than right ones, the project's predictions
-stop extending (on a 0.5B model it finds the missing entity of a full
-sentence but invents one where a type is absent, bench/RESULTS.md). No extra call: the
-judge sees the answer before and after.
+stop extending (a small model may find a missing entity on one project and invent
+one on another). No extra call: the judge sees the answer before and after.
 
 The evaluation runs on the Train button and when the example count enters a new
 version bucket. Its choice is kept in the example store (every worker and replica uses

@@ -3,7 +3,7 @@
 A form is a number of examples and a style:
 - `block-K`: the K most similar examples, diverse in answers (first the most similar of
   each distinct answer, so a 9-to-1 label imbalance does not become 3-to-0), in one
-  "annotated examples" block of the user message, most similar first (the original form);
+  "annotated examples" block of the user message, most similar first;
 - `chat-K`: the same examples as earlier chat turns (the example's own prompt as a user
   turn, the annotator's answer as the assistant's), most similar last, nearest the task;
 - `per-label-M`: the M most similar examples of every label, as chat turns, most similar
