@@ -73,14 +73,6 @@ def choose(index: ExampleIndex | None, texts: dict[str, str], form: FewShotForm,
     return chosen if form.style == "block" else chosen[::-1]
 
 
-def select_examples(pool: Sequence[Example], texts: dict[str, str], k: int, budget_chars: int,
-                    schema: LabelingSchema | None = None) -> list[Example]:
-    """Up to `k` examples of a plain pool for a task with these texts (the `block` form's choice)."""
-    if k <= 0 or not pool:
-        return []
-    return choose(ExampleIndex.from_examples(pool, schema), texts, FewShotForm(k, "block"), budget_chars)
-
-
 def render_examples(examples: Sequence[Example]) -> str:
     """The examples block of the user prompt: each text followed by its correct answer."""
     blocks = []
