@@ -138,5 +138,5 @@ class ProjectExamples:
     def index(self) -> LiveIndex:
         return live_index(self.store, self.project, self.schema, self.max_chars)
 
-    def shots(self) -> FewShotExamples | None:
+    def for_batch(self) -> FewShotExamples | None:
         return FewShotExamples(self.index().current(), self.form, self.budget) if self.form.k else None

@@ -123,7 +123,7 @@ class FewShotExamples:
 class ExampleSource(Protocol):
     """Where a predictor gets the examples a batch may show (read once per batch)."""
 
-    def shots(self) -> FewShotExamples | None: ...
+    def for_batch(self) -> FewShotExamples | None: ...
 
 
 @dataclass(frozen=True)
@@ -132,5 +132,5 @@ class FixedExamples:
 
     fixed: FewShotExamples | None
 
-    def shots(self) -> FewShotExamples | None:
+    def for_batch(self) -> FewShotExamples | None:
         return self.fixed

@@ -51,9 +51,9 @@ def choose_form(
     calls = Tally()
 
     def judge(example: Example, form: FewShotForm) -> Judged:
-        shots = FewShotExamples(index, form, settings.fewshot_max_chars) if form.k else None
+        examples = FewShotExamples(index, form, settings.fewshot_max_chars) if form.k else None
         try:
-            answer = predictor.answer_task(task_of(schema, example), PromptInputs(guidance, shots), calls)
+            answer = predictor.answer_task(task_of(schema, example), PromptInputs(guidance, examples), calls)
         except PredictionError as err:
             if err.fatal:  # no key, quota out ...: every further judgement would fail the same way
                 raise EvaluationAborted(err.message) from err

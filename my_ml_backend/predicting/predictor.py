@@ -76,13 +76,13 @@ class Predictor:
 
     def prompt_inputs(self, guidance: PromptGuidance | None = None) -> PromptInputs:
         """Guidance (the request's own, else the project's) and the examples the batch may show."""
-        shots = None
+        examples = None
         if self.examples is not None:
             try:
-                shots = self.examples.shots()
+                examples = self.examples.for_batch()
             except Exception as exc:  # noqa: BLE001 - without examples the task is still predicted
                 logger.warning("读取标注示例失败，本批不使用示例 (cannot read examples): %s", exc)
-        return PromptInputs(guidance or self.guidance, shots)
+        return PromptInputs(guidance or self.guidance, examples)
 
     def prepare(self, task: dict[str, Any], inputs: PromptInputs) -> PreparedTask:
         # With logprobs the score comes from them: no self-reported confidence to ask for and pay.
