@@ -6,6 +6,7 @@ decision ("no form beat zero-shot"), so the project stayed zero-shot until its e
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -48,10 +49,8 @@ def test_after_an_aborted_evaluation_the_previous_choice_stays_and_a_retry_waits
         raise EvaluationAborted("3 of 3 predictions failed")
 
     assert autotune.start(store, "9", "h", 16, aborted)
-    for _ in range(100):  # the evaluation runs in a thread
-        if float(store.get_meta("9", "fewshot_eval_running:h") or 0) != 0 and not autotune._running:
-            break
-        time.sleep(0.05)
+    for worker in [t for t in threading.enumerate() if t.name == "fewshot-eval-9"]:  # the evaluation's thread
+        worker.join(timeout=10)
     assert autotune.stored_evaluation(store, "9", "h").form == "block-3"  # not replaced by a 0 % "decision"
     # the next webhook does not retry yet
     assert not autotune.start(store, "9", "h", 16, lambda: FewShotEvaluation(form="0"))
