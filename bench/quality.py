@@ -894,8 +894,36 @@ def reread(data: DataSet, answers: list[Answer], max_chars: int) -> list[Answer]
     return out
 
 
+def reasked(data: DataSet, answers: list[Answer], client: openai.OpenAI, model: str) -> list[Answer]:
+    """Candidate: a task whose answer names no choice (e.g. "movies" for entertainment) asked once more, in plain
+    text, which listed choice the model's own word is closest to; the reply matched as the choices handler does."""
+    from my_ml_backend.labeling.controls.matching import closest_value, match_value
+    from my_ml_backend.labeling.parsing import parse_reply
+
+    name = "sentiment" if data.name.startswith("sentiment") else "topic"
+    out = []
+    for answer in answers:
+        said = parse_reply(answer.reply or "", [name]).get(name) if not answer.results else None
+        if not isinstance(said, str) or not said.strip():
+            out.append(answer)
+            continue
+        question = (f'An annotator labelled a text "{said}". The allowed labels are: {", ".join(data.values)}. '
+                    "Which allowed label is closest in meaning? Answer with that label only.")
+        reply = client.chat.completions.create(model=model, temperature=0, max_tokens=12,
+                                               messages=[{"role": "user", "content": question}])
+        text = (reply.choices[0].message.content or "").strip()
+        value = match_value(text, data.values) or closest_value(text, data.values)
+        tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens if reply.usage else 0
+        results = [{"from_name": name, "to_name": "text", "type": "choices", "value": {"choices": [value]}}] \
+            if value else []
+        logger.info("re-asked %r -> %r -> %s", said, text, value)
+        out.append(replace(answer, results=results, tokens=answer.tokens + tokens, calls=answer.calls + 1))
+    return out
+
+
 def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, fits: list[str] = (),
-          fit_sizes: list[int] = (), reread_chars: int | None = None) -> None:
+          fit_sizes: list[int] = (), reread_chars: int | None = None,
+          reask: tuple[openai.OpenAI, str] | None = None) -> None:
     """One table per set from runs saved by several processes (item ranges and orders on several servers).
 
     Chunks of one system and order are put back together by their first item; the order
@@ -926,6 +954,8 @@ def merge(paths: list[str], builders: dict[str, Any], cache: Path, python: str, 
                 if system == "ours @modelscope":
                     again = reread(replace(data, items=data.items[: len(answers)]), answers, reread_chars)
                     joined[("ours+reread @modelscope", order)] = (seconds, again)
+                    if reask:
+                        joined[("ours+reask @modelscope", order)] = (seconds, reasked(data, again, *reask))
         rows = []
         for (system, order), (seconds, answers) in joined.items():
             if order != "forward":
@@ -1061,6 +1091,9 @@ def main() -> None:
                         help="with --merge: read the saved ModelScope-kind replies again with this code, as "
                              "'ours+reread @modelscope' paired against the saved answers (pass --max-input-chars "
                              "as the run had it)")
+    parser.add_argument("--reask", action="store_true",
+                        help="with --merge --reread: candidate 'ours+reask', answers naming no choice asked once "
+                             "more which choice they are closest to (starts the local model)")
     parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS),
                         help="candidate changes run beside ours on each endpoint kind (paired against ours)")
     parser.add_argument("--seed", type=int, default=0)
@@ -1121,8 +1154,14 @@ def main() -> None:
     }
     if args.merge:
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline (merged runs)")
-        merge(args.merge, builders, cache, python, args.fit_scores, args.fit_n,
-              args.max_input_chars if args.reread else None)
+        if not args.reask:
+            merge(args.merge, builders, cache, python, args.fit_scores, args.fit_n,
+                  args.max_input_chars if args.reread else None)
+            return
+        with LocalModelServer() as server:  # the re-asks of candidate `reask` need the model
+            client = openai.OpenAI(base_url=server.base_url, api_key="sk-local", max_retries=2, timeout=300)
+            merge(args.merge, builders, cache, python, args.fit_scores, args.fit_n, args.max_input_chars,
+                  (client, server.model))
         return
     sets = [prefixed(builders[name][0](cache, python, builders[name][1], args.seed), args.choice_prefix)
             for name in args.sets]
