@@ -40,6 +40,17 @@ def tasks_per_call(settings: Settings) -> int:
     return default_tasks_per_call(settings.base_url) if n is None else n
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    """How one batch is asked: guidance (the request's own, else the project's), the status page's project,
+    the stats to fill, and the seconds it may take (`...`: the settings' `batch_deadline`; None: no limit)."""
+
+    guidance: PromptGuidance | None = None
+    project: str = ""
+    stats: BatchStats | None = None
+    deadline: float | None | EllipsisType = ...
+
+
 @dataclass
 class BatchPlan:
     """A batch before any call: its prepared tasks, the outcomes known already, the groups to ask."""
@@ -117,21 +128,16 @@ class Predictor:
         `deadline`: seconds this batch may take (`...`: the settings' `batch_deadline`, what Label Studio
         allows `/predict` less a margin; None: no limit). Tasks not finished by then get a failed item.
         """
-        answers = self.answer_batch(tasks, guidance, project, stats, deadline)
+        answers = self.answer_batch(tasks, BatchOptions(guidance, project, stats, deadline))
         return [failed_item(a, self.model_version) if isinstance(a, PredictionError)
                 else prediction_item(a, self.model_version) for a in answers]
 
-    def answer_batch(
-        self,
-        tasks: list[dict[str, Any]],
-        guidance: PromptGuidance | None = None,
-        project: str = "",
-        stats: BatchStats | None = None,
-        deadline: float | None | EllipsisType = ...,
-    ) -> list[Outcome]:
+    def answer_batch(self, tasks: list[dict[str, Any]], options: BatchOptions | None = None) -> list[Outcome]:
         """One calibrated answer (or the error that stopped it) per task, in order."""
         started = time.monotonic()
-        seconds = self.settings.batch_deadline if deadline is ... else deadline
+        options = options or BatchOptions()
+        guidance, project, stats = options.guidance, options.project, options.stats  # stats: not copied, filled
+        seconds = self.settings.batch_deadline if options.deadline is ... else options.deadline
         ends = None if seconds is None else started + seconds
         inputs = self.prompt_inputs(guidance)
         stats = stats if stats is not None else BatchStats()
