@@ -106,11 +106,11 @@ class ResponseCache:
         return self.store.description
 
     def get(self, key: str) -> CachedAnswer | None:
-        raw = self.failures.guard(READ, lambda: self.store.get(key), None)
+        raw = self.failures.guard(READ, lambda: self.store.get(key))
         return CachedAnswer.loads(raw) if raw is not None else None
 
     def put(self, key: str, answer: CachedAnswer) -> None:
-        self.failures.guard(WRITE, lambda: self.store.set(key, answer.dumps()), None)
+        self.failures.guard(WRITE, lambda: self.store.set(key, answer.dumps()))
 
     def claim(self, key: str, deadline: float | None = None) -> CachedAnswer | bool:
         """The cached answer, or True: the caller must compute it and call `release(key)`.
@@ -168,7 +168,7 @@ class ResponseCache:
             event = self._inflight.pop(key, None)
             token = self._shared.pop(key, None)
         if token is not None:  # the lease ends the claim anyway if this fails
-            self.failures.guard(WRITE, lambda: cast(SharedClaims, self.store).unclaim(key, token), None)
+            self.failures.guard(WRITE, lambda: cast(SharedClaims, self.store).unclaim(key, token))
         if event is not None:
             event.set()
 

@@ -32,6 +32,7 @@ class Described(Protocol):
 
 T = TypeVar("T", bound=Described)
 F = TypeVar("F")
+R = TypeVar("R")
 D = TypeVar("D")
 
 _opened: OrderedDict[Hashable, Any] = OrderedDict()
@@ -83,7 +84,7 @@ class StoreFailures:
                 action[1], self.then[1], type(exc).__name__, exc,
             )
 
-    def guard(self, action: Words, call: Callable[[], T], default: D) -> T | D:
+    def guard(self, action: Words, call: Callable[[], R], default: D = None) -> R | D:
         """`call()`, or `default` when the store failed."""
         try:
             return call()
