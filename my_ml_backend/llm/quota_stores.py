@@ -192,7 +192,7 @@ class RedisLedger:
         return out
 
     def clear(self, account: str) -> None:
-        for key in self.redis.scan_iter(f"{self.prefix}{account}:20*"):
+        for key in self.redis.scan_iter(f"{self.prefix}{account}:20*"):  # the days' keys (YYYY-MM-DD), not the costs
             self.redis.delete(key)
 
 
