@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +25,16 @@ CLEAR: Words = ("清除", "clear")
 MAX_OPEN = 32  # stores kept open per process (a server has a few locations; a test session has many)
 
 
-
 class Described(Protocol):
-    description: str  # where the store is, for logs (never a password)
+    @property
+    def description(self) -> str:
+        """Where the store is, for logs (never a password)."""
+        ...
 
 
 T = TypeVar("T", bound=Described)
 F = TypeVar("F")
 R = TypeVar("R")
-D = TypeVar("D")
 
 _opened: OrderedDict[Hashable, Any] = OrderedDict()
 _opened_lock = threading.Lock()
@@ -84,7 +85,13 @@ class StoreFailures:
                 action[1], self.then[1], type(exc).__name__, exc,
             )
 
-    def guard(self, action: Words, call: Callable[[], R], default: D = None) -> R | D:
+    @overload
+    def guard(self, action: Words, call: Callable[[], R]) -> R | None: ...
+
+    @overload
+    def guard(self, action: Words, call: Callable[[], R], default: R) -> R: ...
+
+    def guard(self, action: Words, call: Callable[[], R], default: R | None = None) -> R | None:
         """`call()`, or `default` when the store failed."""
         try:
             return call()
