@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from my_ml_backend.jobs.batch import main
+from my_ml_backend.jobs.cli import batch_predict_main
 from my_ml_backend.jobs.diagnostics import force_utf8_stdout
 
 if __name__ == "__main__":
     force_utf8_stdout()
-    sys.exit(main())
+    sys.exit(batch_predict_main())

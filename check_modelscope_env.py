@@ -21,7 +21,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from my_ml_backend.jobs.diagnostics import Report, force_utf8_stdout, plain  # standard library only
-from my_ml_backend.server.stack import web_stack  # standard library only
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -31,6 +30,10 @@ PACKAGES = {
     "label_studio_sdk": "label-studio-sdk",
     "openai": "openai",
     "dotenv": "python-dotenv",
+    "pydantic_settings": "pydantic-settings",
+    "packaging": "packaging",
+    "jinja2": "Jinja2",
+    "tzdata": "tzdata",
     "flask": "Flask",
     "gunicorn": "gunicorn",
     "redis": "redis",
@@ -108,6 +111,8 @@ def check_packages(report: Report) -> int:
 
 def check_web_stack(report: Report) -> None:
     """Versions of the web stack against the advisories they fix (label-studio-ml pins 2021 releases)."""
+    from my_ml_backend.server.stack import web_stack
+
     for dist, installed, floor, ok in web_stack():
         if ok:
             report.ok(f"{dist} {installed} (>= {floor.minimum})")
@@ -120,15 +125,16 @@ def check_web_stack(report: Report) -> None:
 
 
 def check_env(report: Report, settings) -> None:  # noqa: ANN001
+    from my_ml_backend.settings import reveal
+    from my_ml_backend.settings.endpoint import MODELSCOPE
     from my_ml_backend.telemetry.logs import mask
 
-    key = settings.api_key or ""
+    key = reveal(settings.api_key)
     if not key:
         report.fail("MODELSCOPE_API_KEY 未设置 (not set): 在 .env 或环境变量中设置 (set it in .env or the environment)")
     else:
         report.ok(f"MODELSCOPE_API_KEY = {mask(key)}")
-        modelscope = (urlparse(settings.base_url).hostname or "").endswith("modelscope.cn")
-        if modelscope and not MODELSCOPE_TOKEN.fullmatch(key):
+        if settings.endpoint == MODELSCOPE and not MODELSCOPE_TOKEN.fullmatch(key):
             report.warn(
                 "MODELSCOPE_API_KEY 看起来不像 ModelScope 的访问令牌 (does not look like a ModelScope token): "
                 "应为 ms-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx，见 https://modelscope.cn/my/myaccesstoken "
@@ -148,8 +154,10 @@ def check_endpoint(report: Report, settings) -> None:  # noqa: ANN001
     from my_ml_backend.llm.errors import classify
 
     timeout = min(settings.timeout, 15)
+    from my_ml_backend.settings import reveal
+
     client = openai.OpenAI(
-        api_key=settings.api_key or "missing", base_url=settings.base_url, timeout=timeout, max_retries=0
+        api_key=reveal(settings.api_key) or "missing", base_url=settings.base_url, timeout=timeout, max_retries=0
     )
     try:
         models = [m.id for m in client.models.list()]
@@ -207,9 +215,15 @@ def main() -> int:
         print(f"缺少依赖，无法继续检查 (packages missing: stopping here). {VENV_HINT}")
         return 1
     check_web_stack(report)
-    from my_ml_backend.jobs.diagnostics import describe, settings_from_env
+    from my_ml_backend.jobs.cli import settings_from_env
+    from my_ml_backend.jobs.diagnostics import describe
+    from my_ml_backend.settings import SettingsError
 
-    settings = settings_from_env()
+    try:
+        settings = settings_from_env()
+    except SettingsError as exc:
+        report.fail(f"配置错误 (configuration error): {exc}")
+        return report.exit_code
     print(f"   {describe(settings)}")
     check_env(report, settings)
     if not args.offline:

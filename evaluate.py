@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
+from my_ml_backend.jobs.cli import evaluate_main
 from my_ml_backend.jobs.diagnostics import force_utf8_stdout
-from my_ml_backend.jobs.evaluate import main
 
 if __name__ == "__main__":
     force_utf8_stdout()
-    sys.exit(main())
+    sys.exit(evaluate_main())

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, plain, settings_from_env
+from my_ml_backend.jobs.cli import settings_from_env
+from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, plain
 from my_ml_backend.llm.errors import PredictionError
 from my_ml_backend.model import NewModel
 
@@ -31,7 +32,8 @@ def main() -> int:
     names = parser.parse_args().names or list(tasks)  # --help exits here, before any call
     if unknown := [n for n in names if n not in tasks]:
         parser.error(f"未知任务类型 (unknown task type) {', '.join(unknown)}; choose from {', '.join(tasks)}")
-    print(describe(settings_from_env()))
+    NewModel.settings = settings_from_env()  # this script is the process entry: settings read once, here
+    print(describe(NewModel.settings))
     report = Report()
     for name in names:
         config = (EXAMPLES / "configs" / f"{name}.xml").read_text(encoding="utf-8")

@@ -11,7 +11,8 @@ import argparse
 import sys
 import time
 
-from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout, settings_from_env
+from my_ml_backend.jobs.cli import settings_from_env
+from my_ml_backend.jobs.diagnostics import Report, describe, force_utf8_stdout
 from my_ml_backend.llm.client import LLMClient
 from my_ml_backend.llm.errors import PredictionError
 

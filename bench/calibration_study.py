@@ -57,7 +57,6 @@ from bench.quality import (  # noqa: E402
     sentiment_set,
     topic_set,
 )
-from my_ml_backend.engine import schema_for  # noqa: E402
 from my_ml_backend.labeling.calibration import (  # noqa: E402
     CONTENT_FREE,
     calibrate,
@@ -69,6 +68,7 @@ from my_ml_backend.labeling.parsing import parse_reply  # noqa: E402
 from my_ml_backend.labeling.prompts import answer_schema, build_prompt, prompt_language  # noqa: E402
 from my_ml_backend.labeling.results import build_results  # noqa: E402
 from my_ml_backend.labeling.scoring import distribution_at, label_before, mean_probability, token_at  # noqa: E402
+from my_ml_backend.predicting.factory import schema_for  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
 
 

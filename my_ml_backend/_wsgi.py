@@ -2,7 +2,8 @@
 
 Run it as `label-studio-ml start ./my_ml_backend` (which executes this file),
 `python my_ml_backend/_wsgi.py --port 9090`, or under gunicorn:
-`gunicorn --bind 0.0.0.0:9090 my_ml_backend._wsgi:app`.
+`gunicorn --bind 0.0.0.0:9090 my_ml_backend._wsgi:app`. The settings are read here, once, and
+passed down: to the views, the status page and every model the registry builds.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from my_ml_backend.model import NewModel  # noqa: E402
 from my_ml_backend.server.guards import server_options, warn_if_exposed  # noqa: E402
 from my_ml_backend.server.launcher import follow_launcher  # noqa: E402
 from my_ml_backend.server.routes import install  # noqa: E402
-from my_ml_backend.settings import load_env_file, load_settings  # noqa: E402
+from my_ml_backend.settings import load_env_file, load_settings, reveal  # noqa: E402
 from my_ml_backend.telemetry.logs import configure_logging  # noqa: E402
 
 load_env_file()
@@ -43,10 +44,11 @@ logger = logging.getLogger("my_ml_backend")
 def create_app():  # noqa: ANN201 - a Flask app
     """The stock app with our views installed; data (not code) goes to DATA_DIR."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    NewModel.settings = settings  # before any model is built
     app = init_app(model_class=NewModel, model_dir=str(settings.data_dir))
     basic_auth = None
     if settings.basic_auth_user and settings.basic_auth_pass:
-        basic_auth = (settings.basic_auth_user, settings.basic_auth_pass)
+        basic_auth = (settings.basic_auth_user, reveal(settings.basic_auth_pass))
         logger.info("已启用基本认证 (basic auth enabled) for user %s", settings.basic_auth_user)
     install(app, NewModel, basic_auth, settings)
     shared_client(settings)  # now, not in the first /setup: SSL and httpx set-up take 0.2-0.6 s of its 3 s

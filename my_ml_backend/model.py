@@ -17,24 +17,27 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from .engine import build_predictor, choose_form, schema_for
 from .labeling.prompts import PromptGuidance, context_instruction, guidance_from_params
 from .learning import autotune
 from .learning.events import examples_bucket, record_event, resync
-from .learning.live import LiveIndex, live_index
-from .learning.retrieval import Form, Shots
+from .learning.live import ProjectExamples, live_index
+from .learning.retrieval import Form
 from .learning.store import open_example_store
-from .settings import load_settings
+from .predicting.factory import build_predictor, schema_for
+from .predicting.form_evaluation import choose_form
+from .settings import Settings, reveal
 
 logger = logging.getLogger(__name__)
 
 
 class NewModel(LabelStudioMLBase):
     """LLM pre-annotation for Text/HyperText/Paragraphs objects, one instance per (project, config)."""
+
+    settings: ClassVar[Settings]  # the process's, read once by its entry point (`_wsgi.py`, a script) and set here
 
     # label-studio-ml 1.0.9 lists neither START_TRAINING (the Train button) nor
     # ANNOTATIONS_DELETED (what Label Studio really sends); both must reach fit().
@@ -60,18 +63,21 @@ class NewModel(LabelStudioMLBase):
         """
         if extra_params is not None:
             self.extra_params = extra_params
-        self.settings = load_settings()
         self.schema = schema_for(self.label_config)
         self.store = open_example_store(self.settings) if self.settings.fewshot_enabled and self.project_id else None
         base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
         self.guidance = guidance_from_params(base, self.extra_params)
         count = self._count()
         self.form, self.choice = self._form(count)  # choice: the last automatic evaluation (its score maps)
+        self.evaluated_at = autotune.finished_at(self.project_id, self.schema.config_hash)
+        self.examples = None
+        if self.store is not None:
+            self.examples = ProjectExamples(self.store, self.project_id, self.schema, self.settings.max_input_chars,
+                                            self.form, self.settings.fewshot_max_chars)
         if self.form.k:  # build the index in the background, from just after /setup has answered
             live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=2.0)
-        examples = self.shots if self.store is not None else None
         self.predictor = build_predictor(
-            self.label_config, self.settings, self.guidance, examples, count, self.form, self.choice
+            self.label_config, self.settings, self.guidance, self.examples, count, self.form, self.choice
         )
         self.model_version = self.predictor.model_version
         logger.debug(
@@ -109,15 +115,6 @@ class NewModel(LabelStudioMLBase):
         self._autotune(count, choice)
         return (Form.parse(choice.form) if choice else Form(0)), choice
 
-    def _live(self) -> LiveIndex:
-        return live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars)
-
-    def shots(self) -> Shots | None:
-        """The project's examples for this batch (index refreshed from the store) in the chosen form."""
-        if self.store is None or not self.form.k:
-            return None
-        return Shots(self._live().current(), self.form, self.settings.fewshot_max_chars)
-
     def _autotune(self, count: int, choice: autotune.Choice | None = None, force: bool = False) -> None:
         """Start the automatic evaluation when due: Train button (`force`), or a new example-count bucket."""
         settings = self.settings
@@ -128,13 +125,13 @@ class NewModel(LabelStudioMLBase):
             return
 
         def run() -> autotune.Choice:
-            index = self._live().current(wait=600)
+            index = live_index(self.store, self.project_id, self.schema, settings.max_input_chars).current(wait=600)
             if index is None:
                 raise RuntimeError("example index not available")
             return choose_form(self.label_config, settings, self.guidance, index)
 
-        # Once chosen, this model switches at once (new form, new version); other workers at their next /setup.
-        if autotune.start(self.store, self.project_id, self.schema.config_hash, bucket, run, self.setup):
+        # Once chosen, this model switches at its next batch (new form, new version); other workers at their /setup.
+        if autotune.start(self.store, self.project_id, self.schema.config_hash, bucket, run):
             logger.info("少样本自动评估开始 (few-shot auto evaluation started): project %s, %d examples",
                         self.project_id, count)
 
@@ -144,6 +141,8 @@ class NewModel(LabelStudioMLBase):
         In interactive mode the annotator's own instruction (a `prompt` TextArea) is
         added to the project's for this request.
         """
+        if autotune.finished_at(self.project_id, self.schema.config_hash) > self.evaluated_at:
+            self.setup()  # an evaluation finished here since: its form and version from this batch on
         guidance = None
         if instruction := context_instruction(self.schema, context):
             guidance = self.guidance.with_instruction(instruction)
@@ -164,8 +163,8 @@ class NewModel(LabelStudioMLBase):
             return {"event": event, "model_version": self.model_version, "examples": "off"}
         done = record_event(self.store, self.schema, project_id, str(event), data)
         if project_id == self.project_id:
-            if self.form.k:
-                self._live().refresh_soon()
+            if self.examples is not None and self.form.k:
+                self.examples.index().refresh_soon()
             if event == "START_TRAINING":
                 done = self._start_resync(project_id)
             else:
@@ -177,7 +176,7 @@ class NewModel(LabelStudioMLBase):
         return {"event": event, "model_version": self.model_version, "examples": done}
 
     def _start_resync(self, project_id: str) -> str:
-        url, key = self.settings.label_studio_url, self.settings.label_studio_api_key
+        url, key = self.settings.label_studio_url, reveal(self.settings.label_studio_api_key)
         if not (url and key):
             if project_id == self.project_id:
                 self._autotune(self._count(), force=True)

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from my_ml_backend.engine import build_predictor
 from my_ml_backend.jobs.batch import BatchJob, default_chunk_size
 from my_ml_backend.jobs.estimate import estimate
+from my_ml_backend.predicting.factory import build_predictor
 from my_ml_backend.settings import Settings
 from tests.conftest import TEST_KEY, config
 from tests.fake_llm import server as fake
@@ -122,11 +122,11 @@ def test_the_batch_job_scores_with_the_projects_fitted_map_as_predict_does(
     """Predictions posted by the batch job share `/predict`'s model_version and Data Manager column, so their
     scores must mean the same: the project's stored score map (fitted on this model and prompt) applies to both;
     a map fitted for another model does not."""
-    from my_ml_backend.engine import project_choice, schema_for
     from my_ml_backend.labeling.prompts import PromptGuidance
     from my_ml_backend.learning.autotune import Choice, meta_key
     from my_ml_backend.learning.scorefit import ScoreMap
     from my_ml_backend.learning.store import open_example_store
+    from my_ml_backend.predicting.factory import project_choice, schema_for
     from my_ml_backend.versioning import model_version
 
     llm.set_responder(lambda body: fake.chat('{"sentiment": "正面", "_confidence": 0.9}'))

@@ -6,14 +6,8 @@ import math
 
 import pytest
 
-from my_ml_backend.labeling.calibration import (
-    PRIVATE_KEY,
-    calibrate,
-    choice_distribution,
-    content_free_prior,
-    content_free_priors,
-    settle,
-)
+from my_ml_backend.labeling.answers import ChoiceDistribution, TaskAnswer, choice_distribution
+from my_ml_backend.labeling.calibration import calibrate, content_free_prior, content_free_priors, settle
 from my_ml_backend.labeling.controls.base import ordered
 
 TOPICS = ["computers", "food", "law", "medicine", "sports"]
@@ -66,12 +60,10 @@ def test_the_prior_is_the_content_free_mean_mixed_with_uniform() -> None:
 def test_settle_leaves_multi_control_scores_and_unscored_items_alone() -> None:
     region = {"from_name": "topic", "value": {"choices": ["food"]}, "score": 0.5}
     other = {"from_name": "ner", "value": {"labels": ["PER"]}, "score": 0.9}
-    calibrated = {"result": [region, other], "score": 0.35,
-                  PRIVATE_KEY: {"lang": "en", "coverage": 0.5, "choices": {"topic": [["food", "law"], [0.5, 0.5]]}}}
-    failed = {"model_version": "v", "score": 0.0, "error": "x"}
-    settle([calibrated, failed], {("topic", "zh"): [0.1, 0.9]})  # another language's prior: not used
-    assert PRIVATE_KEY not in calibrated and failed == {"model_version": "v", "score": 0.0, "error": "x"}
-    assert region["score"] == 0.5 and calibrated["score"] == pytest.approx((0.5 + 0.9) / 2 * 0.5)
+    answer = TaskAnswer([region, other], 0.35, 0.5, "en", {"topic": ChoiceDistribution(("food", "law"), (0.5, 0.5))})
+    calibrated = settle(answer, {("topic", "zh"): [0.1, 0.9]})  # another language's prior: not used
+    assert calibrated.regions[0]["score"] == 0.5 and calibrated.score == pytest.approx((0.5 + 0.9) / 2 * 0.5)
+    assert calibrated.regions[1] == other
 
 
 def test_content_free_priors_ask_each_language_its_own_texts() -> None:
@@ -83,7 +75,7 @@ def test_content_free_priors_ask_each_language_its_own_texts() -> None:
         if text == "空白":
             return None  # a failed call: the other texts still make the prior
         lang = "zh" if text in ("无", "暂无内容") else "en"
-        return {PRIVATE_KEY: {"lang": lang, "choices": {"topic": [["a", "b"], [0.8, 0.2]]}}}
+        return TaskAnswer([], 1.0, 1.0, lang, {"topic": ChoiceDistribution(("a", "b"), (0.8, 0.2))})
 
     priors = content_free_priors({"zh", "en"}, ["title", "body"], answer)
     assert [d["title"] for d in asked] == ["N/A", "[MASK]", "nothing", "无", "空白", "暂无内容"]
@@ -119,11 +111,10 @@ def test_shared_first_tokens_no_longer_leave_the_answer_to_the_listed_position()
     # The written answer took the first listed choice; the distribution at the deciding token says the other.
     tokens = [('{"topic": "', -0.01, ()), ("评价", -0.01, (("评价", -0.01),)),
               ("正面", math.log(0.45), (("正面", math.log(0.45)), ("负面", math.log(0.55)))), ('"}', -0.01, ())]
-    prediction = {"result": [{"from_name": "topic", "to_name": "text", "type": "choices",
-                              "value": {"choices": ["评价正面"]}, "score": 0.45}], "score": 0.45,
-                  PRIVATE_KEY: {"lang": "zh", "coverage": 1.0,
-                                "choices": {"topic": [["评价正面", "评价负面"],
-                                                      choice_distribution(tokens, "topic", ["评价正面", "评价负面"])]}}}
-    settle([prediction], {("topic", "zh"): [0.5, 0.5]})
-    assert prediction["result"][0]["value"]["choices"] == ["评价负面"]
-    assert prediction["result"][0]["score"] == pytest.approx(0.55)
+    dist = choice_distribution(tokens, "topic", ["评价正面", "评价负面"])
+    answer = TaskAnswer([{"from_name": "topic", "to_name": "text", "type": "choices",
+                          "value": {"choices": ["评价正面"]}, "score": 0.45}], 0.45, 1.0, "zh",
+                        {"topic": ChoiceDistribution(("评价正面", "评价负面"), tuple(dist))})
+    prediction = settle(answer, {("topic", "zh"): [0.5, 0.5]})
+    assert prediction.regions[0]["value"]["choices"] == ["评价负面"]
+    assert prediction.regions[0]["score"] == pytest.approx(0.55)

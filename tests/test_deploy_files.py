@@ -104,3 +104,19 @@ def test_gunicorn_gets_the_multiprocess_metrics_config() -> None:
     for path in ("Dockerfile", "scripts/start.sh"):
         assert "--config gunicorn.conf.py" in (ROOT / path).read_text(), path
     assert "COPY gunicorn.conf.py" in (ROOT / "Dockerfile").read_text()
+
+
+def test_build_context_leaves_out_secrets_and_the_venv_but_not_what_the_image_copies() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".env", ".venv", ".git"} <= ignored
+    copied = {
+        source
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    }
+    assert copied and not copied & ignored, copied & ignored

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from my_ml_backend.jobs.evaluate import latest_annotation, main, stored_prediction
-from my_ml_backend.jobs.evaluation import MISSING, Evaluation
+from my_ml_backend.jobs.cli import evaluate_main
+from my_ml_backend.jobs.evaluation_report import MISSING, Evaluation
+from my_ml_backend.jobs.evaluation_runs import latest_annotation, stored_prediction
 from my_ml_backend.labeling.controls import OBJECT_TAGS
 from my_ml_backend.labeling.schema import parse_schema
 
@@ -88,7 +89,7 @@ def test_command_scores_an_export_and_writes_a_chart(tmp_path: Path, capsys: pyt
     (tmp_path / "export.json").write_text(json.dumps(export, ensure_ascii=False), encoding="utf-8")
     (tmp_path / "config.xml").write_text(CONFIG, encoding="utf-8")
     chart = tmp_path / "out" / "eval.png"
-    code = main(["--export", str(tmp_path / "export.json"), "--config", str(tmp_path / "config.xml"),
+    code = evaluate_main(["--export", str(tmp_path / "export.json"), "--config", str(tmp_path / "config.xml"),
                  "--chart", str(chart)])
     out = capsys.readouterr().out
     assert code == 0
@@ -119,7 +120,7 @@ def test_predict_mode_shows_the_few_shot_gain(
               for i, (t, g) in enumerate(gold.items(), start=1)]
     (tmp_path / "export.json").write_text(json.dumps(export, ensure_ascii=False), encoding="utf-8")
     (tmp_path / "config.xml").write_text(CONFIG, encoding="utf-8")
-    code = main(["--export", str(tmp_path / "export.json"), "--config", str(tmp_path / "config.xml"),
+    code = evaluate_main(["--export", str(tmp_path / "export.json"), "--config", str(tmp_path / "config.xml"),
                  "--predict", "--compare", "0", "2", "--chart", str(tmp_path / "c.png")])
     out = capsys.readouterr().out
     assert code == 0

@@ -24,11 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 import tests.fake_llm.server as fake
 from my_ml_backend.labeling.parsing import SALVAGE_MAX_CHARS, parse_reply
 from my_ml_backend.server.guards import RequestGuard, server_options
-from my_ml_backend.server.stack import FLOORS, version_tuple, web_stack
+from my_ml_backend.server.stack import FLOORS, web_stack
 from tests.conftest import ROOT, TEST_KEY, Backend, config, free_port
 
 USER = "mluser"
@@ -540,7 +541,7 @@ def test_installed_web_stack_is_past_the_known_advisories() -> None:
     for dist, floor in FLOORS.items():  # what the install asks for is at least the floor
         match = re.search(rf"^{dist.lower()}>=([\d.]+)", overrides, re.M) or re.search(
             rf"^{dist.lower()}>=([\d.]+)", (ROOT / "requirements.txt").read_text().lower(), re.M)
-        assert match and version_tuple(match.group(1)) >= version_tuple(floor.minimum), dist
+        assert match and Version(match.group(1)) >= Version(floor.minimum), dist
     for path in ("scripts/setup_venv.sh", "Dockerfile"):
         assert "--override" in (ROOT / path).read_text() and "overrides.txt" in (ROOT / path).read_text(), path
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from my_ml_backend.labeling.calibration import PRIVATE_KEY
+from my_ml_backend.labeling.answers import TaskAnswer, read_answer
 from my_ml_backend.labeling.extension import doubtful, enforced, extended, forced_schema, new_regions
+from my_ml_backend.labeling.schema import LabelingSchema
 from my_ml_backend.learning.autotune import Choice, Judged, extension_verdict
+from my_ml_backend.predicting.factory import schema_for
 from my_ml_backend.settings import load_settings
 from tests.conftest import TEST_KEY, Backend
 from tests.fake_llm import server as fake
@@ -52,18 +54,27 @@ def text_of(reply: list[tuple]) -> str:
     return "".join(t[0] for t in reply)
 
 
+TEXT_SCHEMA = schema_for(NER_CONFIG)
+
+
+def read(schema: LabelingSchema, text: str, reply_tokens: list[tuple]) -> TaskAnswer:
+    """A reply read as the backend reads it, for the task TEXT."""
+    return read_answer(schema, {"text": TEXT}, schema.targets, text, reply_tokens)
+
+
 def region(name: str, start: int, end: int, label: str, score: float) -> dict:
     value = {"start": start, "end": end, "text": TEXT[start:end], "labels": [label]}
     return {"from_name": name, "to_name": "text", "type": "labels", "value": value, "score": score}
 
 
 def test_only_lists_closed_in_doubt_are_asked_again_and_made_one_item_longer() -> None:
-    answers = {"ner": [{"label": "PER", "text": "Ann Lee"}]}
-    assert doubtful(SHORT, answers, ["ner"], below=0.9) == {"ner": 1}
-    assert doubtful(SHORT, answers, ["ner"], below=0.5) == {}  # 0.6 complete is not under 0.5
-    assert doubtful(SURE, answers, ["ner"], below=0.9) == {}
-    assert doubtful([], answers, ["ner"], below=0.9) == {}  # no logprobs, no reading, no call
-    assert doubtful(SHORT, {"ner": "Ann Lee"}, ["ner"], below=0.9) == {}  # not a list
+    lists = read(TEXT_SCHEMA, text_of(SHORT), SHORT).list_lengths  # one list answer of one item, as parsed
+    assert lists == {"ner": 1}
+    assert doubtful(SHORT, lists, below=0.9) == {"ner": 1}
+    assert doubtful(SHORT, lists, below=0.5) == {}  # 0.6 complete is not under 0.5
+    assert doubtful(SURE, lists, below=0.9) == {}
+    assert doubtful([], lists, below=0.9) == {}  # no logprobs, no reading, no call
+    assert read(TEXT_SCHEMA, '{"ner": "Ann Lee"}', SHORT).list_lengths == {}  # not a list: never doubtful
     schema = {"type": "object", "properties": {"ner": {"type": "array", "items": {}}}, "required": ["ner"]}
     forced = forced_schema(schema, {"ner": 1})
     assert forced["properties"]["ner"]["minItems"] == 2
@@ -80,23 +91,23 @@ def test_a_forced_item_counts_only_when_it_names_a_mention_not_listed_yet() -> N
 
 
 def test_the_grown_list_is_scored_at_its_new_end_and_a_doubted_forced_item_is_left_out() -> None:
-    first = {"result": [region("ner", 0, 7, "PER", 0.95)], "score": 0.57, "model_version": "v",
-             PRIVATE_KEY: {"lang": "en", "coverage": 0.6, "choices": {}}}
-    second = {"result": [region("ner", 0, 7, "PER", 0.95), region("ner", 17, 21, "ORG", 0.8)], "score": 0.1}
+    first = TaskAnswer([region("ner", 0, 7, "PER", 0.95)], 0.57, 0.6, "en")
+    second = TaskAnswer([region("ner", 0, 7, "PER", 0.95), region("ner", 17, 21, "ORG", 0.8)], 0.1, 1.0, "en")
     grown = extended(first, second, ({"ner": 0.6}, {"ner": 0.9}), wanted=1, keep_from=0.5)
-    assert [r["value"]["text"] for r in grown["result"]] == ["Ann Lee", "Acme"]
-    assert grown["score"] == pytest.approx((0.95 + 0.8) / 2 * 0.9)  # regions' mean x P(complete) at the new end
-    assert grown[PRIVATE_KEY]["coverage"] == pytest.approx(0.9)  # what a choice re-score multiplies by
-    assert first["result"] == [region("ner", 0, 7, "PER", 0.95)]  # the first prediction is not changed
-    doubted = {"result": [region("ner", 0, 7, "PER", 0.95), region("ner", 17, 21, "ORG", 0.3)]}
+    assert [r["value"]["text"] for r in grown.regions] == ["Ann Lee", "Acme"]
+    assert grown.score == pytest.approx((0.95 + 0.8) / 2 * 0.9)  # regions' mean x P(complete) at the new end
+    assert grown.coverage == pytest.approx(0.9)  # what a choice re-score multiplies by
+    assert first.regions == [region("ner", 0, 7, "PER", 0.95)]  # the first prediction is not changed
+    doubted = TaskAnswer([region("ner", 0, 7, "PER", 0.95), region("ner", 17, 21, "ORG", 0.3)], 0.1, 1.0, "en")
     assert extended(first, doubted, ({"ner": 0.6}, {"ner": 0.9}), wanted=1, keep_from=0.5) is first
 
 
 def test_an_endpoint_that_ignores_min_items_is_seen_in_its_reply() -> None:
     schema = forced_schema({"properties": {"ner": {"type": "array"}, "topic": {"type": "string"}}}, {"ner": 1})
-    assert enforced(schema, text_of(longer("Acme", "ORG", 0.8)))
-    assert not enforced(schema, text_of(SHORT))  # the same one item again: minItems was not applied
-    assert not enforced(schema, '{"topic": "law"}')
+    longer_reply = longer("Acme", "ORG", 0.8)
+    assert enforced(schema, read(TEXT_SCHEMA, text_of(longer_reply), longer_reply).list_lengths)
+    assert not enforced(schema, read(TEXT_SCHEMA, text_of(SHORT), SHORT).list_lengths)  # minItems was not applied
+    assert not enforced(schema, read(TEXT_SCHEMA, '{"topic": "law"}', []).list_lengths)
 
 
 def test_the_projects_annotations_keep_or_drop_list_extension_by_the_regions_it_added() -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from my_ml_backend.engine import schema_for
 from my_ml_backend.labeling import packing
 from my_ml_backend.llm.cache import open_cache
 from my_ml_backend.llm.client import LLMClient
-from my_ml_backend.predictor import Predictor
+from my_ml_backend.predicting.factory import schema_for
+from my_ml_backend.predicting.predictor import Predictor
 from my_ml_backend.settings import Settings
 from tests.conftest import TEST_KEY, config
 from tests.fake_llm import server as fake

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from my_ml_backend.engine import schema_for
 from my_ml_backend.labeling.prompts import answer_schema, build_prompt, prompt_language
+from my_ml_backend.predicting.factory import schema_for
 from tests.conftest import TEST_KEY, Backend
 from tests.fake_llm import server as fake
 

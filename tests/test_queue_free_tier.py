@@ -9,7 +9,6 @@ stand-in of test_batch_free_tier (the queued job against a real Label Studio and
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -18,9 +17,9 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from my_ml_backend.engine import build_predictor
 from my_ml_backend.jobs import queue
-from my_ml_backend.jobs.batch import CHUNK_DEADLINE, Summary, default_chunk_size
+from my_ml_backend.jobs.batch import Summary, default_chunk_size
+from my_ml_backend.predicting.factory import build_predictor
 from my_ml_backend.settings import load_settings
 from tests.conftest import TEST_KEY, config
 from tests.fake_llm import server as fake
@@ -54,7 +53,7 @@ def stand_in(
 
 def run_queued_with_a_worker(ls: StandInLabelStudio) -> Summary:
     """`batch_predict.py --queue` as `main` runs it, with one worker until the command returns."""
-    settings = dataclasses.replace(load_settings(), batch_deadline=CHUNK_DEADLINE)
+    settings = load_settings()
     predictor = build_predictor(ls.projects.get(id=1).label_config, settings)
     connection = redis.Redis.from_url(settings.redis_url)
     result: list[Summary] = []

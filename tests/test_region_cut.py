@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from my_ml_backend.engine import build_predictor, schema_for
+from my_ml_backend.labeling.answers import TaskAnswer
 from my_ml_backend.labeling.calibration import ScoreMaps, settle
 from my_ml_backend.learning.autotune import Choice, Judged, fit_maps
 from my_ml_backend.learning.examples import Example
 from my_ml_backend.learning.scorefit import RegionCut, fit_cut
+from my_ml_backend.predicting.factory import build_predictor, schema_for
 from my_ml_backend.settings import load_settings
 from my_ml_backend.versioning import model_version
 from tests.conftest import TEST_KEY
@@ -69,13 +70,12 @@ def test_settle_leaves_out_a_list_controls_regions_under_its_cut_on_their_raw_sc
                 "value": {"start": start, "end": start + len(text), "text": text, "labels": ["ORG"]}}
 
     choice = {"from_name": "topic", "to_name": "text", "type": "choices", "value": {"choices": ["work"]}, "score": 0.5}
-    prediction = {"result": [span(0, "Garcia PLC", 0.97), span(20, "next Tuesday", 0.88), choice], "score": 0.6}
-    failed = {"model_version": "v", "score": 0.0, "error": "timeout"}
-    settle([prediction, failed], None, ScoreMaps(regions={"ner": lambda s: round(s / 2, 4)}, cuts={"ner": 0.95}))
-    assert [r["value"].get("text") for r in prediction["result"]] == ["Garcia PLC", None]  # the choice stays
-    assert prediction["result"][0]["score"] == 0.485  # mapped after the cut, which read the raw 0.97
-    assert prediction["score"] == 0.6  # the task keeps the doubt of what was left out
-    assert failed == {"model_version": "v", "score": 0.0, "error": "timeout"}
+    answer = TaskAnswer([span(0, "Garcia PLC", 0.97), span(20, "next Tuesday", 0.88), choice], 0.6, 1.0, "en")
+    settled = settle(answer, None, ScoreMaps(regions={"ner": lambda s: round(s / 2, 4)}, cuts={"ner": 0.95}))
+    assert [r["value"].get("text") for r in settled.regions] == ["Garcia PLC", None]  # the choice stays
+    assert settled.regions[0]["score"] == 0.485  # mapped after the cut, which read the raw 0.97
+    assert settled.score == 0.6  # the task keeps the doubt of what was left out
+    assert answer.regions[0]["score"] == 0.97  # the answer read from the reply is not changed
 
 
 def test_a_stored_cut_applies_only_to_its_version_and_gives_the_predictions_a_version_of_their_own() -> None:

@@ -6,11 +6,12 @@ import random
 
 import pytest
 
-from my_ml_backend.engine import schema_for
+from my_ml_backend.labeling.answers import TaskAnswer
 from my_ml_backend.labeling.calibration import ScoreMaps, settle
 from my_ml_backend.learning.autotune import Choice, Judged, fit_maps, stratum_weights
 from my_ml_backend.learning.examples import Example, region_pairs
 from my_ml_backend.learning.scorefit import MIN_PAIRS, ScoreMap, fit
+from my_ml_backend.predicting.factory import schema_for
 
 
 def ece(pairs: list[tuple[float, bool]], bins: int = 10) -> float:
@@ -169,11 +170,9 @@ def test_a_control_whose_regions_are_overconfident_gets_a_map_and_a_calibrated_o
 def test_settle_maps_the_task_score_from_the_raw_regions_then_the_regions() -> None:
     """The task map was fitted on task scores made of raw region scores: it is applied to the task score
     before the region map changes the regions, and a control without a map keeps its regions' scores."""
-    prediction = {"result": [span(0, 4, "Anna", "PER", 0.9)], "score": 0.9}
-    other = {"result": [{"from_name": "topic", "value": {"choices": ["work"]}, "score": 0.7}], "score": 0.7}
-    failed = {"result": [], "error": "timeout"}
+    prediction = TaskAnswer([span(0, 4, "Anna", "PER", 0.9)], 0.9, 1.0, "en")
+    other = TaskAnswer([{"from_name": "topic", "value": {"choices": ["work"]}, "score": 0.7}], 0.7, 1.0, "en")
     maps = ScoreMaps(task=lambda s: round(s / 2, 4), regions={"ner": lambda s: round(s / 3, 4)})
-    settle([prediction, other, failed], maps=maps)
-    assert prediction["score"] == 0.45 and prediction["result"][0]["score"] == 0.3
-    assert other["score"] == 0.35 and other["result"][0]["score"] == 0.7
-    assert failed == {"result": [], "error": "timeout"}
+    prediction, other = settle(prediction, maps=maps), settle(other, maps=maps)
+    assert prediction.score == 0.45 and prediction.regions[0]["score"] == 0.3
+    assert other.score == 0.35 and other.regions[0]["score"] == 0.7

@@ -20,10 +20,10 @@ import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 import tests.fake_llm.server as fake
-from my_ml_backend.engine import schema_for
 from my_ml_backend.labeling.parsing import parse_reply
 from my_ml_backend.labeling.prompts import context_instruction
 from my_ml_backend.labeling.results import build_results
+from my_ml_backend.predicting.factory import schema_for
 from my_ml_backend.settings import load_settings
 from tests.conftest import ROOT, TEST_KEY, Backend
 

@@ -1,4 +1,4 @@
-"""Pre-annotate a whole Label Studio project from the command line.
+"""The batch job: pre-annotate a whole Label Studio project through its API.
 
 Label Studio gives one `/predict` 100 s, so "Retrieve predictions" on thousands of
 tasks cannot finish; its maintainers advise a batch job that posts predictions
@@ -13,10 +13,7 @@ through the API instead. This is that job, with the backend's own engine:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -27,23 +24,18 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
-from ..engine import build_predictor, project_choice
 from ..labeling import packing
 from ..llm.batch_stats import BatchStats
 from ..llm.errors import TASK_KINDS, ErrorKind
 from ..llm.pool import MODEL_ANSWERS, MODEL_REFUSALS
-from ..predictor import Predictor
-from ..settings import load_env_file, load_settings
-from ..telemetry.logs import configure_logging, mask
+from ..predicting.predictor import Predictor
 from ..telemetry.metrics import API_REQUESTS, CACHE_HITS, COMPLETION_TOKENS, METRICS, PROMPT_TOKENS
-from .estimate import estimate
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
 # Whole chunks failing in a row, not for the tasks' own reasons (`TASK_KINDS`): a bad key or a dead endpoint.
 STOP_AFTER_FAILED_CHUNKS = 2
-CHUNK_DEADLINE = 24 * 3600.0  # no Label Studio timeout here; the LLM client's own timeout still applies
 
 
 @dataclass
@@ -111,7 +103,7 @@ class BatchJob:
     def run(self, limit: int | None = None, progress: bool = True) -> Summary:
         started = time.monotonic()
         summary = Summary(project=self.project, model_version=self.predictor.model_version)
-        before, before_models = counters(), model_counts()
+        spending = Spending()
         done = self.done_task_ids()
         expected = self.client.projects.get(id=self.project).task_number or None
         bar = tqdm(total=expected, unit="task", disable=not progress, file=sys.stderr, desc="pre-annotating")
@@ -120,9 +112,9 @@ class BatchJob:
         pending = self.pending(done, summary)
         try:
             for chunk in chunks(pending, self.chunk_size, limit):
-                posted, kinds = self._predict_and_post(chunk, summary)
+                posted, kinds = self.predict_and_post(chunk, summary)
                 bar.update(len(chunk))
-                bar.set_postfix(failed=summary.failed, calls=int(counters()[API_REQUESTS] - before[API_REQUESTS]))
+                bar.set_postfix(failed=summary.failed, calls=spending.calls())
                 # a chunk of tasks without text (or refused for their own content) says nothing of the next ones
                 endpoint_failed = any(kind not in TASK_KINDS for kind in kinds)
                 failed_chunks = failed_chunks + 1 if not posted and endpoint_failed else 0
@@ -139,15 +131,12 @@ class BatchJob:
             summary.stopped = "被中断 (interrupted)"
         finally:
             bar.close()
-            spent = {name: int(value - before[name]) for name, value in counters().items()}
-            summary.api_calls, summary.cache_hits = spent[API_REQUESTS], spent[CACHE_HITS]
-            summary.prompt_tokens, summary.completion_tokens = spent[PROMPT_TOKENS], spent[COMPLETION_TOKENS]
-            summary.models, summary.refusals = model_counts(before_models)
+            spending.record(summary)
             summary.seconds = time.monotonic() - started
             summary.total = max(summary.total, expected or 0)
         return summary
 
-    def _predict_and_post(
+    def predict_and_post(
         self, chunk: list[dict[str, Any]], summary: Summary, on_posted: Callable[[int], None] | None = None
     ) -> tuple[int, Counter[str]]:
         """Predict one chunk and post its successful predictions: how many were posted, and the failures by kind
@@ -156,7 +145,8 @@ class BatchJob:
         `on_posted(task_id)` runs right after each post (the queued job marks the task done).
         """
         posted, stats = 0, BatchStats()
-        predictions = self.predictor.predict_batch(chunk, project=str(self.project), stats=stats)
+        # no Label Studio waiting on a chunk: no deadline (the LLM client's own timeout still applies)
+        predictions = self.predictor.predict_batch(chunk, project=str(self.project), stats=stats, deadline=None)
         for task, prediction in zip(chunk, predictions, strict=True):
             if "result" not in prediction:
                 summary.failed += 1
@@ -194,19 +184,35 @@ def quota_stop(predictor: Predictor) -> str:
     return "" if pool.usable() else pool.exhausted_error().message
 
 
-def model_counts(
-    since: tuple[Counter[str], Counter[str]] | None = None,
-) -> tuple[Counter[str], Counter[str]]:
-    """Answers and refusals per pool model in this process (minus `since`)."""
+class Spending:
+    """What this process spends from now on (API requests, cache hits, tokens, answers and refusals per model),
+    read from its metrics, which count every call whoever made it."""
+
+    def __init__(self) -> None:
+        self.counters = counters()
+        self.answers, self.refusals = model_counts()
+
+    def calls(self) -> int:
+        return int(METRICS.get(API_REQUESTS) - self.counters[API_REQUESTS])
+
+    def record(self, summary: Summary) -> None:
+        """Set the summary's call, cache, token and per-model figures to what was spent since this began."""
+        spent = {name: int(value - self.counters[name]) for name, value in counters().items()}
+        summary.api_calls, summary.cache_hits = spent[API_REQUESTS], spent[CACHE_HITS]
+        summary.prompt_tokens, summary.completion_tokens = spent[PROMPT_TOKENS], spent[COMPLETION_TOKENS]
+        answers, refusals = model_counts()
+        summary.models, summary.refusals = answers - self.answers, refusals - self.refusals
+
+
+def model_counts() -> tuple[Counter[str], Counter[str]]:
+    """Answers and refusals per pool model in this process so far."""
     answers = Counter({m: int(v) for m, v in METRICS.by_label(MODEL_ANSWERS, "model").items()})
     refusals = Counter({m: int(v) for m, v in METRICS.by_label(MODEL_REFUSALS, "model").items()})
-    if since is not None:
-        answers, refusals = answers - since[0], refusals - since[1]
     return answers, refusals
 
 
 def counters() -> dict[str, float]:
-    """This process's API requests, cache hits and tokens so far (the summary shows the difference)."""
+    """This process's API requests, cache hits and tokens so far."""
     return {name: METRICS.get(name) for name in (API_REQUESTS, CACHE_HITS, PROMPT_TOKENS, COMPLETION_TOKENS)}
 
 
@@ -228,65 +234,3 @@ def default_chunk_size(predictor: Predictor) -> int:
     """Tasks per chunk: 4 per worker (at least 8), times the tasks a call can take, so packs can fill."""
     per_call = predictor.tasks_per_call
     return max(8, 4 * predictor.settings.concurrency) * (per_call if per_call >= 1 else packing.MAX_PACK)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="batch_predict.py",
-        description="为整个 Label Studio 项目生成预标注 (pre-annotate a whole Label Studio project)",
-    )
-    parser.add_argument("--project", type=int, required=True, help="Label Studio project ID")
-    parser.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL", "http://localhost:8080"),
-                        help="Label Studio URL (env LABEL_STUDIO_URL)")
-    parser.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
-                        help="Label Studio API key or personal access token (env LABEL_STUDIO_API_KEY)")
-    parser.add_argument("--chunk-size", type=int, default=0,
-                        help="tasks per chunk (default: 4 x LLM_CONCURRENCY, at least 8, x tasks per call)")
-    parser.add_argument("--limit", type=int, default=None, help="predict at most this many tasks in this run")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="只估算调用次数、tokens、用时和今日额度，不调用模型 (estimate calls, tokens, time and "
-                             "today's quota without calling the model)")
-    parser.add_argument("--queue", action="store_true",
-                        help="enqueue chunks as RQ jobs for `rq worker llm-preannotation` processes (needs REDIS_URL)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when every task has a prediction, 1 when some failed or the run stopped early, 2 on bad usage."""
-    load_env_file()
-    args = parse_args(argv)
-    settings = dataclasses.replace(load_settings(), batch_deadline=CHUNK_DEADLINE)
-    configure_logging(settings, secrets=[args.api_key or ""], console=sys.stderr, quiet=True)
-    if not args.api_key:
-        print("缺少 Label Studio API key：设置 LABEL_STUDIO_API_KEY 或 --api-key (missing Label Studio API key)",
-              file=sys.stderr)
-        return 2
-    if not settings.has_api_key:
-        print("缺少 MODELSCOPE_API_KEY (missing the LLM API key)", file=sys.stderr)
-        return 2
-    client = LabelStudio(base_url=args.url.rstrip("/"), api_key=args.api_key)
-    try:
-        label_config = client.projects.get(id=args.project).label_config
-    except Exception as exc:  # noqa: BLE001 - the user needs the reason, not a traceback
-        print(f"无法读取项目 {args.project} (cannot read project) at {args.url} "
-              f"with key {mask(args.api_key)}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
-        return 2
-    predictor = build_predictor(label_config, settings, choice=project_choice(label_config, settings, args.project))
-    chunk_size = args.chunk_size or default_chunk_size(predictor)
-    if args.dry_run:
-        for line in estimate(BatchJob(client, args.project, predictor, chunk_size), args.limit).lines():
-            print(line)
-        return 0
-    if args.queue:
-        if not settings.redis_url:
-            print("--queue 需要 REDIS_URL (--queue needs REDIS_URL, shared with the workers)", file=sys.stderr)
-            return 2
-        from .queue import run_queued  # RQ only for the queued mode
-
-        summary = run_queued(client, args.project, predictor, settings, chunk_size, args.limit, not args.no_progress)
-    else:
-        summary = BatchJob(client, args.project, predictor, chunk_size).run(args.limit, progress=not args.no_progress)
-    for line in summary.lines():
-        print(line)
-    return 0 if not summary.failed and not summary.stopped else 1

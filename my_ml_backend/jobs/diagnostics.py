@@ -1,4 +1,4 @@
-"""Shared bits of the top-level diagnostic scripts: ✅/❌ lines and loading `.env`.
+"""Shared bits of the top-level diagnostic scripts: ✅/❌ lines and how the settings are shown.
 
 Standard library only at import time: `check_modelscope_env.py` must be able to say
 which packages are missing when run by a Python that has none of them.
@@ -45,18 +45,12 @@ class Report:
         return 1 if self.failed else 0
 
 
-def settings_from_env() -> Settings:
-    """Settings as the backend would see them, `.env` included."""
-    from ..settings import load_env_file, load_settings
-
-    load_env_file()
-    return load_settings()
-
-
 def describe(settings: Settings) -> str:
+    """The model, endpoint and masked key the scripts talk to."""
+    from ..settings import reveal  # imported late: this module must load on the standard library alone
     from ..telemetry.logs import mask
 
-    return f"model={settings.model} url={settings.base_url} key={mask(settings.api_key or '')}"
+    return f"model={settings.model} url={settings.base_url} key={mask(reveal(settings.api_key))}"
 
 
 def force_utf8_stdout() -> None:

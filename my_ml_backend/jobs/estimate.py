@@ -14,13 +14,11 @@ same response cache), builds every prompt the run would send and counts:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..labeling import packing
+from ..llm.errors import PredictionError
 from ..llm.quota import ACCOUNT, Cost, Quota
-
-if TYPE_CHECKING:
-    from .batch import BatchJob
+from .batch import BatchJob, Summary, chunks
 
 COMPLETION_PER_TASK = 40  # tokens of one task's answer before any was measured
 SECONDS_PER_CALL = 5.0  # before any call was timed
@@ -82,8 +80,6 @@ class Estimate:
 
 def estimate(job: BatchJob, limit: int | None = None) -> Estimate:
     """The figures of `job.run(limit)` without running it."""
-    from .batch import Summary, chunks
-
     predictor = job.predictor
     client = predictor.client
     summary = Summary()
@@ -98,8 +94,8 @@ def estimate(job: BatchJob, limit: int | None = None) -> Estimate:
     for chunk in chunks(job.pending(job.done_task_ids(), summary), job.chunk_size, limit):
         est.to_predict += len(chunk)
         plan = predictor.plan(chunk, inputs)
-        est.unpreparable += sum(1 for r in plan.ready.values() if not isinstance(r, dict))
-        est.cached += sum(1 for r in plan.ready.values() if isinstance(r, dict))
+        est.unpreparable += sum(1 for r in plan.ready.values() if isinstance(r, PredictionError))
+        est.cached += sum(1 for r in plan.ready.values() if not isinstance(r, PredictionError))
         for group in plan.groups:
             per_task = [plan.prepared[i].ask.messages for i in group]
             messages = per_task[0] if len(group) == 1 else packing.pack_messages(per_task, packing.task_ids(len(group)))

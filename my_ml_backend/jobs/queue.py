@@ -1,20 +1,16 @@
 """`batch_predict.py --queue`: the batch job spread over RQ workers on any number of machines.
 
-The command lists the project's tasks without a prediction of our `model_version`
-(as the in-process job does), enqueues them in chunks as RQ jobs, and shows one
-progress bar and one summary for the whole run, read from Redis. `rq worker
-llm-preannotation` processes, started wherever the code and `.env` are, run
-`predict_chunk`: they predict with the backend's own engine and post through the
-Label Studio SDK, with `LLM_CONCURRENCY` shared by all of them through Redis
-(`llm.limits`).
+The command side (`run_queued`) lists the project's tasks without a prediction of our
+`model_version` (as the in-process job does), enqueues them in chunks as RQ jobs, and
+shows one progress bar and one summary for the whole run, read from Redis. The worker
+side (`predict_chunk`, run by `rq worker llm-preannotation` processes wherever the code
+and `.env` are) predicts with the backend's own engine and posts through the Label
+Studio SDK, with `LLM_CONCURRENCY` shared by all workers through Redis (`llm.limits`).
 
-RQ queues, runs and retries the jobs; what it cannot know is which *task* is done.
-So each task is claimed in Redis before it is predicted (a key with a lease the
-worker renews while it works, `LLM_SLOT_LEASE`) and added to a `done` set once its
-prediction is posted. A chunk skips done tasks and waits for tasks another worker
-holds; a task claimed by a worker that died (kill -9, a lost machine) is free again
-when its lease ends, and one that was claimed before is first looked up in Label
-Studio, in case the dead worker posted it just before dying. Hence: no task is
+A worker claims each task before predicting it (`queue_state`) and skips done tasks;
+a task claimed by a worker that died (kill -9, a lost machine) is free again when its
+lease (`LLM_SLOT_LEASE`) ends, and one that was claimed before is first looked up in
+Label Studio, in case the dead worker posted it just before dying. Hence: no task is
 predicted twice, and interrupting and re-running resumes (Ctrl-C cancels the chunks
 not started; chunks running finish).
 
@@ -26,124 +22,34 @@ of failed, and the summary counts answers and refusals per model as the workers 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 from label_studio_sdk import LabelStudio
-from rq import Worker
+from rq import Queue, Retry, Worker
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from tqdm import tqdm
 
-from ..engine import build_predictor, project_choice
-from ..llm.limits import Renewer
-from ..predictor import Predictor
-from ..settings import Settings, load_env_file, load_settings
+from ..storage.leases import Renewer
+from ..predicting.factory import build_predictor, project_choice
+from ..predicting.predictor import Predictor
+from ..settings import Settings, load_env_file, load_settings, reveal
 from ..storage import redis_db
-from .batch import CHUNK_DEADLINE, BatchJob, Summary, chunks, counters, model_counts, quota_stop
+from .batch import BatchJob, Spending, Summary, chunks, quota_stop
+from .queue_state import KEEP, STATS, RunState
 
 logger = logging.getLogger(__name__)
 
 QUEUE = "llm-preannotation"
-PREFIX = "llm-preannotation:batch:"
 JOB_TIMEOUT = 3600  # seconds for one chunk (RQ kills a job past it; the chunk's posted tasks stay done)
-KEEP = 30 * 86400  # seconds the done set, run summaries and failed chunks are kept
 RESULT_TTL = 86400  # seconds a finished chunk (it holds its tasks' data) is kept
 POLL = 0.5  # seconds between two progress reads
 WAIT_FOR_BUSY = 0.5  # seconds between two looks at tasks another worker holds
 INTERRUPTED = "被中断，未开始的块已取消 (interrupted: chunks not started were cancelled)"
-STATS = ("predicted", "posted", "failed", "skipped", "api_calls", "cache_hits", "prompt_tokens", "completion_tokens")
-COUNTS = ("errors", "models", "refusals")  # per-run counts by error message, by answering model, by refusing model
-
-# KEYS: done set, tried set. ARGV: claim key prefix, token, lease_ms, task ids...
-# Returns one code per task: 0 done already, 1 claimed now, 2 claimed now but tried before, 3 busy.
-_CLAIM = """
-local codes = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if redis.call('SISMEMBER', KEYS[1], id) == 1 then codes[#codes + 1] = 0
-  elseif redis.call('SET', ARGV[1] .. id, ARGV[2], 'NX', 'PX', ARGV[3]) then
-    codes[#codes + 1] = 2 - redis.call('SADD', KEYS[2], id)
-  else codes[#codes + 1] = 3 end
-end
-return codes
-"""
-# KEYS: done set. ARGV: claim key prefix, token, done (1/0), keep seconds, task ids... Lets go of claims.
-_FINISH = """
-for i = 5, #ARGV do
-  local key = ARGV[1] .. ARGV[i]
-  if ARGV[3] == '1' then redis.call('SADD', KEYS[1], ARGV[i]) end
-  if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
-"""
-# KEYS: claim keys. ARGV: token, lease_ms. Extends the claims still ours.
-_RENEW = """
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
-end
-return 1
-"""
-
-
-class RunState:
-    """The Redis side of one project's batch runs for one `model_version`."""
-
-    def __init__(self, redis: Any, project: int, model_version: str) -> None:
-        self.redis = redis
-        self.base = f"{PREFIX}{project}:{model_version}"
-        self.done_key, self.tried_key, self.jobs_key = f"{self.base}:done", f"{self.base}:tried", f"{self.base}:jobs"
-        self.claim_prefix = f"{self.base}:claim:"
-
-    def stats_key(self, run: str) -> str:
-        return f"{self.base}:run:{run}:stats"
-
-    def counts_key(self, run: str, name: str) -> str:
-        return f"{self.base}:run:{run}:{name}"
-
-    def claim(self, task_ids: Iterable[int], token: str, lease: float) -> dict[int, int]:
-        ids = list(task_ids)
-        codes = self.redis.eval(_CLAIM, 2, self.done_key, self.tried_key, self.claim_prefix, token,
-                                int(lease * 1000), *ids)
-        return dict(zip(ids, (int(c) for c in codes), strict=True))
-
-    def finish(self, task_ids: Iterable[int], token: str, *, done: bool) -> None:
-        ids = list(task_ids)
-        if ids:
-            self.redis.eval(_FINISH, 1, self.done_key, self.claim_prefix, token, "1" if done else "0", KEEP, *ids)
-
-    def renew(self, task_ids: Iterable[int], token: str, lease: float) -> None:
-        keys = [self.claim_prefix + str(i) for i in task_ids]
-        if keys:
-            self.redis.eval(_RENEW, len(keys), *keys, token, int(lease * 1000))
-
-    def add(self, run: str, values: dict[str, float], counts: Mapping[str, Mapping[str, int]] | None = None) -> None:
-        """Add one chunk's figures to the run's: `values` by STATS name, `counts` by COUNTS name, then key."""
-        keys = [self.stats_key(run)] + [self.counts_key(run, name) for name in COUNTS]
-        with self.redis.pipeline() as pipe:
-            for name, value in values.items():
-                if value:
-                    pipe.hincrby(keys[0], name, int(value))
-            for name, counted in (counts or {}).items():
-                for key, count in counted.items():
-                    if count:
-                        pipe.hincrby(self.counts_key(run, name), key, int(count))
-            for key in keys:
-                pipe.expire(key, KEEP)
-            pipe.execute()
-
-    def read(self, run: str) -> tuple[dict[str, int], dict[str, Counter[str]]]:
-        """(the run's STATS so far, its COUNTS so far) as every worker added them."""
-        stats = {k.decode(): int(v) for k, v in self.redis.hgetall(self.stats_key(run)).items()}
-        counts = {name: Counter({k.decode(): int(v) for k, v in self.redis.hgetall(self.counts_key(run, name)).items()})
-                  for name in COUNTS}
-        return stats, counts
-
 
 # -- the worker side -------------------------------------------------------------------
 
@@ -152,22 +58,23 @@ class ChunkWorker(Worker):
     """`rq worker -w my_ml_backend.jobs.queue.ChunkWorker llm-preannotation`: RQ's worker, warm.
 
     RQ forks a work-horse per job; naming this class makes the worker import the
-    engine (openai, the SDK: ~3.5 s) once, before forking, instead of in every chunk.
+    engine (openai, the SDK) once, before forking, instead of in every chunk.
     """
 
 
 def predict_chunk(project: int, model_version: str, run: str, chunk: list[dict[str, Any]]) -> dict[str, int]:
-    """RQ job: predict and post the tasks of one chunk that nobody has done; returns this chunk's counts.
+    """RQ job, the worker's entry (it reads the settings): predict and post the tasks of one chunk that nobody
+    has done; returns this chunk's counts.
 
     The chunk carries the tasks' data: a worker that fetched a task by id
     (`GET /api/tasks/<id>`) would make Label Studio ask a connected backend for a
     prediction of it, as opening it in the labeling view does.
     """
     load_env_file()
-    settings = dataclasses.replace(load_settings(), batch_deadline=CHUNK_DEADLINE)
+    settings = load_settings()
     if not settings.redis_url or not settings.label_studio_url or not settings.label_studio_api_key:
         raise RuntimeError("worker needs REDIS_URL, LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (env or .env)")
-    client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+    client = LabelStudio(base_url=settings.label_studio_url, api_key=reveal(settings.label_studio_api_key))
     label_config = client.projects.get(id=project).label_config
     predictor = build_predictor(label_config, settings, choice=project_choice(label_config, settings, project))
     if predictor.model_version != model_version:  # this machine's settings differ: never mix versions
@@ -186,8 +93,8 @@ def predict_chunk(project: int, model_version: str, run: str, chunk: list[dict[s
             mine = [i for i in remaining if codes[i] in (1, 2)]
             held.update(mine)
             try:
-                _predict_and_post(client, project, predictor, state, run, token, [data[i] for i in mine],
-                                  tried={i for i in mine if codes[i] == 2}, totals=totals)
+                _predict_claimed(client, project, predictor, state, run, token, [data[i] for i in mine],
+                                 tried={i for i in mine if codes[i] == 2}, totals=totals)
             finally:
                 held.difference_update(mine)
             remaining = [i for i in remaining if codes[i] == 3]  # another worker holds them: wait and look again
@@ -198,9 +105,9 @@ def predict_chunk(project: int, model_version: str, run: str, chunk: list[dict[s
     return totals
 
 
-def _predict_and_post(client: LabelStudio, project: int, predictor: Predictor, state: RunState, run: str,
-                      token: str, chunk: list[dict[str, Any]], tried: set[int], totals: dict[str, int]) -> None:
-    """`BatchJob._predict_and_post`, with every outcome recorded in Redis for the whole run."""
+def _predict_claimed(client: LabelStudio, project: int, predictor: Predictor, state: RunState, run: str,
+                     token: str, chunk: list[dict[str, Any]], tried: set[int], totals: dict[str, int]) -> None:
+    """`BatchJob.predict_and_post` on tasks this worker claimed, with every outcome recorded in Redis for the run."""
     if not chunk:
         return
     version = predictor.model_version
@@ -208,19 +115,14 @@ def _predict_and_post(client: LabelStudio, project: int, predictor: Predictor, s
     state.finish(already, token, done=True)  # posted by a worker that died before saying so
     tasks = [t for t in chunk if t["id"] not in already]
     job = BatchJob(client, project, predictor, max(1, len(tasks)))
-    summary = Summary()
-    before, before_models = counters(), model_counts()
+    summary = Summary(skipped=len(already))
+    spending = Spending()
     if tasks:
-        job._predict_and_post(tasks, summary, on_posted=lambda task_id: state.finish([task_id], token, done=True))
-    spent = {name: int(value - before[name]) for name, value in counters().items()}
-    models, refusals = model_counts(before_models)
+        job.predict_and_post(tasks, summary, on_posted=lambda task_id: state.finish([task_id], token, done=True))
+    spending.record(summary)
     state.finish([t["id"] for t in tasks], token, done=False)  # the failed ones: for the next run
-    values = {
-        "predicted": summary.predicted, "posted": summary.posted, "failed": summary.failed, "skipped": len(already),
-        "api_calls": spent["api_requests"], "cache_hits": spent["cache_hits"],
-        "prompt_tokens": spent["prompt_tokens"], "completion_tokens": spent["completion_tokens"],
-    }
-    state.add(run, values, {"errors": summary.errors, "models": models, "refusals": refusals})
+    values = {name: getattr(summary, name) for name in STATS}
+    state.add(run, values, {"errors": summary.errors, "models": summary.models, "refusals": summary.refusals})
     for name, value in values.items():
         totals[name] += value
 
@@ -231,10 +133,6 @@ def _predict_and_post(client: LabelStudio, project: int, predictor: Predictor, s
 def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings: Settings, chunk_size: int,
                limit: int | None = None, progress: bool = True) -> Summary:
     """Enqueue the pending tasks in chunks, then follow the run in Redis until every chunk ended."""
-    from rq import Queue, Retry
-    from rq.job import Job, JobStatus
-    from rq.registry import StartedJobRegistry
-
     assert settings.redis_url
     redis = redis_db.connect(settings.redis_url)
     queue = Queue(QUEUE, connection=redis)
@@ -243,7 +141,7 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
     started = time.monotonic()
     run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     summary = Summary(project=project, model_version=version)
-    _cancel_queued(redis, state, Job, JobStatus)  # an interrupted run's chunks: their tasks are listed again
+    _cancel_queued(redis, state)  # an interrupted run's chunks: their tasks are listed again
     job = BatchJob(client, project, predictor, chunk_size)
     done = job.done_task_ids()
     expected = client.projects.get(id=project).task_number or None
@@ -264,7 +162,7 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
             redis.rpush(state.jobs_key, jobs[-1].id)  # at once: an interrupted enqueue is cancelled next run
             redis.expire(state.jobs_key, KEEP)
     except KeyboardInterrupt:
-        _cancel_queued(redis, state, Job, JobStatus)
+        _cancel_queued(redis, state)
         summary.stopped = INTERRUPTED
         jobs = []  # nothing to follow
     if limit is not None and not summary.stopped and next(pending, None) is not None:
@@ -286,7 +184,7 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
             bar.refresh()
             if not out_of_quota and (stop := quota_stop(predictor)):  # the workers used the last of it
                 out_of_quota, summary.stopped = True, stop
-                _cancel_queued(redis, state, Job, JobStatus)  # chunks not started would only fail
+                _cancel_queued(redis, state)  # chunks not started would only fail
             statuses = [j.get_status(refresh=True) for j in jobs]
             if all(s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED)
                    for s in statuses):
@@ -294,7 +192,7 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
                 break
             time.sleep(POLL)
     except KeyboardInterrupt:
-        _cancel_queued(redis, state, Job, JobStatus)
+        _cancel_queued(redis, state)
         summary.stopped = INTERRUPTED
     finally:
         bar.close()
@@ -317,9 +215,10 @@ def run_queued(client: LabelStudio, project: int, predictor: Predictor, settings
     return summary
 
 
-def _cancel_queued(redis: Any, state: RunState, job_class: Any, status: Any) -> None:
+def _cancel_queued(redis: Any, state: RunState) -> None:
     """Cancel the last run's chunks no worker has started (their tasks are listed again by the next run)."""
     ids = [i.decode() for i in redis.lrange(state.jobs_key, 0, -1)]
-    for job in job_class.fetch_many(ids, connection=redis):
-        if job is not None and job.get_status(refresh=False) in (status.QUEUED, status.DEFERRED, status.SCHEDULED):
+    for job in Job.fetch_many(ids, connection=redis):
+        if job is not None and job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.DEFERRED,
+                                                                  JobStatus.SCHEDULED):
             job.cancel()

@@ -1,40 +1,32 @@
 """A list answer the model closed in doubt, asked once more and made to go on.
 
-Why (measured, bench/RESULTS.md): a small model's usual entity error is a list one
-item short, written as surely as a right one. Its doubt shows where it closed the
-list: P(complete) (`scoring.list_complete`) is low there. Asking the same prompt again
-with the list's `minItems` one above what it wrote makes a schema-constrained decoder
-write one more item. At temperature 0 the items already written come back unchanged
-(the grammar only forbids the `]`), so the new item is the continuation the model
-weighed and declined. It is kept only when it names a mention the list does not hold
-yet (a forced item on a complete list is mostly a listed name again under another type).
-
-No library does this: constrained decoders take `minItems`, but choosing when to ask
-and what to keep is ours. Only where logprobs come back (the doubt is read from them)
-and the endpoint enforced the schema (else the same list comes back, at a call's cost).
+A small model's usual entity error is a list one item short, written as surely as a right one; its doubt
+shows where it closed the list (P(complete), `scoring.list_complete`). Asking the same prompt again with the
+list's `minItems` one above what it wrote makes a schema-constrained decoder write one more item, and at
+temperature 0 the items already written come back unchanged. The new item is kept only when it names a
+mention the list does not hold yet. No library chooses when to ask and what to keep (docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from .calibration import PRIVATE_KEY
-from .parsing import parse_reply
+from .answers import TaskAnswer
 from .scoring import Tokens, list_complete
 
 KEEP_FROM = 0.5  # a forced item is kept when its own score says it is more likely right than not
 ENFORCING_MODES = frozenset({"json_schema", "json_object_schema"})  # modes that send the schema to the decoder
 
 
-def doubtful(tokens: Tokens, answers: dict[str, Any], names: Sequence[str], below: float) -> dict[str, int]:
+def doubtful(tokens: Tokens, list_lengths: Mapping[str, int], below: float) -> dict[str, int]:
     """`{control: items written}` for each list answer whose P(complete) is under `below`."""
     out = {}
-    for name in names:
-        answer = answers.get(name)
-        if isinstance(answer, list) and (p := list_complete(tokens, name)) is not None and p < below:
-            out[name] = len(answer)
+    for name, count in list_lengths.items():
+        if (p := list_complete(tokens, name)) is not None and p < below:
+            out[name] = count
     return out
 
 
@@ -46,11 +38,10 @@ def forced_schema(schema: dict[str, Any], counts: dict[str, int]) -> dict[str, A
     return forced
 
 
-def enforced(schema: dict[str, Any], text: str) -> bool:
+def enforced(schema: dict[str, Any], list_lengths: Mapping[str, int]) -> bool:
     """Whether a reply to `forced_schema` holds as many items as it demanded (an endpoint may ignore minItems)."""
     demanded = {name: p["minItems"] for name, p in schema.get("properties", {}).items() if "minItems" in p}
-    answers = parse_reply(text, list(demanded))
-    return all(isinstance(answers.get(name), list) and len(answers[name]) >= n for name, n in demanded.items())
+    return all(list_lengths.get(name, -1) >= n for name, n in demanded.items())
 
 
 def _overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -70,12 +61,12 @@ def new_regions(first: list[dict], second: list[dict], names: Sequence[str]) -> 
 
 
 def extended(
-    first: dict[str, Any],
-    second: dict[str, Any],
+    first: TaskAnswer,
+    second: TaskAnswer,
     completes: tuple[dict[str, float | None], dict[str, float | None]],
     wanted: int,
     keep_from: float,
-) -> dict[str, Any]:
+) -> TaskAnswer:
     """`first` with the new mentions `second` found, rescored; `first` itself when it found none worth keeping.
 
     `completes`: P(complete) of every list control in the first reply, and of the forced ones in
@@ -83,47 +74,42 @@ def extended(
     A new region scored under `keep_from` is left out (a forced item the model doubts is an
     invention more often than a find).
     """
-    added = [r for r in new_regions(first.get("result") or [], second.get("result") or [], list(completes[1]))
+    added = [r for r in new_regions(first.regions, second.regions, list(completes[1]))
              if r.get("score") is None or r["score"] >= keep_from]
     if not added:
         return first
-    results = (first.get("result") or []) + added
+    regions = first.regions + added
     grown = {r["from_name"] for r in added}
-    answered = len({r.get("from_name") for r in results})
+    answered = len({r.get("from_name") for r in regions})
     factor = answered / wanted if wanted else 0.0
     for name, p in completes[0].items():
         p = completes[1].get(name) if name in grown else p
         factor *= p if p is not None else 1.0
-    scores = [r["score"] for r in results if r.get("score") is not None]
-    out = {**first, "result": results}
-    if scores:
-        out["score"] = round(sum(scores) / len(scores) * factor, 4)
-    if isinstance(private := out.get(PRIVATE_KEY), dict):  # `calibration.carry`'s: a re-score keeps the factor
-        out[PRIVATE_KEY] = {**private, "coverage": factor}
-    return out
+    scores = [r["score"] for r in regions if r.get("score") is not None]
+    score = round(sum(scores) / len(scores) * factor, 4) if scores else first.score
+    return first.with_regions(regions, score, factor)
 
 
 def extend(
-    prediction: dict[str, Any],
-    reply: tuple[str, Tokens],
+    answer: TaskAnswer,
+    tokens: Tokens,
     schema: dict[str, Any],
-    names: Sequence[str],
-    again: Callable[[dict[str, Any]], tuple[dict[str, Any], Tokens] | None],
+    wanted: int,
+    again: Callable[[dict[str, Any]], tuple[TaskAnswer, Tokens] | None],
     below: float,
     keep_from: float = KEEP_FROM,
-) -> dict[str, Any]:
-    """The prediction of `reply` (text, tokens), its doubtful lists asked `again` with `schema` forced to go on.
+) -> TaskAnswer:
+    """`answer` (read from a reply with `tokens`), its doubtful lists asked `again` with `schema` forced to go on.
 
-    `again(schema)`: the prediction and tokens of the same prompt with that schema, or None
-    when that call failed (the first prediction stands). No call when no list is doubtful.
+    `again(schema)`: the answer and tokens of the same prompt with that schema, or None when that call
+    failed (the first answer stands). No call when no list is doubtful. `wanted`: how many controls were asked.
     """
-    text, tokens = reply
-    answers = parse_reply(text, list(names))
-    counts = doubtful(tokens, answers, names, below)
+    counts = doubtful(tokens, answer.list_lengths, below)
     if not counts or (second := again(forced_schema(schema, counts))) is None:
-        return prediction
+        return answer
     completes = (
-        {name: list_complete(tokens, name) for name in names if isinstance(answers.get(name), list)},
+        {name: list_complete(tokens, name) for name in answer.list_lengths},
         {name: list_complete(second[1], name) for name in counts},
     )
-    return extended(prediction, second[0], completes, len(names), keep_from)
+    grown = extended(answer, second[0], completes, wanted, keep_from)
+    return grown if grown is answer else replace(grown, before_extension=answer)

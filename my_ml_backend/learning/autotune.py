@@ -280,6 +280,15 @@ _running: set[tuple[str, str]] = set()
 _lock = threading.Lock()
 
 
+_finished: dict[tuple[str, str], float] = {}  # (project, config hash) -> when its last evaluation here finished
+
+
+def finished_at(project: str, config_hash: str) -> float:
+    """When this process last finished an evaluation of this project and config (0.0: never)."""
+    with _lock:
+        return _finished.get((project, config_hash), 0.0)
+
+
 def meta_key(config_hash: str) -> str:
     return f"fewshot_choice:{config_hash}"
 
@@ -303,9 +312,11 @@ def start(
     config_hash: str,
     bucket: int,
     run: Callable[[], Choice],
-    done: Callable[[], None] = lambda: None,
 ) -> bool:
-    """Run `run` in a background thread unless this project's evaluation is already running anywhere; then `done`."""
+    """Run `run` in a background thread unless this project's evaluation is already running anywhere.
+
+    Its result is stored and noted in this process (`finished_at`), where the project's model reads it.
+    """
     key = (project, config_hash)
     running_key = f"fewshot_eval_running:{config_hash}"
     with _lock:
@@ -332,6 +343,7 @@ def start(
             store.set_meta(project, meta_key(config_hash), choice.dumps())
             with _lock:
                 _choices[project] = choice
+                _finished[key] = choice.at
             METRICS.inc(EVALUATIONS)
             METRICS.inc(EVAL_CALLS, choice.calls)
             logger.info(
@@ -342,7 +354,6 @@ def start(
                 choice.region_maps or "none", choice.region_cuts or "none",
                 {None: "as set", True: "kept", False: "off"}[choice.extend],
             )
-            done()
         except EvaluationAborted as exc:  # the previous choice stays; the next try waits RETRY_AFTER
             logger.warning("少样本自动评估中止，%.0f 秒后可重试 (few-shot evaluation aborted, retried after %.0f s), "
                            "project %s: %s", RETRY_AFTER, RETRY_AFTER, project, exc)

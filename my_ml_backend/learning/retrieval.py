@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..labeling.prompts import PromptGuidance, build_prompt
 from ..labeling.schema import LabelingSchema
@@ -121,3 +121,19 @@ class Shots:
     def of_pool(cls, pool: Sequence[Example], form: Form, budget_chars: int) -> Shots:
         """Shots from a plain list of examples (the evaluation command's leave-one-out pool)."""
         return cls(ExampleIndex.from_examples(pool), form, budget_chars)
+
+
+class ExampleSource(Protocol):
+    """Where a predictor gets the examples a batch may show (read once per batch)."""
+
+    def shots(self) -> Shots | None: ...
+
+
+@dataclass(frozen=True)
+class FixedShots:
+    """The same examples for every batch (benchmarks, the evaluation command)."""
+
+    fixed: Shots | None
+
+    def shots(self) -> Shots | None:
+        return self.fixed

@@ -24,7 +24,7 @@ from typing import Any
 
 import openai
 
-from ..settings import Settings
+from ..settings import Settings, reveal
 from ..telemetry.metrics import (
     API_REQUESTS,
     API_RETRIES,
@@ -91,7 +91,7 @@ class LLMClient:
         if settings.has_api_key:
             http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
             self._client = openai.OpenAI(
-                api_key=settings.api_key,
+                api_key=reveal(settings.api_key),
                 base_url=settings.base_url,
                 timeout=settings.timeout,
                 max_retries=0,  # retried in `_send`, which knows the deadline and the other workers

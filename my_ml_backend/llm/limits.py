@@ -34,7 +34,7 @@ import time
 import uuid
 from typing import Any
 
-from ..settings import Settings
+from ..settings import Settings, reveal
 from ..storage import redis_db
 from ..storage.leases import Renewer
 from ..telemetry.metrics import CONCURRENCY_DECREASES, METRICS
@@ -238,7 +238,7 @@ def open_limiter(settings: Settings) -> AdaptiveLimiter:
     except Exception as exc:  # noqa: BLE001 - e.g. the redis package missing: stay per process
         logger.warning("无法连接 Redis，并发限制仅在本进程内生效 (cannot use Redis for limits): %s", exc)
         return AdaptiveLimiter(settings.concurrency, name=settings.model)
-    key = limits_key(settings.base_url, settings.api_key)
+    key = limits_key(settings.base_url, reveal(settings.api_key))
     logger.info("并发限制 %d 由 %s 共享 (concurrency limit shared through Redis)",
                 settings.concurrency, redis_db.describe(settings.redis_url))
     return SharedLimiter(settings.concurrency, redis, key, lease=settings.slot_lease, name=settings.model)

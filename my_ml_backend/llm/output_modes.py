@@ -1,14 +1,12 @@
 """How to ask an endpoint for JSON: the strongest mode it accepts, learned once.
 
-Endpoints differ (facts from public reports): vLLM, Ollama and llama.cpp's C++ server
-enforce a `json_schema` response format; ModelScope accepts `json_object` but answers
-`json_schema` with a 200 whose `choices` is null; DashScope's `json_object` needs
-the word "json" in the messages (our system prompt has it). llama-cpp-python's server
-(measured on 0.3.36, see tests/real_model) refuses `json_schema` with an HTTP 500 but
-enforces a `schema` sent inside `json_object`, hence the second rung. We start from
-the best mode we expect for the host and step down (json_schema -> json_object with
-the schema -> json_object -> plain text) when the endpoint refuses; the client
-remembers the mode so a refusal is paid only once.
+Endpoints differ: vLLM, Ollama and llama.cpp's C++ server enforce a `json_schema` response
+format; ModelScope answers `json_schema` with an empty 200 (the endpoint profile starts it at
+`json_object`); DashScope's `json_object` needs the word "json" in the messages (our system
+prompt has it); llama-cpp-python's server refuses `json_schema` but enforces a `schema` sent
+inside `json_object`, hence the second rung. We start from the endpoint profile's mode and
+step down (json_schema -> json_object with the schema -> json_object -> plain text) when the
+endpoint refuses; the client remembers the mode so a refusal is paid only once.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from ..settings import is_alibaba_host
+from ..settings import endpoint_profile
 
 
 class OutputMode(StrEnum):
@@ -32,10 +30,10 @@ class OutputMode(StrEnum):
 LADDER = (OutputMode.JSON_SCHEMA, OutputMode.JSON_OBJECT_SCHEMA, OutputMode.JSON_OBJECT, OutputMode.TEXT)
 
 def initial_mode(base_url: str, configured: str = "auto") -> OutputMode:
-    """`LLM_OUTPUT_MODE` if set, else json_object for ModelScope/DashScope, json_schema elsewhere."""
+    """`LLM_OUTPUT_MODE` if set, else the endpoint profile's starting mode."""
     if configured and configured != "auto":
         return OutputMode(configured)
-    return OutputMode.JSON_OBJECT if is_alibaba_host(base_url) else OutputMode.JSON_SCHEMA
+    return OutputMode(endpoint_profile(base_url).output_mode)
 
 
 def step_down(mode: OutputMode) -> OutputMode | None:

@@ -18,28 +18,20 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..settings import endpoint_profile
 from ..telemetry.metrics import CACHE_HITS, METRICS, Tally
 from .client import LLMClient
 from .errors import ErrorKind, PredictionError, deadline_reached, unexpected_error
-from .output_modes import OutputMode, is_alibaba_host
+from .output_modes import OutputMode
 from .replies import ChatReply, Usage, cache_entry, from_cache, worth_keeping
 
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
-# Packing by default on metered endpoints (ModelScope, DashScope): decided by the accuracy
-# measured in bench/free_tier_bench.py (see bench/RESULTS.md). Off: on the real local model
-# (Qwen2.5-Coder-0.5B), 8 short reviews a call fell from 79.0 % to 55.0 % (one call per task
-# vs 0.13 calls per task) and 4 long ones from 83.3 % to 62.5 %, with every id echoed and
-# parsed: the model, not the split, failed.
-# Packing stays a choice (LLM_TASKS_PER_CALL) to check on one's own data with evaluate.py.
-PACK_METERED = False
-
-
 def default_tasks_per_call(base_url: str) -> int:
-    """Tasks per call when LLM_TASKS_PER_CALL is unset: 0 (auto) on metered endpoints if enabled, else 1."""
-    return 0 if PACK_METERED and is_alibaba_host(base_url) else 1
+    """Tasks per call when LLM_TASKS_PER_CALL is unset: the endpoint profile's."""
+    return endpoint_profile(base_url).tasks_per_call
 
 
 def pack_outcomes(future: Future, n: int) -> list[Any]:

@@ -20,7 +20,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ..settings import Settings
+from ..settings import Settings, reveal
 from ..storage.fallback import CLEAR, READ, WRITE, StoreFailures, open_once
 from .errors import ErrorKind, PredictionError
 from .quota_clock import DayClock
@@ -113,7 +113,7 @@ def quota_used_up(clock: DayClock, models: list[str]) -> PredictionError:
 
 def account_id(settings: Settings) -> str:
     """Which account a ledger entry belongs to: a digest of endpoint and key (the key never stored)."""
-    raw = f"{settings.base_url.rstrip('/')}\n{settings.api_key or ''}"
+    raw = f"{settings.base_url.rstrip('/')}\n{reveal(settings.api_key)}"
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
 

@@ -37,7 +37,10 @@ class DayClock:
 
 
 def _zone(name: str) -> tzinfo:
+    """The IANA zone `name` (the `tzdata` package supplies the database where the system has none)."""
+    if name.upper() == "UTC":
+        return UTC
     try:
-        return ZoneInfo(name)  # the tzdata package carries the zones where the system has none (slim images)
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"LLM_QUOTA_RESET 的时区未知 (unknown time zone in LLM_QUOTA_RESET) {name!r}") from None

@@ -1,10 +1,9 @@
 """Models by (project, labeling config), and the 400 answer for requests Label Studio would never send.
 
-label-studio-ml 1.0.9 keeps one "current model" for the whole server; with Label
-Studio 1.23 that answers a second project with the first project's config. The
-registry keeps one model per (project, config hash), least recently used first out.
-It is bounded by count and by the configs' total size: a parsed config costs about
-80 bytes of memory per character (a 5,000-control config of 414 KB: 34 MB).
+The stock label-studio-ml app keeps one "current model" for the whole server, which answers
+a second project with the first project's config. The registry keeps one model per
+(project, config hash), least recently used first out. It is bounded by count and by the
+configs' total size: a parsed config takes many times its text's size in memory.
 """
 
 from __future__ import annotations

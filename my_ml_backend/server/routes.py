@@ -1,20 +1,18 @@
 """Server glue: the HTTP views Label Studio calls, installed on the stock label-studio-ml app.
 
-label-studio-ml 1.0.9 keeps one "current model" for the whole server and reports
-the wrapper's version (`INITIAL`) from `/setup`; with Label Studio 1.23 that gives
-duplicate predictions on every retrieve and answers a second project with the first
-project's config. So `/setup`, `/predict` and `/webhook` are re-pointed (through
-Flask's `view_functions`, the app stays the stock one) to views that:
+The stock app keeps one "current model" for the whole server and reports the wrapper's version
+from `/setup`: Label Studio then duplicates predictions on every retrieve and a second project is
+answered with the first one's config. So `/setup`, `/predict`, `/webhook` and the other stock
+routes are re-pointed (through Flask's `view_functions`, the app stays the stock one) to views that:
 - pick the model for the config each request carries (an LRU of models per config),
 - report the model's own `model_version` everywhere,
 - answer malformed requests with a 400 and a message instead of a 500 traceback,
 - run `fit()` in-process for webhooks (no forked process, no job folder in the source tree).
 `/metrics` (stock: an empty JSON) serves our counters in Prometheus text format.
 
-Hardening (issue 13): label-studio-ml's request/response debug hooks, which log every
-header and body, are removed; `guards.RequestGuard` checks auth, size and busy workers
-before Flask; `/health`, `/versions` and `/is_training` no longer show paths or
-tracebacks; any unexpected error is a JSON 500 without internals.
+The stock request/response debug hooks, which log every header and body, are removed;
+`guards.RequestGuard` checks auth, size and busy workers before Flask; `/health`, `/versions`
+and `/is_training` show no paths or tracebacks; any unexpected error is a JSON 500 without internals.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..settings import Settings, load_settings
+from ..settings import Settings
 from ..telemetry.metrics import CONTENT_TYPE, METRICS
 from .guards import RequestGuard, check_webhook, parse_json, server_options
 from .registry import BadRequest, ModelRegistry
@@ -60,10 +58,10 @@ def _drop_stock_logging(app: Flask) -> None:
 
 
 def install(
-    app: Flask, model_class: type, basic_auth: tuple[str, str] | None = None, settings: Settings | None = None
+    app: Flask, model_class: type, basic_auth: tuple[str, str] | None, settings: Settings
 ) -> ModelRegistry:
-    """Point the stock app's `/setup`, `/predict`, `/webhook` and `/metrics` at our views."""
-    settings = settings or load_settings()
+    """Point the stock app's `/setup`, `/predict`, `/webhook` and `/metrics` at our views (with the process's
+    settings: `model_class` is set up with the same ones, by `_wsgi.py`)."""
     registry = ModelRegistry(
         model_class, max_chars=settings.model_cache_chars, max_config_chars=settings.max_config_chars
     )
@@ -178,7 +176,7 @@ def install(
     app.view_functions["health"] = health
     app.view_functions["get_version"] = versions
     app.view_functions["_is_training"] = is_training
-    install_status_page(app, registry)  # browsers asking for `/` (basic auth is checked before, in RequestGuard)
+    install_status_page(app, registry, settings)  # browsers asking for `/` (RequestGuard checked basic auth)
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest) -> Any:

@@ -1,17 +1,17 @@
 """The web stack under the stock label-studio-ml app, checked against published advisories.
 
-label-studio-ml 1.0.9 pins Flask 1.1.2, Werkzeug 2.0.2, Jinja2 3.0.3 and itsdangerous
-2.0.1 (2021); `overrides.txt` replaces them (uv's `--override`), and this table says
-which release of each is the first past the advisories we know of. `pip-audit` cannot
-reach its advisory sources from our machines, so the table is kept by hand: checked
-against the advisories named in issue 13 and the projects' changelogs.
+label-studio-ml pins 2021 releases of Flask, Werkzeug, Jinja2 and itsdangerous; `overrides.txt`
+replaces them (uv's `--override`), and `FLOORS` says which release of each is the first past
+the advisories we know of. It is kept by hand because `pip-audit` cannot reach its advisory
+sources from our machines.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import re
 from typing import NamedTuple
+
+from packaging.version import Version
 
 
 class Floor(NamedTuple):
@@ -29,12 +29,6 @@ FLOORS: dict[str, Floor] = {
 }
 
 
-def version_tuple(version: str) -> tuple[int, ...]:
-    """`3.1.9` -> (3, 1, 9), `2.2` -> (2, 2, 0); local suffixes are ignored."""
-    parts = [int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3]]
-    return tuple(parts + [0] * (3 - len(parts)))
-
-
 def web_stack() -> list[tuple[str, str | None, Floor, bool]]:
     """(distribution, installed version or None, floor, at or past the floor) for each package."""
     rows = []
@@ -43,6 +37,6 @@ def web_stack() -> list[tuple[str, str | None, Floor, bool]]:
             installed: str | None = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             installed = None
-        ok = installed is not None and version_tuple(installed) >= version_tuple(floor.minimum)
+        ok = installed is not None and Version(installed) >= Version(floor.minimum)
         rows.append((dist, installed, floor, ok))
     return rows

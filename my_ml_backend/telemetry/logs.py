@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ..settings import Settings
+from ..settings import Settings, reveal
 
 FORMAT = "[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s"
 _PATTERNS = [
@@ -87,10 +87,11 @@ def configure_logging(
     for handler in list(root.handlers):
         if getattr(handler, "_ml_backend", False):
             root.removeHandler(handler)
-    known = [settings.api_key, settings.label_studio_api_key, settings.basic_auth_pass]
-    if settings.basic_auth_user and settings.basic_auth_pass:  # the header's token, should anything print it
-        known.append(base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass}".encode()).decode())
-    redactor = RedactSecrets([s or "" for s in known] + list(secrets or []))
+    password = reveal(settings.basic_auth_pass)
+    known = [reveal(settings.api_key), reveal(settings.label_studio_api_key), password]
+    if settings.basic_auth_user and password:  # the header's token, should anything print it
+        known.append(base64.b64encode(f"{settings.basic_auth_user}:{password}".encode()).decode())
+    redactor = RedactSecrets(known + list(secrets or []))
     stream = logging.StreamHandler(console or sys.stdout)
     if quiet and not settings.debug:
         stream.setLevel(logging.WARNING)

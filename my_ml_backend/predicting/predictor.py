@@ -1,0 +1,205 @@
+"""Predict a batch: prepare → ask (one strategy for single and packed calls) → read → calibrate → build items.
+
+Label Studio sends all selected tasks in one `/predict` and keeps nothing from a malformed reply, so a
+batch returns exactly one item per task, in order; a task that fails gets an item without a result instead
+of failing its batch. Errors that would repeat for every task (no key, quota used up …) stop further calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from types import EllipsisType
+from typing import Any
+
+from ..labeling.answers import TaskAnswer
+from ..labeling.calibration import ScoreMaps
+from ..labeling.prompts import PromptGuidance
+from ..labeling.schema import LabelingSchema
+from ..learning.retrieval import ExampleSource
+from ..llm.batch_stats import BatchStats
+from ..llm.client import LLMClient
+from ..llm.errors import PredictionError, deadline_reached
+from ..llm.packed import default_tasks_per_call, pack_outcomes
+from ..settings import Settings
+from ..telemetry.activity import ACTIVITY
+from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
+from .calibrate import BatchCalibration
+from .items import failed_item, prediction_item
+from .prepare import PreparedTask, PromptInputs, prepare_task
+from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, safely
+
+logger = logging.getLogger(__name__)
+
+
+def tasks_per_call(settings: Settings) -> int:
+    """1: one call per task; N: packs of N; 0: packs sized by tokens (LLM_TASKS_PER_CALL, else the endpoint's)."""
+    n = settings.tasks_per_call
+    return default_tasks_per_call(settings.base_url) if n is None else n
+
+
+@dataclass
+class BatchPlan:
+    """A batch before any call: its prepared tasks, the outcomes known already, the groups to ask."""
+
+    prepared: dict[int, PreparedTask]
+    ready: dict[int, Outcome]
+    groups: list[list[int]]
+
+
+class Predictor:
+    """Predicts tasks of one labeling config with one LLM client, under one `model_version`."""
+
+    def __init__(
+        self,
+        schema: LabelingSchema,
+        settings: Settings,
+        client: LLMClient,
+        model_version: str,
+        guidance: PromptGuidance | None = None,
+        examples: ExampleSource | None = None,
+        score_maps: ScoreMaps | None = None,
+    ) -> None:
+        self.schema, self.settings, self.client = schema, settings, client
+        self.model_version = model_version
+        self.guidance = guidance or PromptGuidance()
+        self.examples = examples  # the project's annotated examples and their form, read once per batch
+        self.tasks_per_call = tasks_per_call(settings)
+        extend_below = settings.extend_below if settings.extends_lists else 0.0
+        self.single = SingleCalls(client, settings.model, settings.max_tokens, extend_below)
+        self.strategy: AskStrategy = self.single if self.tasks_per_call == 1 else PackedCalls(
+            client, settings.model, settings.max_tokens, self.tasks_per_call, settings.pack_token_budget)
+        self.score_maps = score_maps  # the project's (`learning.scorefit`)
+        self.calibration = BatchCalibration(schema.data_keys, self._content_free_answer, score_maps)
+
+    def prompt_inputs(self, guidance: PromptGuidance | None = None) -> PromptInputs:
+        """Guidance (the request's own, else the project's) and the examples the batch may show."""
+        shots = None
+        if self.examples is not None:
+            try:
+                shots = self.examples.shots()
+            except Exception as exc:  # noqa: BLE001 - without examples the task is still predicted
+                logger.warning("读取标注示例失败，本批不使用示例 (cannot read examples): %s", exc)
+        return PromptInputs(guidance or self.guidance, shots)
+
+    def prepare(self, task: dict[str, Any], inputs: PromptInputs) -> PreparedTask:
+        # With logprobs the score comes from them: no self-reported confidence to ask for and pay.
+        return prepare_task(self.schema, task, inputs, self.settings.max_input_chars, not self.client.logprobs)
+
+    def plan(
+        self, tasks: list[dict[str, Any]], inputs: PromptInputs | None = None, tally: Tally | None = None
+    ) -> BatchPlan:
+        """Every task prepared, what is known without a call (no text, the cache), and the groups to ask."""
+        inputs = inputs or self.prompt_inputs()
+        prepared: dict[int, PreparedTask] = {}
+        failed: dict[int, Outcome] = {}
+        for i, task in enumerate(tasks):
+            made = safely(task.get("id") if isinstance(task, dict) else None, lambda t=task: self.prepare(t, inputs))
+            if isinstance(made, PredictionError):
+                failed[i] = made
+            else:
+                prepared[i] = made
+        ready, groups = self.strategy.plan(prepared, tally)
+        return BatchPlan(prepared, {**failed, **ready}, groups)
+
+    def predict_batch(
+        self,
+        tasks: list[dict[str, Any]],
+        guidance: PromptGuidance | None = None,
+        project: str = "",
+        stats: BatchStats | None = None,
+        deadline: float | None | EllipsisType = ...,
+    ) -> list[dict[str, Any]]:
+        """One Label Studio prediction item per task, in order; never raises for a task's failure.
+
+        `deadline`: seconds this batch may take (`...`: the settings' `batch_deadline`, what Label Studio
+        allows `/predict` less a margin; None: no limit). Tasks not finished by then get a failed item.
+        """
+        answers = self.answer_batch(tasks, guidance, project, stats, deadline)
+        return [failed_item(a, self.model_version) if isinstance(a, PredictionError)
+                else prediction_item(a, self.model_version) for a in answers]
+
+    def answer_batch(
+        self,
+        tasks: list[dict[str, Any]],
+        guidance: PromptGuidance | None = None,
+        project: str = "",
+        stats: BatchStats | None = None,
+        deadline: float | None | EllipsisType = ...,
+    ) -> list[Outcome]:
+        """One calibrated answer (or the error that stopped it) per task, in order."""
+        started = time.monotonic()
+        seconds = self.settings.batch_deadline if deadline is ... else deadline
+        ends = None if seconds is None else started + seconds
+        inputs = self.prompt_inputs(guidance)
+        stats = stats if stats is not None else BatchStats()
+        stats.tasks = len(tasks)
+        METRICS.inc(BATCHES)
+        METRICS.inc(TASKS, len(tasks))
+        ACTIVITY.configure(self.settings)
+        progress = ACTIVITY.start_batch(project, len(tasks), seconds or 0.0)  # the status page's row
+        fatal: list[PredictionError] = []  # the first error that would repeat for every task
+
+        def run(group: list[int]) -> list[Outcome]:
+            if fatal:
+                return [fatal[0]] * len(group)
+            if ends is not None and time.monotonic() > ends:
+                return [deadline_reached()] * len(group)
+            outcomes = self.strategy.run(prepared, group, ends, stats.calls)
+            fatal.extend(o for o in outcomes if isinstance(o, PredictionError) and o.fatal)
+            return outcomes
+
+        outcomes: list[Outcome | None] = [None] * len(tasks)
+        plan = self.plan(tasks, inputs, stats.calls)
+        prepared, groups = plan.prepared, plan.groups
+        for i, outcome in plan.ready.items():
+            outcomes[i] = outcome
+            self._count(outcome, tasks[i], stats)
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.concurrency, len(groups) or 1)),
+                                  thread_name_prefix="predict")
+        futures = {pool.submit(run, group): group for group in groups}
+        try:
+            for future in as_completed(futures, timeout=None if ends is None else max(0.0, ends - time.monotonic())):
+                group = futures[future]
+                for i, outcome in zip(group, pack_outcomes(future, len(group)), strict=True):
+                    outcomes[i] = outcome
+                    self._count(outcome, tasks[i], stats)
+                    ACTIVITY.task_done(progress, not isinstance(outcome, PredictionError))
+        except TimeoutError:
+            logger.warning("批次接近时限，未完成的任务返回空预测 (batch deadline reached)")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        for i, outcome in enumerate(outcomes):
+            if outcome is None:
+                outcomes[i] = err = deadline_reached()
+                stats.count_error(err)
+        done = self._settle([o for o in outcomes if o is not None], ends, seconds)
+        stats.log(time.monotonic() - started, progress, self.client.limiter.limit)
+        return done
+
+    def answer_task(self, task: dict[str, Any], inputs: PromptInputs, tally: Tally | None = None) -> TaskAnswer:
+        """One task's calibrated answer, with no deadline (the few-shot evaluation); raises `PredictionError`."""
+        answer = self.single.answer(self.prepare(task, inputs), None, tally)
+        return self.calibration.settle([answer], None, self.settings.batch_deadline)[0]
+
+    def _content_free_answer(self, task: dict[str, Any]) -> TaskAnswer | None:
+        """An uncalibrated answer for a content-free text (calibration's priors); lists are not asked to go on."""
+        try:
+            return self.single.answer(self.prepare(task, PromptInputs(self.guidance)), None, None, extend=False)
+        except PredictionError:
+            return None
+
+    def _settle(self, outcomes: list[Outcome], ends: float | None, seconds: float | None) -> list[Outcome]:
+        answers = [o for o in outcomes if isinstance(o, TaskAnswer)]
+        settled = iter(self.calibration.settle(answers, ends, seconds or self.settings.batch_deadline))
+        return [next(settled) if isinstance(o, TaskAnswer) else o for o in outcomes]
+
+    @staticmethod
+    def _count(outcome: Outcome, task: dict[str, Any], stats: BatchStats) -> None:
+        if isinstance(outcome, PredictionError):
+            stats.count_error(outcome)
+            logger.debug("Task %s failed: %s", task.get("id") if isinstance(task, dict) else None, outcome)
+        else:
+            stats.count_success()

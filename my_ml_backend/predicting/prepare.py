@@ -1,0 +1,79 @@
+"""Prepare a task: its texts, the controls asked, its one-task call and the reader of its reply.
+
+No call is made here. A task without text fails alone with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..labeling import packing
+from ..labeling.answers import TaskAnswer, read_answer
+from ..labeling.prompts import PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
+from ..labeling.schema import LabelingSchema, Target
+from ..learning.retrieval import Shots
+from ..llm.errors import no_text
+from ..llm.packed import Ask
+from ..llm.replies import ChatReply
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptInputs:
+    """What every prompt of a batch adds to its task's texts: guidance and the examples it may show."""
+
+    guidance: PromptGuidance = field(default_factory=PromptGuidance)
+    shots: Shots | None = None
+
+
+@dataclass
+class PreparedTask:
+    """A task ready to ask: its texts, the controls asked, its one-task call, its own size in tokens."""
+
+    task: dict[str, Any]
+    schema: LabelingSchema
+    texts: dict[str, str]
+    wanted: list[Target]
+    ask: Ask
+    tokens: int
+    _last: tuple[ChatReply, TaskAnswer] | None = None
+
+    def read(self, reply: ChatReply) -> TaskAnswer:
+        """The reply read into this task's answer; the same reply is read once (the cache check reads it first)."""
+        if self._last is not None and self._last[0] is reply:
+            return self._last[1]
+        answer = read_answer(self.schema, self.texts, self.wanted, reply.text, reply.tokens)
+        self._last = (reply, answer)
+        return answer
+
+
+def prepare_task(
+    schema: LabelingSchema, task: dict[str, Any], inputs: PromptInputs, max_chars: int, confidence: bool
+) -> PreparedTask:
+    """The task's texts and its one-task call; raises `PredictionError` when it has no text.
+
+    `confidence`: ask the model for a self-reported confidence (only where no logprobs come back).
+    """
+    data = task.get("data") or {}
+    if not isinstance(data, dict):  # Label Studio's task data is an object; anything else holds no field
+        raise no_text(schema.data_keys)
+    texts, truncated = read_texts(schema, data, max_chars)
+    if not texts:
+        raise no_text(schema.data_keys)
+    for name in truncated:
+        logger.warning("任务 %s 的文本 %s 超过 %d 字符，已截断 (text truncated to MAX_INPUT_CHARS)",
+                       task.get("id"), name, max_chars)
+    if inputs.shots is not None:
+        messages = inputs.shots.messages(schema, texts, inputs.guidance, task.get("id"), confidence)
+    else:
+        messages = build_prompt(schema, texts, inputs.guidance, confidence=confidence)
+    wanted = wanted_targets(schema, texts)
+    logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
+    logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
+    ask = Ask(messages, answer_schema(schema, texts, inputs.guidance.reasoning, confidence))
+    prepared = PreparedTask(task, schema, texts, wanted, ask, packing.estimate_tokens("\n".join(texts.values())))
+    ask.accept = lambda reply: prepared.read(reply).answered  # only a reply with a valid result is worth caching
+    return prepared
