@@ -17,7 +17,7 @@ RUN pip install "uv>=0.5,<1" && uv pip install --system -r requirements.txt --ov
 COPY my_ml_backend ./my_ml_backend
 COPY gunicorn.conf.py ./
 COPY examples ./examples
-COPY check_modelscope_env.py test_openai_client.py test_modelscope_text.py test_ml_backend.py ./
+COPY check_modelscope_env.py check_openai_client.py check_modelscope_text.py check_ml_backend.py test_openai_client.py test_modelscope_text.py test_ml_backend.py ./
 # The command-line jobs, so that users can run them in the container (docker compose exec ml-backend python …).
 COPY batch_predict.py evaluate.py ./
 

@@ -162,7 +162,7 @@ def check_endpoint(report: Report, settings) -> None:  # noqa: ANN001
     try:
         models = [m.id for m in client.models.list()]
     except openai.NotFoundError:
-        report.warn("端点不提供 /models 列表 (endpoint has no /models); 请运行 test_openai_client.py")
+        report.warn("端点不提供 /models 列表 (endpoint has no /models); 请运行 check_openai_client.py")
         check_pool(report, settings, [])
         return
     except Exception as exc:  # noqa: BLE001

@@ -102,11 +102,12 @@ def worker(impl: Path, data_dir: Path, queries_file: Path, tasks: int) -> None:
 
         index = ExampleIndex(schema, 4000)
         index.apply(store.snapshot(PROJECT)[1])
-        form = retrieval.Form(3, "block")
+        form = getattr(retrieval, "FewShotForm", None) or retrieval.Form  # an older tree names it Form
+        form = form(3, "block")
 
         def select(text: str, task_id: int) -> list:
             return retrieval.choose(index, {"text": text}, form, 1500, task_id)
-    else:  # today: the pool read from the store, then every example scored per task
+    else:  # an older tree: the pool read from the store, then every example scored per task
         from my_ml_backend.learning.events import example_pool
 
         pool = example_pool(store, PROJECT, schema, 4000)

@@ -68,7 +68,7 @@ from my_ml_backend.labeling.controls.spans import locate  # noqa: E402
 from my_ml_backend.learning import scorefit  # noqa: E402
 from my_ml_backend.learning.autotune import Judged, extension_verdict  # noqa: E402
 from my_ml_backend.learning.examples import Example, answers_from_results  # noqa: E402
-from my_ml_backend.learning.retrieval import FixedShots, Form, Shots  # noqa: E402
+from my_ml_backend.learning.retrieval import FewShotExamples, FewShotForm, FixedExamples  # noqa: E402
 from my_ml_backend.llm.errors import PredictionError  # noqa: E402
 from my_ml_backend.predicting.factory import build_predictor  # noqa: E402
 from my_ml_backend.settings import load_settings  # noqa: E402
@@ -289,7 +289,7 @@ class HeldOutShots:
 
     pool: list[tuple[str, Example]]  # (template, example)
     template_of: dict[str, str]  # task text -> its template
-    form: Form
+    form: FewShotForm
     budget_chars: int = 1500  # FEWSHOT_MAX_CHARS's default
 
     def messages(self, schema: Any, texts: dict[str, str], guidance: Any, task_id: Any = None,
@@ -297,10 +297,11 @@ class HeldOutShots:
         text = texts.get("text", "")
         own = self.template_of.get(text, "")
         kept = [e for t, e in self.pool if e.texts.get("text") != text and not (own and t == own)]
-        return Shots.of_pool(kept, self.form, self.budget_chars).messages(schema, texts, guidance, None, confidence)
+        examples = FewShotExamples.of_pool(kept, self.form, self.budget_chars)
+        return examples.messages(schema, texts, guidance, None, confidence)
 
 
-def annotated_pool(data: DataSet, others: list[DataSet], form: Form) -> HeldOutShots | None:
+def annotated_pool(data: DataSet, others: list[DataSet], form: FewShotForm) -> HeldOutShots | None:
     """`others` (sets drawn with another seed) as annotated examples for `data`'s tasks, shown in `form`."""
     if not others or form.k <= 0:
         return None
@@ -324,7 +325,7 @@ def ours(
     def run(config: str, items: list[Item]) -> list[Answer]:
         if shots:
             count, form = len(shots.pool), shots.form
-            predictor = build_predictor(config, settings, examples=FixedShots(shots), count=count, form=form)
+            predictor = build_predictor(config, settings, examples=FixedExamples(shots), count=count, form=form)
         else:
             predictor = build_predictor(config, settings)
         answers = []
@@ -932,7 +933,7 @@ def main() -> None:
         env["LLM_LOGPROBS"] = args.logprobs
         env["LLM_EXTEND_LISTS"] = args.extend
         print("# Quality benchmark: our prompt vs an llm_interactive-style baseline\n")
-        shown = Form.parse(args.examples)
+        shown = FewShotForm.parse(args.examples)
         examples = f"few-shot {shown.name} (other seed, other templates)" if shown.k else "no examples"
         print(f"- model: {model} on llama-cpp-python (local), temperature 0, one request at a time; seed {args.seed}")
         if args.baseline_repeat_penalty is not None:

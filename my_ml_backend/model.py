@@ -25,7 +25,7 @@ from .labeling.prompts import PromptGuidance, context_instruction, guidance_from
 from .learning import autotune
 from .learning.events import examples_bucket, record_event, resync
 from .learning.live import ProjectExamples, live_index
-from .learning.retrieval import Form
+from .learning.retrieval import FewShotForm
 from .learning.store import open_example_store
 from .predicting.factory import build_predictor, schema_for
 from .predicting.form_evaluation import choose_form
@@ -68,7 +68,7 @@ class NewModel(LabelStudioMLBase):
         base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
         self.guidance = guidance_from_params(base, self.extra_params)
         count = self._count()
-        self.form, self.choice = self._form(count)  # choice: the last automatic evaluation (its score maps)
+        self.form, self.evaluation = self._form(count)  # the last automatic evaluation (its score maps)
         self.evaluated_at = autotune.finished_at(self.project_id, self.schema.config_hash)
         self.examples = None
         if self.store is not None:
@@ -77,7 +77,7 @@ class NewModel(LabelStudioMLBase):
         if self.form.k:  # build the index in the background, from just after /setup has answered
             live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=2.0)
         self.predictor = build_predictor(
-            self.label_config, self.settings, self.guidance, self.examples, count, self.form, self.choice
+            self.label_config, self.settings, self.guidance, self.examples, count, self.form, self.evaluation
         )
         self.model_version = self.predictor.model_version
         logger.debug(
@@ -104,27 +104,27 @@ class NewModel(LabelStudioMLBase):
             logger.warning("无法读取示例库 (cannot read the example store): %s", exc)
             return 0
 
-    def _form(self, count: int) -> tuple[Form, autotune.Choice | None]:
+    def _form(self, count: int) -> tuple[FewShotForm, autotune.FewShotEvaluation | None]:
         """The explicit FEWSHOT_EXAMPLES, or the form the last automatic evaluation chose (zero-shot before),
         with that evaluation; starts the next evaluation when one is due."""
         if not self.settings.fewshot_auto:
-            return Form(self.settings.fewshot_k, self.settings.fewshot_form), None
+            return FewShotForm(self.settings.fewshot_k, self.settings.fewshot_form), None
         if self.store is None:
-            return Form(0), None
-        choice = autotune.stored_choice(self.store, self.project_id, self.schema.config_hash)
-        self._autotune(count, choice)
-        return (Form.parse(choice.form) if choice else Form(0)), choice
+            return FewShotForm(0), None
+        evaluation = autotune.stored_evaluation(self.store, self.project_id, self.schema.config_hash)
+        self._autotune(count, evaluation)
+        return (FewShotForm.parse(evaluation.form) if evaluation else FewShotForm(0)), evaluation
 
-    def _autotune(self, count: int, choice: autotune.Choice | None = None, force: bool = False) -> None:
+    def _autotune(self, count: int, evaluation: autotune.FewShotEvaluation | None = None, force: bool = False) -> None:
         """Start the automatic evaluation when due: Train button (`force`), or a new example-count bucket."""
         settings = self.settings
         if not (settings.fewshot_auto and settings.fewshot_eval_calls > 0 and self.store is not None):
             return
         bucket = examples_bucket(count)
-        if not force and (count < autotune.MIN_EXAMPLES or (choice is not None and choice.bucket >= bucket)):
+        if not force and (count < autotune.MIN_EXAMPLES or (evaluation is not None and evaluation.bucket >= bucket)):
             return
 
-        def run() -> autotune.Choice:
+        def run() -> autotune.FewShotEvaluation:
             index = live_index(self.store, self.project_id, self.schema, settings.max_input_chars).current(wait=600)
             if index is None:
                 raise RuntimeError("example index not available")
@@ -169,7 +169,7 @@ class NewModel(LabelStudioMLBase):
                 done = self._start_resync(project_id)
             else:
                 count = self._count()
-                self._autotune(count, autotune.stored_choice(self.store, project_id, self.schema.config_hash))
+                self._autotune(count, autotune.stored_evaluation(self.store, project_id, self.schema.config_hash))
         elif event == "START_TRAINING":
             done = self._start_resync(project_id)
         logger.info("示例库 (examples): %s", done)

@@ -40,6 +40,7 @@ def model_version(
     }
     if guidance:
         fields["guidance"] = guidance
+    fewshot_form = fewshot_form.replace("per-label-", "labels-")  # the old spelling keeps existing projects' versions
     if examples_bucket and fewshot_form and fewshot_form != "0":
         fields["examples"] = [examples_bucket, fewshot_form, settings.fewshot_max_chars]
     elif examples_bucket and settings.fewshot_k and not fewshot_form:

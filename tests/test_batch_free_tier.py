@@ -123,10 +123,10 @@ def test_the_batch_job_scores_with_the_projects_fitted_map_as_predict_does(
     scores must mean the same: the project's stored score map (fitted on this model and prompt) applies to both;
     a map fitted for another model does not."""
     from my_ml_backend.labeling.prompts import PromptGuidance
-    from my_ml_backend.learning.autotune import Choice, meta_key
+    from my_ml_backend.learning.autotune import FewShotEvaluation, meta_key
     from my_ml_backend.learning.scorefit import ScoreMap
     from my_ml_backend.learning.store import open_example_store
-    from my_ml_backend.predicting.factory import project_choice, schema_for
+    from my_ml_backend.predicting.factory import project_evaluation, schema_for
     from my_ml_backend.versioning import model_version
 
     llm.set_responder(lambda body: fake.chat('{"sentiment": "正面", "_confidence": 0.9}'))
@@ -141,8 +141,8 @@ def test_the_batch_job_scores_with_the_projects_fitted_map_as_predict_does(
 
     def scores_with(version: str) -> float:
         fitted = ScoreMap(a=1.0, b=-2.0, n=30, right=9, version=version).to_dict()
-        store.set_meta("1", meta_key(schema.config_hash), Choice(form="0", score_map=fitted).dumps())
-        predictor = build_predictor(cfg, settings, choice=project_choice(cfg, settings, 1))
+        store.set_meta("1", meta_key(schema.config_hash), FewShotEvaluation(form="0", score_map=fitted).dumps())
+        predictor = build_predictor(cfg, settings, evaluation=project_evaluation(cfg, settings, 1))
         [prediction] = predictor.predict_batch(reviews(1))
         return prediction["score"]
 

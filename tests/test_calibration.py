@@ -7,7 +7,7 @@ import math
 import pytest
 
 from my_ml_backend.labeling.answers import ChoiceDistribution, TaskAnswer, choice_distribution
-from my_ml_backend.labeling.calibration import calibrate, content_free_prior, content_free_priors, settle
+from my_ml_backend.labeling.calibration import calibrate, calibrate_answer, content_free_prior, content_free_priors
 from my_ml_backend.labeling.controls.base import ordered
 
 TOPICS = ["computers", "food", "law", "medicine", "sports"]
@@ -57,11 +57,11 @@ def test_the_prior_is_the_content_free_mean_mixed_with_uniform() -> None:
     assert calibrate([0.6, 0.4], [0.8, 0.2], strength=0) == pytest.approx([0.6, 0.4])
 
 
-def test_settle_leaves_multi_control_scores_and_unscored_items_alone() -> None:
+def test_calibrate_answer_leaves_multi_control_scores_and_unscored_items_alone() -> None:
     region = {"from_name": "topic", "value": {"choices": ["food"]}, "score": 0.5}
     other = {"from_name": "ner", "value": {"labels": ["PER"]}, "score": 0.9}
     answer = TaskAnswer([region, other], 0.35, 0.5, "en", {"topic": ChoiceDistribution(("food", "law"), (0.5, 0.5))})
-    calibrated = settle(answer, {("topic", "zh"): [0.1, 0.9]})  # another language's prior: not used
+    calibrated = calibrate_answer(answer, {("topic", "zh"): [0.1, 0.9]})  # another language's prior: not used
     assert calibrated.regions[0]["score"] == 0.5 and calibrated.score == pytest.approx((0.5 + 0.9) / 2 * 0.5)
     assert calibrated.regions[1] == other
 
@@ -115,6 +115,6 @@ def test_shared_first_tokens_no_longer_leave_the_answer_to_the_listed_position()
     answer = TaskAnswer([{"from_name": "topic", "to_name": "text", "type": "choices",
                           "value": {"choices": ["评价正面"]}, "score": 0.45}], 0.45, 1.0, "zh",
                         {"topic": ChoiceDistribution(("评价正面", "评价负面"), tuple(dist))})
-    prediction = settle(answer, {("topic", "zh"): [0.5, 0.5]})
+    prediction = calibrate_answer(answer, {("topic", "zh"): [0.5, 0.5]})
     assert prediction.regions[0]["value"]["choices"] == ["评价负面"]
     assert prediction.regions[0]["score"] == pytest.approx(0.55)

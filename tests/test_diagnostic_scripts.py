@@ -13,7 +13,8 @@ import check_modelscope_env
 from tests.conftest import ROOT, TEST_KEY, Backend
 from tests.fake_llm import server as fake
 
-SCRIPTS = ["check_modelscope_env.py", "test_openai_client.py", "test_modelscope_text.py", "test_ml_backend.py"]
+SCRIPTS = ["check_modelscope_env.py", "check_openai_client.py", "check_modelscope_text.py", "check_ml_backend.py"]
+OLD_NAMES = ["test_openai_client.py", "test_modelscope_text.py", "test_ml_backend.py"]  # kept as aliases
 
 
 def run(script: str, *args: str, env: dict[str, str] | None = None, python: str = sys.executable) -> tuple[int, str]:
@@ -25,7 +26,7 @@ def run(script: str, *args: str, env: dict[str, str] | None = None, python: str 
     return proc.returncode, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + OLD_NAMES)
 def test_help_exits_0_without_any_api_call(script: str, llm: fake.FakeLLMServer) -> None:
     code, out = run(script, "--help", env={"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url})
     assert code == 0 and out.startswith("usage:"), out
@@ -33,7 +34,7 @@ def test_help_exits_0_without_any_api_call(script: str, llm: fake.FakeLLMServer)
 
 
 def test_no_doubled_emoji_on_a_missing_key(llm: fake.FakeLLMServer) -> None:
-    code, out = run("test_openai_client.py", env={"MODELSCOPE_API_URL": llm.base_url})
+    code, out = run("check_openai_client.py", env={"MODELSCOPE_API_URL": llm.base_url})
     assert code == 1 and "❌ API Key未设置" in out and "❌ ❌" not in out, out
 
 
@@ -47,7 +48,7 @@ def test_modelscope_text_stops_after_an_error_every_task_would_repeat(
 ) -> None:
     if reply is not None:
         llm.set_responder(lambda _req: reply())
-    code, out = run("test_modelscope_text.py", env={"MODELSCOPE_API_KEY": key, "MODELSCOPE_API_URL": llm.base_url})
+    code, out = run("check_modelscope_text.py", env={"MODELSCOPE_API_KEY": key, "MODELSCOPE_API_URL": llm.base_url})
     assert code == 1 and "已停止 (stopped" in out and out.count("❌") == 1 and "❌ ❌" not in out, out
     assert "=== code_comments ===" not in out  # the second of the five task types never ran
     assert llm.chat_calls == calls
@@ -76,5 +77,5 @@ def test_versions_are_compared_with_what_the_project_installs() -> None:
 
 
 def test_ml_backend_script_shows_the_backend_error_once(keyless_backend: Backend) -> None:
-    code, out = run("test_ml_backend.py", keyless_backend.url)
+    code, out = run("check_ml_backend.py", keyless_backend.url)
     assert code == 1 and "❌ /predict: API Key未设置" in out and "❌ ❌" not in out, out

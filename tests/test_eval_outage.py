@@ -6,13 +6,14 @@ decision ("no form beat zero-shot"), so the project stayed zero-shot until its e
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from my_ml_backend.learning import autotune
-from my_ml_backend.learning.autotune import Choice, EvaluationAborted, Judged, candidates, evaluate
+from my_ml_backend.learning.autotune import EvaluationAborted, FewShotEvaluation, Judged, candidates, evaluate
 from my_ml_backend.learning.examples import Example
 from my_ml_backend.learning.index import ExampleIndex
 from my_ml_backend.learning.store import SQLiteExampleStore
@@ -25,7 +26,7 @@ def pool(n: int = 24) -> ExampleIndex:
         [Example(i, {"text": f"评论 {i} 号"}, {"sentiment": labels[i % 2]}) for i in range(1, n + 1)], SCHEMA)
 
 
-def run(judge: object) -> Choice:
+def run(judge: object) -> FewShotEvaluation:
     calls = iter(range(10_000))
     return evaluate(pool(), candidates(3), 60, judge, lambda: next(calls), 0, "v", "v")  # type: ignore[arg-type]
 
@@ -41,18 +42,17 @@ def test_an_evaluation_whose_predictions_fail_is_aborted_not_stored_as_a_decisio
 
 def test_after_an_aborted_evaluation_the_previous_choice_stays_and_a_retry_waits(tmp_path: Path) -> None:
     store = SQLiteExampleStore(tmp_path / "examples.sqlite3")
-    previous = Choice(form="block-3", reason="an earlier evaluation", samples=12)
+    previous = FewShotEvaluation(form="block-3", reason="an earlier evaluation", samples=12)
     store.set_meta("9", autotune.meta_key("h"), previous.dumps())
 
-    def aborted() -> Choice:
+    def aborted() -> FewShotEvaluation:
         raise EvaluationAborted("3 of 3 predictions failed")
 
     assert autotune.start(store, "9", "h", 16, aborted)
-    for _ in range(100):  # the evaluation runs in a thread
-        if float(store.get_meta("9", "fewshot_eval_running:h") or 0) != 0 and not autotune._running:
-            break
-        time.sleep(0.05)
-    assert autotune.stored_choice(store, "9", "h").form == "block-3"  # not replaced by a 0 % "decision"
-    assert not autotune.start(store, "9", "h", 16, lambda: Choice(form="0"))  # the next webhook does not retry yet
+    for worker in [t for t in threading.enumerate() if t.name == "fewshot-eval-9"]:  # the evaluation's thread
+        worker.join(timeout=10)
+    assert autotune.stored_evaluation(store, "9", "h").form == "block-3"  # not replaced by a 0 % "decision"
+    # the next webhook does not retry yet
+    assert not autotune.start(store, "9", "h", 16, lambda: FewShotEvaluation(form="0"))
     marker = float(store.get_meta("9", "fewshot_eval_running:h"))
     assert marker + autotune.RUNNING_FOR - time.time() == pytest.approx(autotune.RETRY_AFTER, abs=5)

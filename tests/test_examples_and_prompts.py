@@ -7,7 +7,7 @@ from my_ml_backend.labeling.prompts import PromptGuidance, build_prompt
 from my_ml_backend.labeling.results import build_results
 from my_ml_backend.labeling.schema import parse_schema
 from my_ml_backend.learning.examples import Example, answers_from_results, example_from_annotation
-from my_ml_backend.learning.retrieval import render_examples, select_examples
+from my_ml_backend.learning.retrieval import FewShotExamples, FewShotForm, choose, render_examples
 from tests.test_controls import CONFIG as ALL_CONTROLS
 
 SENTIMENT = """<View>
@@ -60,6 +60,12 @@ def pool() -> list[Example]:
         ("这本书的内容很有启发", "正面"),
     ]
     return [Example(i, {"text": t}, {"sentiment": label}) for i, (t, label) in enumerate(texts, start=1)]
+
+
+def select_examples(pool: list[Example], texts: dict[str, str], k: int, budget_chars: int) -> list[Example]:
+    """The examples the block form shows for a task from a plain pool (what the evaluation command builds)."""
+    examples = FewShotExamples.of_pool(pool, FewShotForm(k, "block"), budget_chars)
+    return choose(examples.index, texts, examples.form, examples.budget_chars)
 
 
 def test_selection_prefers_similar_texts_and_covers_each_answer() -> None:

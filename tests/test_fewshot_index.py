@@ -16,7 +16,7 @@ from my_ml_backend.learning.events import record_event
 from my_ml_backend.learning.examples import Example, example_from_annotation
 from my_ml_backend.learning.index import ExampleIndex
 from my_ml_backend.learning.live import LiveIndex
-from my_ml_backend.learning.retrieval import Form, Shots, choose
+from my_ml_backend.learning.retrieval import FewShotExamples, FewShotForm, choose
 from my_ml_backend.learning.store import RedisExampleStore, SQLiteExampleStore
 from tests import store_writer
 from tests.test_learning import SCHEMA, event
@@ -164,7 +164,7 @@ def test_the_task_itself_is_never_its_own_example() -> None:
     pool = reviews(50)
     index = ExampleIndex.from_examples(pool, SCHEMA)
     task = pool[10]
-    for form in (Form(3, "block"), Form(3, "chat"), Form(2, "labels")):
+    for form in (FewShotForm(3, "block"), FewShotForm(3, "chat"), FewShotForm(2, "labels")):
         by_id = choose(index, {"text": task.texts["text"] + "！"}, form, 10_000, task_id=task.task_id)
         by_text = choose(index, task.texts, form, 10_000, task_id=None)
         assert by_id and by_text and task not in by_id and task not in by_text, form
@@ -177,16 +177,17 @@ def test_forms_choose_and_render_examples_differently() -> None:
     ])]
     index = ExampleIndex.from_examples(pool, SCHEMA)
     texts = {"text": "物流很快，包装不错"}
-    labels = choose(index, texts, Form(1, "labels"), 10_000)
+    labels = choose(index, texts, FewShotForm(1, "labels"), 10_000)
     assert sorted(e.answers["sentiment"] for e in labels) == ["正面", "负面"]  # one per label, most similar last
     assert labels[-1].task_id == 0
-    block = Shots(index, Form(2, "block"), 10_000).messages(SCHEMA, texts, _guidance())
+    block = FewShotExamples(index, FewShotForm(2, "block"), 10_000).messages(SCHEMA, texts, _guidance())
     assert len(block) == 2 and "示例 1" in block[1]["content"] and "物流很快，包装完好" in block[1]["content"]
-    chat = Shots(index, Form(2, "chat"), 10_000).messages(SCHEMA, texts, _guidance())
+    chat = FewShotExamples(index, FewShotForm(2, "chat"), 10_000).messages(SCHEMA, texts, _guidance())
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert "物流很快，包装完好" in chat[3]["content"] and chat[4]["content"] == '{"sentiment": "正面"}'
     assert "物流很快，包装不错" in chat[-1]["content"] and "示例" not in chat[-1]["content"]
-    assert Shots(index, Form(0), 10_000).messages(SCHEMA, texts, _guidance())[1]["content"] == chat[-1]["content"]
+    zero_shot = FewShotExamples(index, FewShotForm(0), 10_000).messages(SCHEMA, texts, _guidance())
+    assert zero_shot[1]["content"] == chat[-1]["content"]
 
 
 def _guidance():  # noqa: ANN202
@@ -195,13 +196,26 @@ def _guidance():  # noqa: ANN202
     return PromptGuidance()
 
 
-@pytest.mark.parametrize(("name", "form"), [("0", Form(0)), ("3", Form(3, "block")), ("chat-2", Form(2, "chat")),
-                                            ("labels-1", Form(1, "labels")), ("block-0", Form(0))])
-def test_form_names(name: str, form: Form) -> None:
-    assert Form.parse(name) == form
-    assert Form.parse(form.name) == form
+@pytest.mark.parametrize(("name", "form"), [("0", FewShotForm(0)), ("3", FewShotForm(3, "block")),
+                                            ("chat-2", FewShotForm(2, "chat")), ("labels-1", FewShotForm(1, "labels")),
+                                            ("per-label-1", FewShotForm(1, "per-label")), ("block-0", FewShotForm(0))])
+def test_form_names(name: str, form: FewShotForm) -> None:
+    assert FewShotForm.parse(name) == form
+    assert FewShotForm.parse(form.name) == form
     with pytest.raises(ValueError):
-        Form.parse("poetry-3")
+        FewShotForm.parse("poetry-3")
+
+
+def test_the_per_label_form_keeps_the_model_version_it_had_as_labels() -> None:
+    """Renaming the style must not make Label Studio predict every task of an existing project again."""
+    from my_ml_backend.settings import load_settings
+    from my_ml_backend.versioning import model_version
+    from tests.conftest import TEST_KEY
+
+    settings = load_settings({"MODELSCOPE_API_KEY": TEST_KEY})
+    assert FewShotForm.parse("labels-1").name == "per-label-1"
+    assert model_version(settings, "c", "", 2, "per-label-1") == model_version(settings, "c", "", 2, "labels-1")
+    assert model_version(settings, "c", "", 2, "per-label-1") != model_version(settings, "c", "", 2, "chat-1")
 
 
 def test_an_unreadable_annotation_is_skipped_and_the_next_ones_still_become_examples(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ import redis
 
 from my_ml_backend.labeling.controls import OBJECT_TAGS
 from my_ml_backend.labeling.schema import parse_schema
-from my_ml_backend.learning.events import example_pool, examples_bucket, record_event
+from my_ml_backend.learning.events import examples_bucket, record_event
+from my_ml_backend.learning.examples import Example
+from my_ml_backend.learning.index import ExampleIndex
 from my_ml_backend.learning.store import RedisExampleStore, SQLiteExampleStore, StoredAnnotation, open_example_store
 from my_ml_backend.settings import load_settings
 
@@ -30,8 +32,15 @@ def event(annotation_id: int, task_id: int, label: str, text: str = "", **annota
     }
 
 
+def shown(store: SQLiteExampleStore | RedisExampleStore, project: str = "1") -> list[Example]:
+    """The examples a task of `project` may be shown, read from the store as the project's index reads them."""
+    index = ExampleIndex(SCHEMA, 4000)
+    index.apply(store.all(project))
+    return index.shown()
+
+
 def pool_of(store: SQLiteExampleStore | RedisExampleStore) -> dict[int, object]:
-    return {e.task_id: e.answers["sentiment"] for e in example_pool(store, "1", SCHEMA, 4000)}
+    return {e.task_id: e.answers["sentiment"] for e in shown(store)}
 
 
 def test_created_updated_cancelled_and_deleted_annotations(tmp_path: Path) -> None:
@@ -47,7 +56,7 @@ def test_created_updated_cancelled_and_deleted_annotations(tmp_path: Path) -> No
     message = record_event(store, SCHEMA, "1", "ANNOTATIONS_DELETED", {"annotations": [{"id": 10}, {"id": 99}]})
     assert message == "1 of 2 annotation(s) removed"
     assert pool_of(store) == {}
-    assert example_pool(store, "2", SCHEMA, 4000) == []  # projects are separate
+    assert shown(store, "2") == []  # projects are separate
 
 
 def test_newest_annotation_of_a_task_wins_and_survives_a_restart(tmp_path: Path) -> None:
@@ -98,7 +107,7 @@ def test_redis_example_store_shares_examples_between_replicas(redis_db: str) -> 
     assert pool_of(first) == pool_of(second) == {3: "正面", 4: "负面"}
     record_event(second, SCHEMA, "1", "ANNOTATIONS_DELETED", {"annotations": [{"id": 30}]})
     assert pool_of(first) == {4: "负面"}
-    assert example_pool(first, "2", SCHEMA, 4000) == []
+    assert shown(first, "2") == []
 
 
 def test_redis_counts_are_examples_per_project_and_nothing_else(redis_db: str, tmp_path: Path) -> None:

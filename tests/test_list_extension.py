@@ -17,7 +17,7 @@ import pytest
 from my_ml_backend.labeling.answers import TaskAnswer, read_answer
 from my_ml_backend.labeling.extension import doubtful, enforced, extended, forced_schema, new_regions
 from my_ml_backend.labeling.schema import LabelingSchema
-from my_ml_backend.learning.autotune import Choice, Judged, extension_verdict
+from my_ml_backend.learning.autotune import FewShotEvaluation, Judged, extension_verdict
 from my_ml_backend.predicting.factory import schema_for
 from my_ml_backend.settings import load_settings
 from tests.conftest import TEST_KEY, Backend
@@ -124,8 +124,9 @@ def test_the_projects_annotations_keep_or_drop_list_extension_by_the_regions_it_
     verdict, why = extension_verdict([Judged(False, 0.4, [person, invented, invented], wrong_first)] * 2 + [
         Judged(True, 0.8, [person, found], first)])
     assert verdict is False and why == "list extension added 1 regions the annotators have and 2 they do not"
-    assert Choice.loads('{"form": "0"}').extend is None  # a choice stored before this field: the setting stands
-    assert Choice.loads(Choice(extend=False).dumps()).extend is False
+    # an evaluation stored before this field: the setting stands
+    assert FewShotEvaluation.loads('{"form": "0"}').extend is None
+    assert FewShotEvaluation.loads(FewShotEvaluation(extend=False).dumps()).extend is False
 
 
 def test_the_setting_is_auto_off_or_a_threshold() -> None:

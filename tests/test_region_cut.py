@@ -1,10 +1,10 @@
-"""The region cut fitted on a project's judged regions (`scorefit.fit_cut`) and its use in `settle`."""
+"""The region cut fitted on a project's judged regions (`scorefit.fit_cut`) and its use in `calibrate_answer`."""
 
 from __future__ import annotations
 
 from my_ml_backend.labeling.answers import TaskAnswer
-from my_ml_backend.labeling.calibration import ScoreMaps, settle
-from my_ml_backend.learning.autotune import Choice, Judged, fit_maps
+from my_ml_backend.labeling.calibration import ScoreMaps, calibrate_answer
+from my_ml_backend.learning.autotune import FewShotEvaluation, Judged, fit_maps
 from my_ml_backend.learning.examples import Example
 from my_ml_backend.learning.scorefit import RegionCut, fit_cut
 from my_ml_backend.predicting.factory import build_predictor, schema_for
@@ -64,17 +64,18 @@ def test_only_list_controls_get_a_cut() -> None:
     assert set(cuts) == {"ner"} and cuts["ner"].below == 0.75 and cuts["ner"].wrong == 15
 
 
-def test_settle_leaves_out_a_list_controls_regions_under_its_cut_on_their_raw_scores() -> None:
+def test_calibrate_answer_leaves_out_a_list_controls_regions_under_its_cut_on_their_raw_scores() -> None:
     def span(start: int, text: str, score: float) -> dict:
         return {"from_name": "ner", "to_name": "text", "type": "labels", "score": score,
                 "value": {"start": start, "end": start + len(text), "text": text, "labels": ["ORG"]}}
 
     choice = {"from_name": "topic", "to_name": "text", "type": "choices", "value": {"choices": ["work"]}, "score": 0.5}
     answer = TaskAnswer([span(0, "Garcia PLC", 0.97), span(20, "next Tuesday", 0.88), choice], 0.6, 1.0, "en")
-    settled = settle(answer, None, ScoreMaps(regions={"ner": lambda s: round(s / 2, 4)}, cuts={"ner": 0.95}))
-    assert [r["value"].get("text") for r in settled.regions] == ["Garcia PLC", None]  # the choice stays
-    assert settled.regions[0]["score"] == 0.485  # mapped after the cut, which read the raw 0.97
-    assert settled.score == 0.6  # the task keeps the doubt of what was left out
+    maps = ScoreMaps(regions={"ner": lambda s: round(s / 2, 4)}, cuts={"ner": 0.95})
+    calibrated = calibrate_answer(answer, None, maps)
+    assert [r["value"].get("text") for r in calibrated.regions] == ["Garcia PLC", None]  # the choice stays
+    assert calibrated.regions[0]["score"] == 0.485  # mapped after the cut, which read the raw 0.97
+    assert calibrated.score == 0.6  # the task keeps the doubt of what was left out
     assert answer.regions[0]["score"] == 0.97  # the answer read from the reply is not changed
 
 
@@ -82,11 +83,12 @@ def test_a_stored_cut_applies_only_to_its_version_and_gives_the_predictions_a_ve
     settings = load_settings({"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": "http://127.0.0.1:9/v1"})
     schema = schema_for(NER_AND_TOPIC)
     zero_shot = model_version(settings, schema.config_hash)
-    stored = Choice.loads(Choice(region_cuts={"ner": RegionCut(0.9, 1, 9, zero_shot).to_dict()}).dumps())
+    cuts = {"ner": RegionCut(0.9, 1, 9, zero_shot).to_dict()}
+    stored = FewShotEvaluation.loads(FewShotEvaluation(region_cuts=cuts).dumps())
     assert stored is not None and stored.fitted(zero_shot) == ScoreMaps(cuts={"ner": 0.9})
     assert stored.fitted("another model or prompt") is None
     plain = build_predictor(NER_AND_TOPIC, settings)
-    cut = build_predictor(NER_AND_TOPIC, settings, choice=stored)
+    cut = build_predictor(NER_AND_TOPIC, settings, evaluation=stored)
     assert plain.model_version == zero_shot and cut.model_version != zero_shot  # other answers: Label Studio asks again
     assert cut.score_maps is not None and cut.score_maps.cuts == {"ner": 0.9}
 

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from my_ml_backend.labeling.answers import TaskAnswer
-from my_ml_backend.labeling.calibration import ScoreMaps, settle
-from my_ml_backend.learning.autotune import Choice, Judged, fit_maps, stratum_weights
+from my_ml_backend.labeling.calibration import ScoreMaps, calibrate_answer
+from my_ml_backend.learning.autotune import FewShotEvaluation, Judged, fit_maps, stratum_weights
 from my_ml_backend.learning.examples import Example, region_pairs
 from my_ml_backend.learning.scorefit import MIN_PAIRS, ScoreMap, fit
 from my_ml_backend.predicting.factory import schema_for
@@ -71,11 +71,13 @@ def test_region_pairs_are_judged_task_by_task() -> None:
 def test_a_stored_map_applies_only_to_the_version_it_was_fitted_on() -> None:
     found = fit(overconfident(20, 3), "model-a-1234")
     assert found is not None
-    choice = Choice.loads(Choice(form="0", score_map=found.to_dict(), region_maps={"ner": found.to_dict()}).dumps())
+    stored = FewShotEvaluation(form="0", score_map=found.to_dict(), region_maps={"ner": found.to_dict()})
+    choice = FewShotEvaluation.loads(stored.dumps())
     assert choice is not None and choice.fitted("model-a-1234") == ScoreMaps(found, {"ner": found})
     assert choice.fitted("model-b-5678") is None  # another model, prompt or config: its scores mean other things
-    assert Choice.loads('{"form": "0", "samples": 3}').fitted("model-a-1234") is None  # stored before maps existed
-    regions_only = Choice.loads(Choice(form="0", region_maps={"ner": found.to_dict()}).dumps())
+    # stored before maps existed
+    assert FewShotEvaluation.loads('{"form": "0", "samples": 3}').fitted("model-a-1234") is None
+    regions_only = FewShotEvaluation.loads(FewShotEvaluation(form="0", region_maps={"ner": found.to_dict()}).dumps())
     assert regions_only is not None and regions_only.fitted("model-a-1234") == ScoreMaps(None, {"ner": found})
     assert ScoreMap.from_dict({"a": 1}) is None
     assert found(0.5) == pytest.approx(found(0.5))
@@ -167,12 +169,12 @@ def test_a_control_whose_regions_are_overconfident_gets_a_map_and_a_calibrated_o
     assert task is not None and task(0.9) < 0.3  # no task was all right
 
 
-def test_settle_maps_the_task_score_from_the_raw_regions_then_the_regions() -> None:
+def test_calibrate_answer_maps_the_task_score_from_the_raw_regions_then_the_regions() -> None:
     """The task map was fitted on task scores made of raw region scores: it is applied to the task score
     before the region map changes the regions, and a control without a map keeps its regions' scores."""
     prediction = TaskAnswer([span(0, 4, "Anna", "PER", 0.9)], 0.9, 1.0, "en")
     other = TaskAnswer([{"from_name": "topic", "value": {"choices": ["work"]}, "score": 0.7}], 0.7, 1.0, "en")
     maps = ScoreMaps(task=lambda s: round(s / 2, 4), regions={"ner": lambda s: round(s / 3, 4)})
-    prediction, other = settle(prediction, maps=maps), settle(other, maps=maps)
+    prediction, other = calibrate_answer(prediction, maps=maps), calibrate_answer(other, maps=maps)
     assert prediction.score == 0.45 and prediction.regions[0]["score"] == 0.3
     assert other.score == 0.35 and other.regions[0]["score"] == 0.7

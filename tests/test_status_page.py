@@ -185,7 +185,7 @@ def test_page_shows_the_pool_with_todays_quota_from_the_ledger(llm: fake.FakeLLM
 def test_page_shows_each_projects_few_shot_choice_and_its_accuracy(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
     """The auto choice kept in the example store (what an evaluation found) is shown per project."""
     from my_ml_backend.labeling.schema import config_hash
-    from my_ml_backend.learning.autotune import Choice, meta_key
+    from my_ml_backend.learning.autotune import FewShotEvaluation, meta_key
     from my_ml_backend.learning.store import open_example_store
 
     cfg = config("text_classification")
@@ -195,7 +195,8 @@ def test_page_shows_each_projects_few_shot_choice_and_its_accuracy(llm: fake.Fak
         store = open_example_store(load_settings({**env, "DATA_DIR": str(b.data_dir)}))
         assert store is not None
         fitted = {"a": 1.2, "b": -1.0, "n": 15, "right": 9, "version": "v"}
-        choice = Choice(form="labels-1", samples=20, calls=40, accuracy={"0": 0.7, "labels-1": 0.85}, score_map=fitted)
+        accuracy = {"0": 0.7, "labels-1": 0.85}
+        choice = FewShotEvaluation(form="labels-1", samples=20, calls=40, accuracy=accuracy, score_map=fitted)
         store.set_meta("7", meta_key(config_hash(cfg)), choice.dumps())
         b.setup(cfg, project="7.1700000000")
         b.setup(cfg, project="8.1700000000")  # never evaluated

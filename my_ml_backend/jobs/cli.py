@@ -13,7 +13,7 @@ from pathlib import Path
 
 from label_studio_sdk import LabelStudio
 
-from ..predicting.factory import build_predictor, project_choice
+from ..predicting.factory import build_predictor, project_evaluation
 from ..settings import Settings, load_env_file, load_settings
 from ..telemetry.logs import configure_logging, mask
 from .batch import BatchJob, default_chunk_size
@@ -92,7 +92,8 @@ def batch_predict_main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the user needs the reason, not a traceback
         return usage_error(f"无法读取项目 {args.project} (cannot read project) at {args.url} "
                            f"with key {mask(args.api_key)}: {type(exc).__name__}: {str(exc)[:300]}")
-    predictor = build_predictor(label_config, settings, choice=project_choice(label_config, settings, args.project))
+    evaluation = project_evaluation(label_config, settings, args.project)
+    predictor = build_predictor(label_config, settings, evaluation=evaluation)
     job = BatchJob(client, args.project, predictor, args.chunk_size or default_chunk_size(predictor))
     if args.dry_run:
         for line in estimate(job, args.limit).lines():

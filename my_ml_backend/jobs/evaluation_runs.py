@@ -18,7 +18,7 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 
 from ..learning.examples import Example, example_from_annotation
-from ..learning.retrieval import FixedShots, Form, Shots
+from ..learning.retrieval import FewShotExamples, FewShotForm, FixedExamples
 from ..predicting.factory import build_predictor, schema_for
 from ..settings import Settings
 from .evaluation_report import Evaluation
@@ -82,9 +82,9 @@ def evaluate_fresh(label_config: str, tasks: Sequence[dict[str, Any]], settings:
     pool: list[Example] = [
         e for t, gold in annotated if (e := example_from_annotation(schema, t, gold, settings.max_input_chars))
     ]
-    form = Form(k, settings.fewshot_form)
-    shots = Shots.of_pool(pool, form, settings.fewshot_max_chars) if k else None
-    predictor = build_predictor(label_config, settings, examples=FixedShots(shots), count=len(pool), form=form)
+    form = FewShotForm(k, settings.fewshot_form)
+    shots = FewShotExamples.of_pool(pool, form, settings.fewshot_max_chars) if k else None
+    predictor = build_predictor(label_config, settings, examples=FixedExamples(shots), count=len(pool), form=form)
     tasks_now = [{"id": t.get("id"), "data": t.get("data") or {}} for t, _ in annotated]
     predictions = predictor.predict_batch(tasks_now, deadline=None)  # a command line: no Label Studio waiting
     evaluation = Evaluation(schema)

@@ -34,7 +34,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from tqdm import tqdm
 
-from ..predicting.factory import build_predictor, project_choice
+from ..predicting.factory import build_predictor, project_evaluation
 from ..predicting.predictor import Predictor
 from ..settings import Settings, load_env_file, load_settings, reveal
 from ..storage import redis_db
@@ -76,7 +76,7 @@ def predict_chunk(project: int, model_version: str, run: str, chunk: list[dict[s
         raise RuntimeError("worker needs REDIS_URL, LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (env or .env)")
     client = LabelStudio(base_url=settings.label_studio_url, api_key=reveal(settings.label_studio_api_key))
     label_config = client.projects.get(id=project).label_config
-    predictor = build_predictor(label_config, settings, choice=project_choice(label_config, settings, project))
+    predictor = build_predictor(label_config, settings, evaluation=project_evaluation(label_config, settings, project))
     if predictor.model_version != model_version:  # this machine's settings differ: never mix versions
         raise RuntimeError(f"worker model_version {predictor.model_version} != run's {model_version}: "
                            "give every worker the same MODELSCOPE_*/LLM_* settings as the command")

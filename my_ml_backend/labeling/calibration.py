@@ -92,7 +92,7 @@ def _calibrated(answer: TaskAnswer, priors: Priors) -> tuple[list[dict[str, Any]
     return regions, score
 
 
-def settle(answer: TaskAnswer, priors: Priors | None = None, maps: ScoreMaps | None = None) -> TaskAnswer:
+def calibrate_answer(answer: TaskAnswer, priors: Priors | None = None, maps: ScoreMaps | None = None) -> TaskAnswer:
     """The answer calibrated with `priors`, then its score and its regions' scores mapped with the project's `maps`.
 
     The task map was fitted on task scores made of raw region scores, so regions are mapped last;
@@ -116,8 +116,10 @@ def settle(answer: TaskAnswer, priors: Priors | None = None, maps: ScoreMaps | N
         if isinstance(region.get("score"), (int, float)):
             region["score"] = bounded(region["score"])
     before = answer.before_extension
-    settled = answer.with_regions(regions, bounded(score), answer.coverage)
-    return replace(settled, before_extension=settle(before, priors, maps)) if before is not None else settled
+    calibrated = answer.with_regions(regions, bounded(score), answer.coverage)
+    if before is None:
+        return calibrated
+    return replace(calibrated, before_extension=calibrate_answer(before, priors, maps))
 
 
 def bounded(score: float) -> float:

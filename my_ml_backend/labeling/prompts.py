@@ -7,7 +7,7 @@ everything that depends only on the config and the project, so it is identical f
 every task (a prefix servers can reuse, and that several tasks can share); the user
 part (`task_prompt`) holds the task's examples and text, last. Both speak the task
 text's language (`prompt_language`). Allowed values are listed one per line with their
-hints, never as an array to copy from: see bench/RESULTS.md for the position-bias figures.
+hints, never as an array to copy from, which small models copy a position of.
 """
 
 from __future__ import annotations

@@ -12,15 +12,12 @@
   doubt about this entity, and is left out. From a model that writes the text first, the
   text's mean is multiplied by P(its label among the control's labels), read from the
   alternatives at the label's first token as single choices are read (without
-  alternatives, the label token's own probability). Measured on the real model
-  (bench/RESULTS.md): the former joint product of text and label tokens ranked right
-  spans barely above wrong ones (AUROC 0.58-0.71, ECE 0.24-0.29); text first with
-  P(label) 0.74-0.84 / 0.10; type first with the text's mean 0.88 / 0.06 (with P(label) 0.65 / 0.39).
+  alternatives, the label token's own probability). This rule ranks right spans above
+  wrong ones best (docs/decisions.md, "The entity region score").
 - Prediction score: with logprobs, the mean region score (or, failing that, the
   whole reply's token probability) times P(complete) of each list answer (`list_complete`:
   a small model's usual entity error is a list one item short, each listed name spelled
-  surely; its doubt shows only where it closed the list; on the real model this lifts the
-  task score's AUROC against "all spans right" from 0.69 to 0.92, bench/RESULTS.md) times
+  surely; its doubt shows only where it closed the list) times
   coverage; without logprobs, the model's own `_confidence` (0–1, asked for in the
   prompt) times coverage; if it gave none, coverage alone. Coverage is the share of the
   task's controls that got a valid answer, so an unanswered control always lowers the score.

@@ -1,7 +1,7 @@
 """`FEWSHOT_EXAMPLES=auto`: per project, show examples only in a form that measurably helps.
 
-Examples do not always help: on a 0.5B model three similar reviews took sentiment
-accuracy from 0.81 down to 0.67. So the project's own annotations are the validation
+Examples do not always help: a small model can answer worse with them (docs/decisions.md,
+"Few-shot only where it helps"). So the project's own annotations are the validation
 set: a label-stratified sample of annotated tasks is predicted in every candidate form
 (zero-shot included), each task leave-one-out (never shown as its own example), within
 `FEWSHOT_EVAL_CALLS` calls. A form with examples is chosen only when, task by task, it
@@ -16,14 +16,13 @@ how likely it is right on this project, at no extra call.
 
 The same judged regions set each list control's region cut (`scorefit.fit_cut`): where the
 regions under some score are mostly not the annotators', they are left out of the project's
-predictions (a 0.5B model invents "next Tuesday" as an ORG at 0.88 on sentences lacking a type).
+predictions (a small model sure of an entity it invented, on sentences lacking its type).
 
 The same predictions judge list extension (`labeling.extension`: a list the model closed
 in doubt asked again and made to go on). A region it added counts as won (the annotator has
 it) or lost; where it added more wrong regions than right ones, the project's predictions
-stop extending (on a 0.5B model it finds the missing entity of a full
-sentence but invents one where a type is absent, bench/RESULTS.md). No extra call: the
-judge sees the answer before and after.
+stop extending (a small model may find a missing entity on one project and invent
+one on another). No extra call: the judge sees the answer before and after.
 
 The evaluation runs on the Train button and when the example count enters a new
 version bucket. Its choice is kept in the example store (every worker and replica uses
@@ -49,7 +48,7 @@ from ..labeling.controls import LIST_TAGS
 from ..telemetry.metrics import METRICS, Labels
 from .examples import Example
 from .index import ExampleIndex, label_of
-from .retrieval import Form
+from .retrieval import FewShotForm
 from .scorefit import RegionCut, ScoreMap, fit, fit_cut
 from .store import ExampleStore
 
@@ -69,13 +68,13 @@ class EvaluationAborted(RuntimeError):
     choice is stored, the previous one stays, and the next webhook may try again after `RETRY_AFTER`."""
 
 
-def candidates(k: int) -> list[Form]:
+def candidates(k: int) -> list[FewShotForm]:
     """Zero-shot first (it wins ties), then the forms with examples."""
-    return [Form(0), Form(k, "block"), Form(k, "chat"), Form(1, "labels")]
+    return [FewShotForm(0), FewShotForm(k, "block"), FewShotForm(k, "chat"), FewShotForm(1, "per-label")]
 
 
 @dataclass
-class Choice:
+class FewShotEvaluation:
     """What an evaluation found: the form to use, what each candidate scored, what it cost."""
 
     form: str = "0"
@@ -109,7 +108,7 @@ class Choice:
         return json.dumps(asdict(self), ensure_ascii=False)
 
     @classmethod
-    def loads(cls, raw: str | None) -> Choice | None:
+    def loads(cls, raw: str | None) -> FewShotEvaluation | None:
         if not raw:
             return None
         try:
@@ -152,7 +151,7 @@ def margin(samples: int) -> int:
     return max(2, math.ceil(0.1 * samples))
 
 
-def decide(forms: Sequence[Form], right: dict[str, list[bool]]) -> tuple[str, str]:
+def decide(forms: Sequence[FewShotForm], right: dict[str, list[bool]]) -> tuple[str, str]:
     """The chosen form's name and why, from per-task correctness (paired with zero-shot's)."""
     zero = right.get("0") or []
     n = len(zero)
@@ -196,14 +195,14 @@ def stratum_weights(index: ExampleIndex, labels: Sequence[str]) -> list[float]:
 
 def evaluate(
     index: ExampleIndex,
-    forms: Sequence[Form],
+    forms: Sequence[FewShotForm],
     budget: int,
-    judge: Callable[[Example, Form], Judged],
+    judge: Callable[[Example, FewShotForm], Judged],
     spent: Callable[[], int],
     seed: int = 0,
     version: str = "",
     version_off: str = "",
-) -> Choice:
+) -> FewShotEvaluation:
     """Leave-one-out accuracy of each form on a sample, within `budget` calls, the decision and its score map.
 
     `judge(example, form)` predicts the example's task shown in `form` (never as its own
@@ -216,7 +215,7 @@ def evaluate(
     per_form = budget // len(forms)
     if budget <= 0 or len(index) < MIN_EXAMPLES or per_form < MIN_SAMPLES:
         reason = "FEWSHOT_EVAL_CALLS=0" if budget <= 0 else f"{len(index)} examples, budget {budget}: too few to judge"
-        return Choice(reason=reason, at=time.time())
+        return FewShotEvaluation(reason=reason, at=time.time())
     sample = stratified_sample(index, per_form, seed)
     right: dict[str, list[bool]] = {f.name: [] for f in forms}
     judged: dict[str, list[tuple[Judged, str]]] = {f.name: [] for f in forms}
@@ -238,7 +237,7 @@ def evaluate(
     if extend is False:  # the maps are fitted on what will be served: the answers before extension
         judged[name] = [(o.before or o, label) for o, label in judged[name]]
     task, regions, cuts = fit_maps(judged[name], index, version_off if extend is False and version_off else version)
-    return Choice(form=name, samples=n, calls=spent() - start, accuracy=accuracy,
+    return FewShotEvaluation(form=name, samples=n, calls=spent() - start, accuracy=accuracy,
                   reason=why if extend is None else f"{why}; {said}", at=time.time(),
                   score_map=task.to_dict() if task else None,
                   region_maps={c: m.to_dict() for c, m in regions.items()} or None, extend=extend,
@@ -275,7 +274,7 @@ def fit_maps(
 
 # -- per-project state: stored choice, running evaluations, metrics -----------------------
 
-_choices: dict[str, Choice] = {}  # project -> last choice this process made or read
+_choices: dict[str, FewShotEvaluation] = {}  # project -> last choice this process made or read
 _running: set[tuple[str, str]] = set()
 _lock = threading.Lock()
 
@@ -293,10 +292,10 @@ def meta_key(config_hash: str) -> str:
     return f"fewshot_choice:{config_hash}"
 
 
-def stored_choice(store: ExampleStore, project: str, config_hash: str) -> Choice | None:
+def stored_evaluation(store: ExampleStore, project: str, config_hash: str) -> FewShotEvaluation | None:
     """The choice kept for this project and config (one small read)."""
     try:
-        choice = Choice.loads(store.get_meta(project, meta_key(config_hash)))
+        choice = FewShotEvaluation.loads(store.get_meta(project, meta_key(config_hash)))
     except Exception as exc:  # noqa: BLE001 - no stored choice: zero-shot
         logger.warning("读取少样本选择失败 (cannot read the few-shot choice): %s", exc)
         return None
@@ -306,12 +305,14 @@ def stored_choice(store: ExampleStore, project: str, config_hash: str) -> Choice
     return choice
 
 
+
+
 def start(
     store: ExampleStore,
     project: str,
     config_hash: str,
     bucket: int,
-    run: Callable[[], Choice],
+    run: Callable[[], FewShotEvaluation],
 ) -> bool:
     """Run `run` in a background thread unless this project's evaluation is already running anywhere.
 
@@ -374,7 +375,7 @@ def start(
 
 def _chosen() -> list[tuple[Labels, float]]:
     with _lock:
-        return [((("form", c.form), ("project", p)), float(Form.parse(c.form).k)) for p, c in _choices.items()]
+        return [((("form", c.form), ("project", p)), float(FewShotForm.parse(c.form).k)) for p, c in _choices.items()]
 
 
 def _accuracy() -> list[tuple[Labels, float]]:

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from ..labeling.schema import LabelingSchema
-from .examples import Example, example_from_annotation
 from .store import ExampleStore, StoredAnnotation
 
 logger = logging.getLogger(__name__)
@@ -107,18 +106,3 @@ def resync(store: ExampleStore, schema: LabelingSchema, project: str, url: str, 
     removed = store.delete(project, stale)
     return f"resynced {len(seen)} annotation(s) from Label Studio, {written} new or changed, {removed} stale removed"
 
-
-def example_pool(store: ExampleStore | None, project: str, schema: LabelingSchema, max_chars: int) -> list[Example]:
-    """The project's examples for the current config: the newest annotation of each task."""
-    if store is None or not project:
-        return []
-    newest: dict[int, StoredAnnotation] = {}
-    for item in store.all(project):
-        if item.task_id not in newest or item.updated >= newest[item.task_id].updated:
-            newest[item.task_id] = item
-    pool = []
-    for item in newest.values():
-        example = example_from_annotation(schema, {"id": item.task_id, "data": item.data}, item.results, max_chars)
-        if example is not None:
-            pool.append(example)
-    return pool

@@ -15,7 +15,7 @@ import time
 
 from ..labeling.schema import LabelingSchema
 from .index import CHUNK, ExampleIndex
-from .retrieval import Form, Shots
+from .retrieval import FewShotExamples, FewShotForm
 from .store import ExampleStore, StoredAnnotation
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class ProjectExamples:
     """A project's annotated examples in its chosen form, from the process's live index, fresh for each batch."""
 
     def __init__(
-        self, store: ExampleStore, project: str, schema: LabelingSchema, max_chars: int, form: Form, budget: int
+        self, store: ExampleStore, project: str, schema: LabelingSchema, max_chars: int, form: FewShotForm, budget: int
     ) -> None:
         self.store, self.project, self.schema, self.max_chars = store, project, schema, max_chars
         self.form, self.budget = form, budget
@@ -138,5 +138,5 @@ class ProjectExamples:
     def index(self) -> LiveIndex:
         return live_index(self.store, self.project, self.schema, self.max_chars)
 
-    def shots(self) -> Shots | None:
-        return Shots(self.index().current(), self.form, self.budget) if self.form.k else None
+    def for_batch(self) -> FewShotExamples | None:
+        return FewShotExamples(self.index().current(), self.form, self.budget) if self.form.k else None

@@ -3,12 +3,12 @@
 A form is a number of examples and a style:
 - `block-K`: the K most similar examples, diverse in answers (first the most similar of
   each distinct answer, so a 9-to-1 label imbalance does not become 3-to-0), in one
-  "annotated examples" block of the user message, most similar first (the original form);
+  "annotated examples" block of the user message, most similar first;
 - `chat-K`: the same examples as earlier chat turns (the example's own prompt as a user
   turn, the annotator's answer as the assistant's), most similar last, nearest the task;
-- `labels-M`: the M most similar examples of every label, as chat turns, most similar
+- `per-label-M`: the M most similar examples of every label, as chat turns, most similar
   last: the prompt is label-balanced whatever the pool's balance, so a small model is
-  not pushed towards the label it saw most;
+  not pushed towards the label it saw most (`labels-M` is its older name, still read);
 - `0`: no example (zero-shot).
 All stay within a character budget (about one token per CJK character), so examples
 never crowd out the task itself, and never show the task itself.
@@ -26,38 +26,43 @@ from ..labeling.schema import LabelingSchema
 from .examples import Example
 from .index import ExampleIndex, diverse_choice
 
-STYLES = ("block", "chat", "labels")
+STYLES = ("block", "chat", "per-label")
+OLD_STYLE_NAMES = {"labels": "per-label"}  # stored evaluations, FEWSHOT_FORM values and model versions still say it
 
 
 @dataclass(frozen=True)
-class Form:
-    """How many examples and in which style; `Form(0)` is zero-shot."""
+class FewShotForm:
+    """How many examples and in which style; `FewShotForm(0)` is zero-shot."""
 
     k: int = 0
     style: str = "block"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "style", OLD_STYLE_NAMES.get(self.style, self.style))
 
     @property
     def name(self) -> str:
         return "0" if self.k <= 0 else f"{self.style}-{self.k}"
 
     @classmethod
-    def parse(cls, name: str) -> Form:
-        """`0`, `3` (block), `block-3`, `chat-3` or `labels-1`."""
+    def parse(cls, name: str) -> FewShotForm:
+        """`0`, `3` (block), `block-3`, `chat-3` or `per-label-1` (also its old name `labels-1`)."""
         name = name.strip().lower()
         style, _, k = name.rpartition("-")
+        style = OLD_STYLE_NAMES.get(style, style)
         if not style and k.isdigit():
             return cls(int(k), "block") if int(k) else cls()
         if style not in STYLES or not k.isdigit():
-            raise ValueError(f"unknown few-shot form {name!r} (0, K, block-K, chat-K or labels-M)")
+            raise ValueError(f"unknown few-shot form {name!r} (0, K, block-K, chat-K or per-label-M)")
         return cls(int(k), style) if int(k) else cls()
 
 
-def choose(index: ExampleIndex | None, texts: dict[str, str], form: Form, budget_chars: int,
+def choose(index: ExampleIndex | None, texts: dict[str, str], form: FewShotForm, budget_chars: int,
            task_id: int | None = None) -> list[Example]:
     """The examples `form` shows for a task, in prompt order."""
     if index is None or form.k <= 0:
         return []
-    if form.style == "labels":
+    if form.style == "per-label":
         chosen, used = [], 0
         for hit in index.per_label(texts, form.k, exclude_task=task_id):  # best first: the least similar
             if used + hit.size <= budget_chars:  # are dropped when over budget
@@ -66,14 +71,6 @@ def choose(index: ExampleIndex | None, texts: dict[str, str], form: Form, budget
         return chosen[::-1]
     chosen = diverse_choice(index.ranked(texts, exclude_task=task_id), form.k, budget_chars)
     return chosen if form.style == "block" else chosen[::-1]
-
-
-def select_examples(pool: Sequence[Example], texts: dict[str, str], k: int, budget_chars: int,
-                    schema: LabelingSchema | None = None) -> list[Example]:
-    """Up to `k` examples of a plain pool for a task with these texts (the `block` form's choice)."""
-    if k <= 0 or not pool:
-        return []
-    return choose(ExampleIndex.from_examples(pool, schema), texts, Form(k, "block"), budget_chars)
 
 
 def render_examples(examples: Sequence[Example]) -> str:
@@ -86,7 +83,7 @@ def render_examples(examples: Sequence[Example]) -> str:
     return "\n\n".join(blocks)
 
 
-def fewshot_messages(schema: LabelingSchema, texts: dict[str, str], guidance: PromptGuidance, form: Form,
+def fewshot_messages(schema: LabelingSchema, texts: dict[str, str], guidance: PromptGuidance, form: FewShotForm,
                      examples: Sequence[Example], confidence: bool = True) -> list[dict[str, str]]:
     """The chat messages for a task with `examples` shown in `form`'s style."""
     if form.style != "block" and examples:
@@ -101,11 +98,11 @@ def fewshot_messages(schema: LabelingSchema, texts: dict[str, str], guidance: Pr
 
 
 @dataclass(frozen=True)
-class Shots:
+class FewShotExamples:
     """What a batch's prompts may show: the project's index, the form and the character budget."""
 
     index: ExampleIndex | None
-    form: Form
+    form: FewShotForm
     budget_chars: int
 
     def messages(
@@ -118,22 +115,22 @@ class Shots:
         return fewshot_messages(schema, texts, guidance, self.form, shown, confidence)
 
     @classmethod
-    def of_pool(cls, pool: Sequence[Example], form: Form, budget_chars: int) -> Shots:
-        """Shots from a plain list of examples (the evaluation command's leave-one-out pool)."""
+    def of_pool(cls, pool: Sequence[Example], form: FewShotForm, budget_chars: int) -> FewShotExamples:
+        """FewShotExamples from a plain list of examples (the evaluation command's leave-one-out pool)."""
         return cls(ExampleIndex.from_examples(pool), form, budget_chars)
 
 
 class ExampleSource(Protocol):
     """Where a predictor gets the examples a batch may show (read once per batch)."""
 
-    def shots(self) -> Shots | None: ...
+    def for_batch(self) -> FewShotExamples | None: ...
 
 
 @dataclass(frozen=True)
-class FixedShots:
+class FixedExamples:
     """The same examples for every batch (benchmarks, the evaluation command)."""
 
-    fixed: Shots | None
+    fixed: FewShotExamples | None
 
-    def shots(self) -> Shots | None:
+    def for_batch(self) -> FewShotExamples | None:
         return self.fixed

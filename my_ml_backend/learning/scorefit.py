@@ -1,8 +1,8 @@
 """The prediction score as the chance a task is all right, fitted on the project's own annotations.
 
-Why: the task score ranks (AUROC about 0.9 on entities, bench/RESULTS.md) but is not a
-probability: a 0.5B model is sure of many entity lists that miss one (task ECE about 0.5),
-and how sure a model is of its wrong answers differs per model and per project. The
+Why: the task score ranks but is not a probability: a small model is sure of many entity
+lists that miss one, and how sure a model is of its wrong answers differs per model and per
+project (docs/decisions.md, "Scores fitted per project"). The
 leave-one-out predictions `FEWSHOT_EXAMPLES=auto` already makes on annotated tasks say,
 for each, its score and whether it was all right. Platt scaling (a logistic curve on
 the score's log-odds, Platt 1999) turns those pairs into a map at no extra call.
@@ -14,17 +14,15 @@ would need far more. Platt's smoothed targets keep the curve finite when the sam
 all right or all wrong.
 
 A score that is already calibrated (single choices, after contextual calibration) only
-gets noise from a 15-task fit (measured: Brier 0.153 -> 0.169 on topics). So the map is
+gets noise from a 15-task fit. So the map is
 kept only when, leave-one-out on the same sample, it beats the raw score's Brier score
 by `MARGIN`; otherwise the raw score stays.
 
 The same judged regions also set a region cut (`fit_cut`) for list answers: where the
-model invents (a 0.5B model on sentences lacking some entity types writes "next Tuesday"
-as ORG at 0.88), the regions under some score are mostly wrong on the project's own
-annotations, and a pre-label that is mostly wrong costs the annotator more than a gap.
-Measured (bench/RESULTS.md, session 18): fitted on 15 annotated sentences, the cut is 0.95
-where types are absent (exact sentences 6.2 % -> 31.2 %, span F1 0.447 -> 0.580) and none
-on full sentences, where the low-scored regions are as often right.
+model invents (a small model fills entity types a sentence lacks), the regions under some
+score are mostly wrong on the project's own annotations, and a pre-label that is mostly
+wrong costs the annotator more than a gap. Where low-scored regions are as often right,
+no cut is set (docs/decisions.md, "A region cut fitted per project").
 """
 
 from __future__ import annotations
@@ -45,8 +43,7 @@ MIN_PAIRS = 10  # fewer judged tasks: the raw score stays
 MIN_GROUPS = 4  # regions from fewer judged tasks than this: the raw scores stay (one task's regions are one case)
 MARGIN = 0.1  # the map's leave-one-out Brier score must be this much (relative) below the raw score's
 # Weight of a Gaussian prior on (a, b) around (1, 0), the map that changes nothing: 15 judged tasks move the curve
-# less than 200 do. Measured (bench/RESULTS.md, session 15): without it one fit of 32 (15 reviews, scores without
-# logprobs) made the score worse (Brier 0.219 -> 0.247); with 0.5, none did, and the entity gains mostly stay.
+# less than 200 do; the smallest weight with which no fit made a score worse.
 PRIOR = 0.5
 MIN_SLOPE = 0.1  # a score that does not rank on the sample still orders the tasks
 EPS = 1e-4  # scores are clipped to [EPS, 1 - EPS] before their log-odds
@@ -59,7 +56,7 @@ def _logodds(scores: np.ndarray | float) -> np.ndarray:
 
 
 class _Stored:
-    """A frozen dataclass kept as a dict in the project's stored evaluation (`autotune.Choice`)."""
+    """A frozen dataclass kept as a dict in the project's stored evaluation (`autotune.FewShotEvaluation`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]

@@ -33,7 +33,9 @@ class BatchCalibration:
         self._asked: set[str] = set()  # prompt languages whose priors were asked for
         self._lock = threading.Lock()
 
-    def settle(self, answers: list[TaskAnswer], deadline: float | None, batch_seconds: float) -> list[TaskAnswer]:
+    def calibrate_batch(
+        self, answers: list[TaskAnswer], deadline: float | None, batch_seconds: float
+    ) -> list[TaskAnswer]:
         """The answers calibrated and mapped, in order (priors asked first by the first batch that needs them)."""
         wanted = {a.language for a in answers if a.choices}
         with self._lock:
@@ -44,7 +46,7 @@ class BatchCalibration:
             self._ask_priors(missing, deadline)
         with self._lock:
             priors = dict(self.priors)
-        return [calibration.settle(a, priors, self.maps) for a in answers]
+        return [calibration.calibrate_answer(a, priors, self.maps) for a in answers]
 
     def _ask_priors(self, languages: set[str], deadline: float | None) -> None:
         """The priors of `languages`, asked in a thread the batch waits for only until its deadline: Label Studio

@@ -9,9 +9,9 @@ from __future__ import annotations
 from ..labeling.controls import OBJECT_TAGS
 from ..labeling.prompts import PromptGuidance
 from ..labeling.schema import LabelingSchema, parse_schema
-from ..learning.autotune import Choice, stored_choice
+from ..learning.autotune import FewShotEvaluation, stored_evaluation
 from ..learning.events import examples_bucket
-from ..learning.retrieval import ExampleSource, Form
+from ..learning.retrieval import ExampleSource, FewShotForm
 from ..learning.store import open_example_store
 from ..llm.client import shared_client
 from ..settings import Settings
@@ -39,8 +39,8 @@ def build_predictor(
     guidance: PromptGuidance | None = None,
     examples: ExampleSource | None = None,
     count: int = 0,
-    form: Form | None = None,
-    choice: Choice | None = None,
+    form: FewShotForm | None = None,
+    evaluation: FewShotEvaluation | None = None,
 ) -> Predictor:
     """Parse the config (offline, cached), fix the version, attach the process-wide LLM client.
 
@@ -50,22 +50,22 @@ def build_predictor(
     of list answers out (under a version of their own).
     """
     schema = schema_for(label_config)
-    if choice is not None and choice.extend is False:  # the project's annotations turned extension off
+    if evaluation is not None and evaluation.extend is False:  # the project's annotations turned extension off
         settings = settings.without_extension()
     guidance = guidance or PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
-    form = form or Form(settings.fewshot_k, settings.fewshot_form)
+    form = form or FewShotForm(settings.fewshot_k, settings.fewshot_form)
     bucket = examples_bucket(count) if examples is not None and form.k else 0
     fingerprint = guidance.fingerprint()
-    maps = choice.fitted(model_version(settings, schema.config_hash, fingerprint)) if choice else None
+    maps = evaluation.fitted(model_version(settings, schema.config_hash, fingerprint)) if evaluation else None
     cuts = maps.cuts if maps is not None else None  # regions left out: other answers, another version
     version = model_version(settings, schema.config_hash, fingerprint, bucket, form.name, cuts)
     return Predictor(schema, settings, shared_client(settings), version, guidance, examples, maps)
 
 
-def project_choice(label_config: str | None, settings: Settings, project: int | str) -> Choice | None:
+def project_evaluation(label_config: str | None, settings: Settings, project: int | str) -> FewShotEvaluation | None:
     """The project's stored few-shot evaluation, for the batch job and its workers: its score maps make their
     scores mean what `/predict`'s do (one model_version, one Data Manager column, one sort order)."""
     if not settings.fewshot_auto:
         return None
     store = open_example_store(settings)
-    return stored_choice(store, str(project), schema_for(label_config).config_hash) if store is not None else None
+    return stored_evaluation(store, str(project), schema_for(label_config).config_hash) if store is not None else None

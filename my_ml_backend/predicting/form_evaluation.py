@@ -9,10 +9,10 @@ from __future__ import annotations
 from ..labeling.answers import TaskAnswer
 from ..labeling.prompts import PromptGuidance
 from ..labeling.schema import LabelingSchema
-from ..learning.autotune import Choice, EvaluationAborted, Judged, candidates, evaluate
+from ..learning.autotune import EvaluationAborted, FewShotEvaluation, Judged, candidates, evaluate
 from ..learning.examples import Example, answers_from_results, region_pairs
 from ..learning.index import ExampleIndex
-from ..learning.retrieval import Form, Shots
+from ..learning.retrieval import FewShotExamples, FewShotForm
 from ..llm.errors import PredictionError
 from ..settings import Settings
 from ..telemetry.metrics import API_REQUESTS, Tally
@@ -43,17 +43,17 @@ def judged(schema: LabelingSchema, example: Example, answer: TaskAnswer) -> Judg
 
 def choose_form(
     label_config: str | None, settings: Settings, guidance: PromptGuidance, index: ExampleIndex, seed: int = 0
-) -> Choice:
+) -> FewShotEvaluation:
     """Leave-one-out accuracy of each candidate form on the project's annotations, and the score maps fitted on
     the chosen form's predictions (raw scores: this predictor has no map)."""
     schema = schema_for(label_config)
     predictor = build_predictor(label_config, settings, guidance)
     calls = Tally()
 
-    def judge(example: Example, form: Form) -> Judged:
-        shots = Shots(index, form, settings.fewshot_max_chars) if form.k else None
+    def judge(example: Example, form: FewShotForm) -> Judged:
+        examples = FewShotExamples(index, form, settings.fewshot_max_chars) if form.k else None
         try:
-            answer = predictor.answer_task(task_of(schema, example), PromptInputs(guidance, shots), calls)
+            answer = predictor.answer_task(task_of(schema, example), PromptInputs(guidance, examples), calls)
         except PredictionError as err:
             if err.fatal:  # no key, quota out ...: every further judgement would fail the same way
                 raise EvaluationAborted(err.message) from err

@@ -76,13 +76,13 @@ class Predictor:
 
     def prompt_inputs(self, guidance: PromptGuidance | None = None) -> PromptInputs:
         """Guidance (the request's own, else the project's) and the examples the batch may show."""
-        shots = None
+        examples = None
         if self.examples is not None:
             try:
-                shots = self.examples.shots()
+                examples = self.examples.for_batch()
             except Exception as exc:  # noqa: BLE001 - without examples the task is still predicted
                 logger.warning("读取标注示例失败，本批不使用示例 (cannot read examples): %s", exc)
-        return PromptInputs(guidance or self.guidance, shots)
+        return PromptInputs(guidance or self.guidance, examples)
 
     def prepare(self, task: dict[str, Any], inputs: PromptInputs) -> PreparedTask:
         # With logprobs the score comes from them: no self-reported confidence to ask for and pay.
@@ -175,14 +175,14 @@ class Predictor:
             if outcome is None:
                 outcomes[i] = err = deadline_reached()
                 stats.count_error(err)
-        done = self._settle([o for o in outcomes if o is not None], ends, seconds)
+        done = self._calibrate_outcomes([o for o in outcomes if o is not None], ends, seconds)
         stats.log(time.monotonic() - started, progress, self.client.limiter.limit)
         return done
 
     def answer_task(self, task: dict[str, Any], inputs: PromptInputs, tally: Tally | None = None) -> TaskAnswer:
         """One task's calibrated answer, with no deadline (the few-shot evaluation); raises `PredictionError`."""
         answer = self.single.answer(self.prepare(task, inputs), None, tally)
-        return self.calibration.settle([answer], None, self.settings.batch_deadline)[0]
+        return self.calibration.calibrate_batch([answer], None, self.settings.batch_deadline)[0]
 
     def _content_free_answer(self, task: dict[str, Any]) -> TaskAnswer | None:
         """An uncalibrated answer for a content-free text (calibration's priors); lists are not asked to go on."""
@@ -191,10 +191,10 @@ class Predictor:
         except PredictionError:
             return None
 
-    def _settle(self, outcomes: list[Outcome], ends: float | None, seconds: float | None) -> list[Outcome]:
+    def _calibrate_outcomes(self, outcomes: list[Outcome], ends: float | None, seconds: float | None) -> list[Outcome]:
         answers = [o for o in outcomes if isinstance(o, TaskAnswer)]
-        settled = iter(self.calibration.settle(answers, ends, seconds or self.settings.batch_deadline))
-        return [next(settled) if isinstance(o, TaskAnswer) else o for o in outcomes]
+        calibrated = iter(self.calibration.calibrate_batch(answers, ends, seconds or self.settings.batch_deadline))
+        return [next(calibrated) if isinstance(o, TaskAnswer) else o for o in outcomes]
 
     @staticmethod
     def _count(outcome: Outcome, task: dict[str, Any], stats: BatchStats) -> None:

@@ -13,7 +13,7 @@ from ..labeling import packing
 from ..labeling.answers import TaskAnswer, read_answer
 from ..labeling.prompts import PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
 from ..labeling.schema import LabelingSchema, Target
-from ..learning.retrieval import Shots
+from ..learning.retrieval import FewShotExamples
 from ..llm.errors import no_text
 from ..llm.packed import Ask
 from ..llm.replies import ChatReply
@@ -26,7 +26,7 @@ class PromptInputs:
     """What every prompt of a batch adds to its task's texts: guidance and the examples it may show."""
 
     guidance: PromptGuidance = field(default_factory=PromptGuidance)
-    shots: Shots | None = None
+    examples: FewShotExamples | None = None
 
 
 @dataclass
@@ -66,8 +66,8 @@ def prepare_task(
     for name in truncated:
         logger.warning("任务 %s 的文本 %s 超过 %d 字符，已截断 (text truncated to MAX_INPUT_CHARS)",
                        task.get("id"), name, max_chars)
-    if inputs.shots is not None:
-        messages = inputs.shots.messages(schema, texts, inputs.guidance, task.get("id"), confidence)
+    if inputs.examples is not None:
+        messages = inputs.examples.messages(schema, texts, inputs.guidance, task.get("id"), confidence)
     else:
         messages = build_prompt(schema, texts, inputs.guidance, confidence=confidence)
     wanted = wanted_targets(schema, texts)

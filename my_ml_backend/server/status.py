@@ -27,7 +27,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from pydantic import SecretStr
 
 from ..labeling.prompts import PROMPT_VERSION
-from ..learning.autotune import stored_choice
+from ..learning.autotune import stored_evaluation
 from ..learning.store import open_example_store
 from ..llm.client import shared_client
 from ..llm.quota import ACCOUNT, Quota
@@ -183,7 +183,7 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
             logger.warning("读取示例数失败 (cannot count the stored examples)", exc_info=True)
         try:
             for project, config_hash in configs:
-                if (choice := stored_choice(store, project, config_hash)) is not None:
+                if (choice := stored_evaluation(store, project, config_hash)) is not None:
                     fitted = (choice.score_map or {}).get("n")
                     projects[project]["fewshot"] = fewshot_text(
                         choice.form, choice.accuracy.get(choice.form), fitted, sorted(choice.region_maps or {}),
@@ -205,7 +205,7 @@ def fewshot_text(
     form: str, accuracy: float | None, fitted: int | None = None, regions: Sequence[str] = (),
     cuts: dict[str, dict] | None = None,
 ) -> str:
-    """`labels-1 (准确率 accuracy 80 %)`: the auto choice and what it measured on the project's annotations;
+    """`per-label-1 (准确率 accuracy 80 %)`: the auto choice and what it measured on the project's annotations;
     `fitted`: the number of judged tasks the score map was fitted on, `regions`: the controls whose region
     scores have a map (`learning.scorefit`), `cuts`: the list controls whose low-scored regions are left out."""
     name = "0 (零样本 zero-shot)" if form == "0" else form

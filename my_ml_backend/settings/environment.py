@@ -83,7 +83,7 @@ class Environment(BaseSettings):
     llm_slot_lease: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
     # few-shot examples and the prompt
     fewshot_examples: Annotated[Literal["auto"] | Count, Word] | None = None
-    fewshot_form: Annotated[Literal["block", "chat", "labels"], Word] | None = None
+    fewshot_form: Annotated[Literal["block", "chat", "per-label", "labels"], Word] | None = None  # labels: old name
     fewshot_eval_calls: Count | None = None
     fewshot_max_chars: Count | None = None
     llm_instructions: str | None = None

@@ -61,7 +61,7 @@ class Settings:
     cache_max_entries: int = 100_000  # SQLite only; 0: unbounded
     fewshot_k: int = 3  # FEWSHOT_EXAMPLES: annotated examples shown per task; 0 turns few-shot off
     fewshot_auto: bool = True  # FEWSHOT_EXAMPLES=auto: per project, count and form chosen from evidence
-    fewshot_form: str = "block"  # FEWSHOT_FORM: style of an explicit count (block | chat | labels)
+    fewshot_form: str = "block"  # FEWSHOT_FORM: style of an explicit count (block | chat | per-label)
     fewshot_eval_calls: int = 60  # FEWSHOT_EVAL_CALLS: calls one auto evaluation may spend; 0: none, no examples
     fewshot_max_chars: int = 1500  # FEWSHOT_MAX_CHARS: prompt budget for them (~1 token per CJK char)
     instructions: str = ""  # LLM_INSTRUCTIONS or the PROMPT_FILE's text: added to every prompt

@@ -25,10 +25,9 @@ HANDLERS: dict[str, ControlHandler] = {
         TaxonomyHandler(),
     )
 }
-SUPPORTED_TAGS: frozenset[str] = frozenset(HANDLERS)
 # Controls answered by a list of regions: leaving one out leaves the others a valid answer (`scorefit.fit_cut`).
 LIST_TAGS: frozenset[str] = frozenset({"labels"})
 # Which object tags each control may pre-annotate (e.g. Labels spans only on <Text>).
 OBJECT_TAGS: frozenset[tuple[str, frozenset[str]]] = frozenset((t, h.object_tags) for t, h in HANDLERS.items())
 
-__all__ = ["HANDLERS", "LIST_TAGS", "OBJECT_TAGS", "SUPPORTED_TAGS", "ControlHandler"]
+__all__ = ["HANDLERS", "LIST_TAGS", "OBJECT_TAGS", "ControlHandler"]

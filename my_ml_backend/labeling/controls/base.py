@@ -59,7 +59,7 @@ def _natural(value: str) -> tuple:
 def ordered(values: Iterable[str]) -> list[str]:
     """A label set in one canonical (natural, case-folded) order, whatever its order in the config.
 
-    Small models favour a list position (measured: bench/RESULTS.md), so a prompt that
+    Small models favour a list position, so a prompt that
     lists values in config order gives answers that move when the config's tags are
     reordered. Every prompt and schema lists label sets through this; the remaining
     pull of the listed position is divided out by `calibration` where logprobs allow.
