@@ -32,11 +32,11 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from ..settings import Settings, reveal
 from ..storage import redis_db
+from ..storage.leases import Renewer
 from ..telemetry.metrics import CONCURRENCY_DECREASES, METRICS
 from .pacing import AdaptiveLimiter
 
@@ -113,27 +113,6 @@ def limits_key(base_url: str, api_key: str | None) -> str:
     """Redis key prefix for one endpoint and key; a digest, so the key never appears in Redis."""
     digest = hashlib.sha256(f"{base_url.rstrip('/')}\n{api_key or ''}".encode()).hexdigest()[:20]
     return PREFIX + digest
-
-
-class Renewer:
-    """A daemon thread that calls `renew()` every `interval` seconds: the heartbeat of our leases."""
-
-    def __init__(self, interval: float, renew: Callable[[], None], name: str) -> None:
-        self._interval = interval
-        self._renew = renew
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._renew()
-            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease has margin
-                logger.debug("Lease renewal failed: %s", exc)
 
 
 class SharedLimiter(AdaptiveLimiter):
