@@ -1,9 +1,10 @@
 """Counters of what predictions cost, for `/metrics` (Prometheus text format) and the batch log line.
 
 Two questions matter when the endpoint is a metered free tier: how many requests did
-we really send (retries included) and how many did the cache save. So every chat
-call reports to two tallies: the process-wide `METRICS` (served at `/metrics`) and,
-optionally, the tally of the batch it belongs to (logged when the batch ends).
+we really send (retries included) and how many did the cache save. So what every chat
+call does is counted twice (`llm.observers`): in the process-wide `METRICS` (served at
+`/metrics`) and, optionally, in the `Tally` of the batch it belongs to (logged when the
+batch ends).
 
 `METRICS` is backed by `prometheus_client`. Under gunicorn, `gunicorn.conf.py` sets
 `PROMETHEUS_MULTIPROC_DIR` before the workers start: each worker then writes its
@@ -89,14 +90,6 @@ class Tally:
             if labels:
                 return self._counts[(name, tuple(sorted(labels.items())))]
             return sum(v for (n, _), v in self._counts.items() if n == name)
-
-    def by_label(self, name: str, label: str) -> dict[str, float]:
-        with self._lock:
-            return {dict(lbl).get(label, ""): v for (n, lbl), v in self._counts.items() if n == name}
-
-    def items(self) -> list[tuple[str, Labels, float]]:
-        with self._lock:
-            return [(n, lbl, v) for (n, lbl), v in self._counts.items()]
 
 
 class Metrics:
