@@ -193,7 +193,10 @@ class RetryPolicy:
         self._wait: tuple[int, float] = (0, 0.0)  # (attempt, wait): decided once, read by stop and wait
 
     def run(self, attempt: Callable[[], T]) -> T:
-        """`attempt()` until it returns, or its last failure once the policy gives up."""
+        """`attempt()` until it returns, or its last failure once the policy gives up.
+
+        The callbacks take `retry_state` by that name: tenacity 8 passes it as a keyword.
+        """
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(worth_repeating),
             stop=self._stop,
@@ -203,32 +206,32 @@ class RetryPolicy:
         )
         return retrying(attempt)
 
-    def _wait_for(self, state: tenacity.RetryCallState) -> float:
-        if self._wait[0] != state.attempt_number:  # once per failure: the jitter must not change between reads
-            exc = _failure(state)
+    def _wait_for(self, retry_state: tenacity.RetryCallState) -> float:
+        if self._wait[0] != retry_state.attempt_number:  # once per failure: the jitter must not change between reads
+            exc = _failure(retry_state)
             asked = retry_after(getattr(getattr(exc, "response", None), "headers", None))
-            self._wait = (state.attempt_number, asked if asked else BACKOFF(state))
+            self._wait = (retry_state.attempt_number, asked if asked else BACKOFF(retry_state))
         return self._wait[1]
 
-    def _stop(self, state: tenacity.RetryCallState) -> bool:
-        failure = failure_of(_failure(state))
+    def _stop(self, retry_state: tenacity.RetryCallState) -> bool:
+        failure = failure_of(_failure(retry_state))
         self._used[failure] += 1
         if self._used[failure] > self._budget[failure]:
             return True
-        wait = self._wait_for(state)
+        wait = self._wait_for(retry_state)
         if self._deadline is not None and time.monotonic() + wait >= self._deadline:
             logger.debug("Not retrying: the wait (%.1f s) would pass the batch deadline", wait)
             return True
         return False
 
-    def _announce(self, state: tenacity.RetryCallState) -> None:
-        exc, wait = _failure(state), self._wait_for(state)
-        logger.debug("Retry %d in %.2f s after %s", state.attempt_number, wait, type(exc).__name__)
+    def _announce(self, retry_state: tenacity.RetryCallState) -> None:
+        exc, wait = _failure(retry_state), self._wait_for(retry_state)
+        logger.debug("Retry %d in %.2f s after %s", retry_state.attempt_number, wait, type(exc).__name__)
         if self._before_retry is not None:
-            self._before_retry(exc, state.attempt_number, wait)
+            self._before_retry(exc, retry_state.attempt_number, wait)
 
 
-def _failure(state: tenacity.RetryCallState) -> BaseException:
-    exc = state.outcome.exception() if state.outcome is not None else None
+def _failure(retry_state: tenacity.RetryCallState) -> BaseException:
+    exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
     assert exc is not None  # tenacity asks only after a failed attempt
     return exc
