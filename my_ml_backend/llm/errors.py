@@ -197,10 +197,7 @@ def _classify_status(exc: openai.APIStatusError, model: str) -> PredictionError:
             detail,
         )
     if status >= 500 and ("response_format" in lowered or "repeat_penalty" in lowered):
-        # llama-cpp-python's server (0.3.x) answers a response_format type it does not know
-        # (json_schema) with a 500 carrying its request-validation error: a refusal of this
-        # request, which the client answers by stepping down the output mode (or dropping
-        # the optional field it names), not an outage.
+        # A 500 carrying a validation error about a field we sent: a refusal of this request, not an outage.
         return PredictionError(ErrorKind.BAD_REQUEST, f"❌ 请求被拒绝 (request rejected, HTTP {status})", detail)
     if status >= 500:
         return PredictionError(

@@ -1,7 +1,7 @@
 """Pacing of requests to the LLM endpoint: how many at once, and when to try again.
 
 `LLM_CONCURRENCY` is what the user hopes the endpoint allows; repeated 429s say it
-does not (ModelScope's free tier allows about one request at a time). `AdaptiveLimiter`
+does not (a free tier may allow only one request at a time). `AdaptiveLimiter`
 is an AIMD limit shared by all batch workers of a client: when half a round of
 requests in a row is refused it halves, and pauses every worker for the server's
 `Retry-After` (the others would only collect the same 429); each full round of

@@ -189,7 +189,7 @@ class _ScrapeGauges:
             yield family
 
 
-prometheus_client.disable_created_metrics()  # no `_created` series: the names and output stay as before
+prometheus_client.disable_created_metrics()  # no `_created` series: one sample per counter and label set
 
 METRICS = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)
 """What this process (or, under gunicorn, every worker of this replica) has spent; served at `/metrics`."""
