@@ -79,9 +79,9 @@ class Predictor:
         self.examples = examples  # the project's annotated examples and their form, read once per batch
         self.tasks_per_call = tasks_per_call(settings)
         extend_below = settings.extend_below if settings.extends_lists else 0.0
-        self.single = SingleCalls(client, settings.model, settings.max_tokens, extend_below)
+        self.single = SingleCalls(client, settings.max_tokens, extend_below)
         self.strategy: AskStrategy = self.single if self.tasks_per_call == 1 else PackedCalls(
-            client, settings.model, settings.max_tokens, self.tasks_per_call, settings.pack_token_budget)
+            client, settings.max_tokens, self.tasks_per_call, settings.pack_token_budget)
         self.score_maps = score_maps  # the project's (`learning.scorefit`)
         self.calibration = BatchCalibration(schema.data_keys, self._content_free_answer, score_maps)
 
