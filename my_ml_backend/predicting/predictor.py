@@ -22,7 +22,7 @@ from ..learning.retrieval import ExampleSource
 from ..llm.batch_stats import BatchStats
 from ..llm.client import LLMClient
 from ..llm.errors import PredictionError, deadline_reached
-from ..llm.packed import default_tasks_per_call, pack_outcomes
+from ..llm.packed import pack_outcomes
 from ..settings import Settings
 from ..telemetry.activity import ACTIVITY
 from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 def tasks_per_call(settings: Settings) -> int:
     """1: one call per task; N: packs of N; 0: packs sized by tokens (LLM_TASKS_PER_CALL, else the endpoint's)."""
     n = settings.tasks_per_call
-    return default_tasks_per_call(settings.base_url) if n is None else n
+    return settings.endpoint.tasks_per_call if n is None else n
 
 
 @dataclass(frozen=True)
