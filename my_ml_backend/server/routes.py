@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException
 from ..settings import Settings
 from ..telemetry.metrics import CONTENT_TYPE, METRICS
 from .guards import RequestGuard, check_webhook, parse_json, server_options
+from .import_webhook import install_import
 from .registry import BadRequest, ModelRegistry
 from .status import install_status_page
 
@@ -177,6 +178,7 @@ def install(
     app.view_functions["get_version"] = versions
     app.view_functions["_is_training"] = is_training
     install_status_page(app, registry, settings)  # browsers asking for `/` (RequestGuard checked basic auth)
+    install_import(app, settings)  # TASKS_CREATED -> predictions (`onimport`); outermost, so after the guard
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest) -> Any:

@@ -61,6 +61,11 @@ _HELP: dict[str, str] = {
     "fewshot_eval_calls": "LLM requests spent by automatic few-shot evaluations (within FEWSHOT_EVAL_CALLS).",
     "model_answers": "Chat answers received, by the pool model that answered (llm.pool).",
     "model_refusals": "Refusals that took a pool model out for the quota day, by model and reason.",
+    "import_tasks_queued": "Imported tasks queued for prediction by the TASKS_CREATED webhook (onimport).",
+    "import_predictions_posted": "Predictions of imported tasks posted to Label Studio.",
+    "import_tasks_skipped": "Imported tasks skipped: already predicted with this model_version, or deleted.",
+    "import_tasks_failed": "Imported tasks whose prediction failed for the task's own reason.",
+    "import_quota_waits": "Times an import job paused because the day's quota was used up.",
 }
 
 Labels = tuple[tuple[str, str], ...]

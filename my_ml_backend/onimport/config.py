@@ -1,0 +1,105 @@
+"""What predict-on-import needs to know, read once at process entry, and who has opted in.
+
+A project opts in with `{"predict_on_import": true}` in its ML backend's extra params, or
+every project does with `PREDICT_ON_IMPORT=on` (an explicit `false` in a project's extra
+params still opts that project out). The job reads and writes Label Studio, so it needs
+`LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`; without them nothing else changes and
+`missing_line` is the one line the log and the status page show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..settings import Settings
+
+PARAM = "predict_on_import"
+ENV_SWITCH = "PREDICT_ON_IMPORT"
+ENV_PUBLIC_URL = "BACKEND_PUBLIC_URL"
+_ON = ("1", "true", "yes", "on", "y")
+_OFF = ("0", "false", "no", "off", "n", "")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """The settings predict-on-import uses, gathered from `Settings` and its own two variables."""
+
+    for_all: bool = False  # PREDICT_ON_IMPORT=on
+    public_url: str | None = None  # BACKEND_PUBLIC_URL: how Label Studio reaches this backend
+    label_studio_url: str | None = None
+    label_studio_key: str | None = field(default=None, repr=False)
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)
+    data_dir: Path = Path("data")
+    max_request_bytes: int = 100 * 1024 * 1024
+
+    @property
+    def can_run(self) -> bool:
+        return bool(self.label_studio_url and self.label_studio_key)
+
+    @property
+    def missing_line(self) -> str:
+        """Why opted-in projects get nothing ("" when they can)."""
+        if self.can_run:
+            return ""
+        return ("导入即预测需要 LABEL_STUDIO_URL 和 LABEL_STUDIO_API_KEY，当前未设置，导入的任务不会自动预测 "
+                "(predict on import needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: imported tasks are not predicted)")
+
+
+def _secret(value: Any) -> str | None:
+    """A plain or pydantic `SecretStr` setting as text."""
+    reveal = getattr(value, "get_secret_value", None)
+    text = reveal() if callable(reveal) else value
+    return str(text) if text else None
+
+
+def _switch(raw: str, name: str) -> bool:
+    value = raw.strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise ValueError(f"环境变量 {name} 只能是 on 或 off ({name} must be on or off), got {raw!r}")
+
+
+def import_config(settings: Settings, env: Mapping[str, str] | None = None) -> ImportConfig:
+    """The config of this process: call once at process entry and pass it down."""
+    env = os.environ if env is None else env
+    user, password = getattr(settings, "basic_auth_user", None), _secret(getattr(settings, "basic_auth_pass", None))
+    public = (env.get(ENV_PUBLIC_URL) or "").strip().rstrip("/") or None
+    if public is not None and not public.startswith(("http://", "https://")):
+        raise ValueError(f"{ENV_PUBLIC_URL} 必须以 http:// 或 https:// 开头 (must be an http(s) URL), got {public!r}")
+    return ImportConfig(
+        for_all=_switch(env.get(ENV_SWITCH, ""), ENV_SWITCH),
+        public_url=public,
+        label_studio_url=(settings.label_studio_url or "").rstrip("/") or None,
+        label_studio_key=_secret(settings.label_studio_api_key),
+        basic_auth=(user, password) if user and password else None,
+        redis_url=_secret(settings.redis_url),
+        data_dir=Path(settings.data_dir),
+        max_request_bytes=settings.max_request_bytes,
+    )
+
+
+def project_choice(extra_params: Any) -> bool | None:
+    """The project's own `predict_on_import` from its extra params: True, False, or None when it says nothing."""
+    if isinstance(extra_params, str) and extra_params.strip().startswith("{"):
+        try:
+            extra_params = json.loads(extra_params)
+        except ValueError:
+            return None
+    if not isinstance(extra_params, dict) or PARAM not in extra_params:
+        return None
+    value = extra_params[PARAM]
+    return value if isinstance(value, bool) else str(value).strip().lower() in _ON
+
+
+def opted_in(config: ImportConfig, extra_params: Any) -> bool:
+    """Whether a project with these extra params gets its imported tasks predicted."""
+    choice = project_choice(extra_params)
+    return config.for_all if choice is None else choice
