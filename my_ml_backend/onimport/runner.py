@@ -48,6 +48,7 @@ IMPORT_FAILED = "import_tasks_failed"
 IMPORT_QUOTA_WAITS = "import_quota_waits"
 
 PredictorSource = Callable[[int, str, Any], Predictor]  # (project, label config, extra params) -> its predictor
+Connect = Callable[[str, str], LabelStudio]  # (Label Studio URL, API key) -> an SDK client
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,9 @@ class ImportRun:
     """One worker's turn on one project's import job (`run()`), holding the project's lease throughout."""
 
     def __init__(self, queue: ImportQueue, config: ImportConfig, project: int, owner: str,
-                 predictors: PredictorSource, connect: Callable[[str, str], LabelStudio] = tokens.connect) -> None:
+                 predictors: PredictorSource, connect: Connect | None = None) -> None:
         self.queue, self.config, self.project, self.owner = queue, config, project, owner
-        self.predictors, self.connect = predictors, connect
+        self.predictors, self.connect = predictors, connect or tokens.connect
 
     def run(self, seconds: float = DRAIN_SECONDS) -> str:
         """Work on the project for up to `seconds`; how the turn ended, in words."""

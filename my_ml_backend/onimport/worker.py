@@ -25,7 +25,7 @@ from .predictors import project_predictor
 from .queue import ImportQueue, now
 from .queue_redis import RedisImportQueue
 from .queue_sqlite import SQLiteImportQueue
-from .runner import DRAIN_SECONDS, LEASE, ImportRun, PredictorSource
+from .runner import DRAIN_SECONDS, LEASE, Connect, ImportRun, PredictorSource
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class ImportWorker:
     """The server's thread: runs due import jobs itself (SQLite) or hands them to RQ workers (Redis)."""
 
     def __init__(self, queue: ImportQueue, config: ImportConfig, predictors: PredictorSource = project_predictor,
-                 poll: float = POLL) -> None:
-        self.queue, self.config, self.predictors, self.poll = queue, config, predictors, poll
+                 poll: float = POLL, connect: Connect | None = None) -> None:
+        self.queue, self.config, self.predictors, self.poll, self.connect = queue, config, predictors, poll, connect
         self.owner = owner_name()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -67,7 +67,8 @@ class ImportWorker:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -83,7 +84,7 @@ class ImportWorker:
 
     def run_or_enqueue(self, project: int) -> str:
         if not self.config.redis_url:
-            return ImportRun(self.queue, self.config, project, self.owner, self.predictors).run()
+            return ImportRun(self.queue, self.config, project, self.owner, self.predictors, self.connect).run()
         return enqueue(self.config.redis_url, project)
 
 
