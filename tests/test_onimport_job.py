@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +25,7 @@ from my_ml_backend.onimport.config import ImportConfig
 from my_ml_backend.onimport.queue_sqlite import SQLiteImportQueue
 from my_ml_backend.onimport.runner import ImportRun
 from my_ml_backend.onimport.status import import_rows
-from my_ml_backend.onimport.worker import ImportWorker
+from my_ml_backend.onimport.worker import ImportWorker, free_dead_leases
 from my_ml_backend.predictor import Predictor
 from my_ml_backend.settings import Settings
 from tests.conftest import TEST_KEY, config
@@ -199,3 +202,46 @@ def test_the_worker_thread_takes_new_imports_at_once(
         worker.stop()
     assert ls.predicted() == dict.fromkeys(range(1, 31), 1)
     assert sorted(r.project for r in import_rows(queue) if r.state == "finished") == [1, 2]
+
+
+def test_with_redis_an_rq_worker_takes_the_job_and_a_killed_workers_project_is_taken_again(
+    llm: fake.FakeLLMServer, tmp_path: Path, redis_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's thread only enqueues; `rq worker llm-preannotation` (here rq's SimpleWorker) predicts."""
+    import redis
+    from rq import Queue, SimpleWorker
+
+    from my_ml_backend.jobs.queue import QUEUE
+    from my_ml_backend.onimport import tokens
+    from my_ml_backend.onimport import worker as worker_module
+    from my_ml_backend.onimport.queue_redis import RedisImportQueue
+
+    llm.set_responder(answering())
+    ls = StandInLabelStudio(reviews(30, start=1))
+    predictor = build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))
+    monkeypatch.setattr(worker_module, "project_predictor", lambda p, cfg, params: predictor)
+    monkeypatch.setattr(tokens, "connect", lambda url, key: ls)
+    for name, value in {"REDIS_URL": redis_db, "LABEL_STUDIO_URL": "http://stand-in.invalid",
+                        "LABEL_STUDIO_API_KEY": "stand-in", "DATA_DIR": str(tmp_path / "data")}.items():
+        monkeypatch.setenv(name, value)
+    queue = RedisImportQueue(redis_db)
+    queue.add(1, list(range(1, 31)))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert queue.hold(1, f"{socket.gethostname()}:{gone.pid}:rq", 60)  # a worker killed with -9 mid-job
+    server_side = ImportWorker(queue, ImportConfig(label_studio_url="http://stand-in.invalid",
+                                                   label_studio_key="stand-in", redis_url=redis_db))
+    assert free_dead_leases(queue) == [1]
+    assert [server_side.run_or_enqueue(p) for p in queue.due(time.time())] == ["enqueued"]
+    assert server_side.run_or_enqueue(1) == "already enqueued"  # the next look does not enqueue it twice
+    class BurstWorker(SimpleWorker):
+        """No command channel: with redis-py 8.2, rq 3.0's pubsub thread holds a burst worker's exit for 60 s."""
+
+        def subscribe(self) -> None:
+            pass
+
+    connection = redis.Redis.from_url(redis_db)
+    BurstWorker([Queue(QUEUE, connection=connection)], connection=connection).work(burst=True, logging_level="WARNING")
+    assert ls.predicted() == dict.fromkeys(range(1, 31), 1)
+    [row] = import_rows(queue)
+    assert (row.state, row.done, row.total) == ("finished", 30, 30)

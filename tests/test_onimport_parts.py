@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +27,7 @@ from my_ml_backend.onimport.queue_redis import RedisImportQueue
 from my_ml_backend.onimport.queue_sqlite import SQLiteImportQueue
 from my_ml_backend.onimport.status import import_rows
 from my_ml_backend.onimport.webhook_setup import backend_url, basic_auth_header, ensure_webhook
+from my_ml_backend.onimport.worker import free_dead_leases
 from my_ml_backend.settings import load_settings
 
 # -- opt-in and settings ---------------------------------------------------------------
@@ -263,3 +268,17 @@ def test_the_backend_url_is_the_setting_else_the_projects_one_ml_backend() -> No
     assert backend_url(stand_in(), 1, "http://public:9090/") == "http://public:9090"  # type: ignore[arg-type]
     assert backend_url(stand_in(ml_urls=("http://ml:9090/",)), 1, None) == "http://ml:9090"  # type: ignore[arg-type]
     assert backend_url(stand_in(ml_urls=("http://a", "http://b")), 1, None) is None  # type: ignore[arg-type]
+
+
+def test_a_killed_processes_lease_is_freed_by_a_process_of_the_same_host(queue: ImportQueue) -> None:
+    """A backend restarted after `kill -9` takes its project up at once, not when the lease runs out."""
+    for project in (1, 2, 3):
+        queue.add(project, [project])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    assert queue.hold(1, f"{host}:{gone.pid}:a", 60)
+    assert queue.hold(2, f"{host}:{os.getpid()}:b", 60)  # alive
+    assert queue.hold(3, f"elsewhere:{gone.pid}:c", 60)  # another host's: only its lease can tell
+    assert free_dead_leases(queue) == [1]
+    assert queue.due(time.time()) == [1] and set(queue.holders()) == {2, 3}

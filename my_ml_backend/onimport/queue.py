@@ -74,6 +74,9 @@ class ImportQueue(Protocol):
 
     def let_go(self, project: int, owner: str) -> None: ...
 
+    def holders(self) -> dict[int, str]:
+        """The owners of the live leases of projects with an open job."""
+
     def wait(self, project: int, next_try: float, note: str, until: float | None = None) -> None:
         """The open job pauses until `next_try` (`until`: when the quota resets), saying why in `note`."""
 

@@ -140,6 +140,13 @@ class RedisImportQueue:
     def let_go(self, project: int, owner: str) -> None:
         self._let_go(keys=[self._key("lease", project)], args=[owner])
 
+    def holders(self) -> dict[int, str]:
+        found = {}
+        for raw in self.redis.smembers(self._key("open-projects")):
+            if (owner := self.redis.get(self._key("lease", int(raw)))) is not None:
+                found[int(raw)] = owner.decode()
+        return found
+
     def wait(self, project: int, next_try: float, note: str, until: float | None = None) -> None:
         job = self._open_job(project)
         if job is not None:

@@ -124,6 +124,11 @@ class SQLiteImportQueue:
         with self.db.connect() as conn:
             conn.execute("DELETE FROM import_lease WHERE project = ? AND owner = ?", (project, owner))
 
+    def holders(self) -> dict[int, str]:
+        with self.db.connect() as conn:
+            rows = conn.execute("SELECT project, owner FROM import_lease WHERE until >= ?", (now(),)).fetchall()
+        return dict(rows)
+
     def wait(self, project: int, next_try: float, note: str, until: float | None = None) -> None:
         with self.db.connect() as conn:
             conn.execute("UPDATE import_job SET next_try = ?, note = ?, waiting_until = ?, updated = ?"

@@ -36,9 +36,9 @@ from .queue import ImportQueue, now
 
 logger = logging.getLogger(__name__)
 
-LEASE = 60.0  # seconds a killed worker keeps a project; renewed every third of it while working
+LEASE = 60.0  # seconds a killed worker on another host keeps a project; renewed every third of it while working
 DRAIN_SECONDS = 300.0  # one turn on a project, then the lease goes back (other projects, RQ job timeouts)
-QUOTA_POLL = 30.0  # seconds between two looks at the quota ledger while the quota is out
+QUOTA_POLL = 10.0  # seconds between two looks at the quota ledger while the quota is out (a read, no call)
 RETRY_AFTER_ERROR = 60.0  # seconds before a job that could not reach Label Studio or the endpoint tries again
 
 IMPORT_QUEUED = "import_tasks_queued"  # counters of telemetry.metrics

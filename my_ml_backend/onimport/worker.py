@@ -43,7 +43,31 @@ def open_queue(config: ImportConfig) -> ImportQueue:
 
 
 def owner_name() -> str:
+    """`host:pid:random`: who holds a lease, so a process of the same host can tell it died."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def free_dead_leases(queue: ImportQueue) -> list[int]:
+    """Let go of the leases of this host's processes that are gone (`kill -9`): a restart resumes at once."""
+    freed = []
+    host = socket.gethostname()
+    for project, owner in queue.holders().items():
+        owner_host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if owner_host == host and pid.isdecimal() and int(pid) != os.getpid() and not alive(int(pid)):
+            queue.let_go(project, owner)
+            freed.append(project)
+    return freed
 
 
 class ImportWorker:
@@ -74,6 +98,7 @@ class ImportWorker:
         while not self._stop.is_set():
             self._wake.clear()
             try:
+                free_dead_leases(self.queue)
                 for project in self.queue.due(now()):
                     if self._stop.is_set():
                         break

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 HEAD_BYTES = 128  # read before deciding: `{"action": "TASKS_CREATED"` fits with room to spare
 ENSURE_EVERY = 600.0  # seconds before a project's webhook is checked again on its next /setup
+# Label Studio saves a new ML backend, and its own all-actions webhook, just after /setup answers:
+# looking later finds that webhook instead of racing it with a second one.
+ENSURE_DELAY = 2.0
 WARN_EVERY = 60.0  # seconds between two log lines about missing Label Studio settings
 
 
@@ -112,6 +115,7 @@ class ImportService:
 
     def _ensure(self, project: int) -> None:
         key = self.config.label_studio_key or ""
+        time.sleep(ENSURE_DELAY)
         try:
             client = tokens.connect(self.config.label_studio_url or "", key)
             url = backend_url(client, project, self.config.public_url)
