@@ -18,6 +18,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from label_studio_sdk import PredictionRequest
+from label_studio_sdk.core.api_error import ApiError
 
 from my_ml_backend.engine import build_predictor
 from my_ml_backend.jobs.batch import CHUNK_DEADLINE
@@ -43,10 +45,12 @@ class StandInLabelStudio:
     def __init__(self, tasks: list[dict]) -> None:
         self.data = {t["id"]: t["data"] for t in tasks}
         self.stored: list[SimpleNamespace] = []
-        self.reads = 0
-        self.projects = SimpleNamespace(get=lambda id: SimpleNamespace(label_config=LABEL_CONFIG))  # noqa: A006, ARG005
+        self.reads = self.imports = 0
+        self.projects = SimpleNamespace(get=lambda id: SimpleNamespace(label_config=LABEL_CONFIG),  # noqa: A006, ARG005
+                                        import_predictions=self._import)
         self.tasks = SimpleNamespace(list=self._list)
         self.predictions = SimpleNamespace(create=self._create)
+        self.delete_before_post: set[int] = set()  # deleted between the chunk's read and its post
 
     def _list(self, project: int, query: str, fields: str, page_size: int, include: str) -> list[SimpleNamespace]:
         assert fields == "all" and "predictions_model_versions" in include
@@ -59,7 +63,19 @@ class StandInLabelStudio:
         return [p.model_version for p in self.stored if p.task == task]
 
     def _create(self, task: int, result: list, score: float | None, model_version: str) -> None:
+        if task not in self.data:
+            raise ApiError(status_code=404, body={"detail": "Not found."})
         self.stored.append(SimpleNamespace(task=task, result=result, model_version=model_version))
+
+    def _import(self, id: int, request: list[PredictionRequest]) -> None:  # noqa: A002 - the SDK's name
+        """Label Studio's prediction import: all or nothing, refused when a task is not in the project."""
+        for task in self.delete_before_post:
+            self.data.pop(task, None)
+        if any(r.task not in self.data for r in request):
+            raise ApiError(status_code=400, body={"detail": "contains invalid task field"})
+        self.imports += 1
+        for r in request:
+            self._create(r.task, r.result, r.score, r.model_version or "")
 
     def predicted(self) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -99,7 +115,7 @@ def test_every_imported_task_gets_one_prediction_of_the_backends_version(
     assert all(p.result for p in ls.stored)
     [row] = import_rows(queue)
     assert (row.state, row.done, row.total, row.failed, row.calls) == ("finished", 60, 60, 0, 60)
-    assert ls.reads == 4  # one Data Manager read per chunk of 16 (4 x LLM_CONCURRENCY)
+    assert ls.reads == ls.imports == 4  # one Data Manager read and one post per chunk of 16 (4 x LLM_CONCURRENCY)
 
 
 def test_tasks_already_predicted_or_deleted_are_skipped_not_predicted_again(
@@ -120,6 +136,19 @@ def test_tasks_already_predicted_or_deleted_are_skipped_not_predicted_again(
     assert llm.chat_calls == 17
     [job] = queue.jobs()
     assert (job.posted, job.skipped, job.failed) == (17, 3, 0)
+
+
+def test_a_task_deleted_while_its_chunk_is_predicted_costs_only_its_own_prediction(
+    llm: fake.FakeLLMServer, tmp_path: Path, queue: SQLiteImportQueue
+) -> None:
+    llm.set_responder(answering())
+    ls = StandInLabelStudio(reviews(10, start=1))
+    ls.delete_before_post = {3}
+    queue.add(1, list(range(1, 11)))
+    assert run(queue, ls, build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))) == "finished"
+    assert ls.predicted() == {i: 1 for i in range(1, 11) if i != 3}
+    [row] = import_rows(queue)
+    assert (row.done, row.failed) == (9, 1) and "posting the prediction failed" in row.reasons[0][0]
 
 
 def test_a_task_that_fails_for_its_own_reason_is_failed_with_the_reason(

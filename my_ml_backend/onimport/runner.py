@@ -1,16 +1,17 @@
 """The import job of one project: predict its pending tasks chunk by chunk and post the predictions.
 
-The batch job's own pieces do the work (`jobs.batch`): the chunk size, predicting a chunk
-with the project's engine and posting each prediction through the SDK as soon as it is
-made, and the stop when every model of the pool is out for the day. Before a chunk, its
-tasks are read from Label Studio with the model versions of their predictions, so a task
-that already has one of this `model_version` (posted by `/predict`, or by a worker killed
-before it could say so) is skipped, and a task deleted since the import is dropped.
+Each chunk is read from Label Studio first (`chunk_io.fetch`), so a task that already has a
+prediction of this `model_version` (from `/predict`, or from a worker killed before it could
+record it) is skipped and a deleted task dropped; it is predicted with the project's engine
+(`Predictor.predict_batch`, under the shared `LLM_CONCURRENCY`, quota ledger and model pool)
+and its predictions are posted in one request. The batch job's rules decide the rest
+(`jobs.batch`): the chunk size, the stop when every model of the pool is out for the day,
+and the stop after whole chunks failed for reasons that are not the tasks' own.
 
-When the day's quota is spent the job stops, and says when it comes back; it is taken up
+When the day's quota is spent the job stops and says when it comes back; it is taken up
 again every `QUOTA_POLL` seconds (a cleared ledger resumes it at once) and at the reset.
-Whole chunks failing for reasons that are not the tasks' own (the endpoint is down) leave
-their tasks pending and pause the job; a task that fails for its own reason is failed.
+Tasks refused by the quota or by a failing endpoint stay pending; a task that fails for its
+own reason (no text, refused content) is failed, with the reason.
 """
 
 from __future__ import annotations
@@ -18,19 +19,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from ..jobs.batch import STOP_AFTER_FAILED_CHUNKS, BatchJob, Summary, counters, default_chunk_size, quota_stop
+from ..jobs.batch import STOP_AFTER_FAILED_CHUNKS, default_chunk_size, quota_stop
+from ..llm.batch_stats import BatchStats
 from ..llm.errors import TASK_KINDS
 from ..llm.limits import Renewer
 from ..predictor import Predictor
 from ..telemetry.metrics import API_REQUESTS, METRICS
 from . import tokens
+from .chunk_io import fetch, post_predictions
 from .config import ImportConfig
 from .queue import ImportQueue, now
 
@@ -39,6 +43,7 @@ logger = logging.getLogger(__name__)
 LEASE = 60.0  # seconds a killed worker on another host keeps a project; renewed every third of it while working
 DRAIN_SECONDS = 300.0  # one turn on a project, then the lease goes back (other projects, RQ job timeouts)
 QUOTA_POLL = 10.0  # seconds between two looks at the quota ledger while the quota is out (a read, no call)
+PIPELINE = 2  # chunks in flight: one posts its predictions while the next is predicted (LLM_CONCURRENCY caps both)
 RETRY_AFTER_ERROR = 60.0  # seconds before a job that could not reach Label Studio or the endpoint tries again
 
 IMPORT_QUEUED = "import_tasks_queued"  # counters of telemetry.metrics
@@ -49,30 +54,6 @@ IMPORT_QUOTA_WAITS = "import_quota_waits"
 
 PredictorSource = Callable[[int, str, Any], Predictor]  # (project, label config, extra params) -> its predictor
 Connect = Callable[[str, str], LabelStudio]  # (Label Studio URL, API key) -> an SDK client
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """A chunk's ids as Label Studio has them now: tasks to predict, and ids to skip."""
-
-    tasks: list[dict[str, Any]]
-    skipped: list[int]
-
-
-def fetch(client: LabelStudio, project: int, ids: list[int], model_version: str) -> Fetched:
-    """The tasks `ids` (data, and the versions of their predictions) in one Data Manager read."""
-    query = json.dumps({"selectedItems": {"all": False, "included": ids}})
-    found = {t.id: t for t in client.tasks.list(project=project, query=query, fields="all", page_size=len(ids),
-                                                   include="id,data,predictions_model_versions")}
-    tasks, skipped = [], []
-    for task_id in ids:
-        task = found.get(task_id)
-        versions = str(getattr(task, "predictions_model_versions", "") or "").split(",")
-        if task is None or model_version in versions:
-            skipped.append(task_id)
-        else:
-            tasks.append({"id": task_id, "data": task.data or {}})
-    return Fetched(tasks, skipped)
 
 
 class ImportRun:
@@ -113,51 +94,65 @@ class ImportRun:
             return self._drop_all("项目已删除 (project deleted)")
         stored = self.queue.extra_params(self.project)
         predictor = self.predictors(self.project, label_config or "", json.loads(stored) if stored else None)
-        job = BatchJob(client, self.project, predictor, default_chunk_size(predictor))
         self.queue.wait(self.project, 0.0, "")  # a paused job goes on: its note goes
-        failed_chunks = 0
-        while time.monotonic() < until:
-            if stop := quota_stop(predictor):
-                return self._wait_for_quota(predictor, stop)
-            ids = self.queue.pending(self.project, job.chunk_size)
-            if not ids:
-                return "finished" if self.queue.close_if_done(self.project) else "more tasks arrived"
-            posted, endpoint_failed = self._chunk(client, job, ids)
-            failed_chunks = failed_chunks + 1 if not posted and endpoint_failed else 0
-            if failed_chunks >= STOP_AFTER_FAILED_CHUNKS:
-                note = f"连续多批全部失败，{RETRY_AFTER_ERROR:.0f} 秒后重试 (every task of the last chunks failed: " \
-                       f"retrying in {RETRY_AFTER_ERROR:.0f} s)"
-                self.queue.wait(self.project, now() + RETRY_AFTER_ERROR, note)
-                logger.warning("导入任务 project %s: %s", self.project, note)
-                return note
-        return "turn over"
+        with ThreadPoolExecutor(PIPELINE, thread_name_prefix=f"import-{self.project}") as pool:
+            return self._chunks(pool, client, predictor, until)
 
-    def _chunk(self, client: LabelStudio, job: BatchJob, ids: list[int]) -> tuple[int, bool]:
+    def _chunks(self, pool: ThreadPoolExecutor, client: LabelStudio, predictor: Predictor, until: float) -> str:
+        """Chunks, `PIPELINE` at a time, until none is left, the quota is out, the endpoint is down or time is up."""
+        size = default_chunk_size(predictor)
+        in_flight: dict[Future[tuple[int, bool]], list[int]] = {}
+        failed_chunks, stop, mark = 0, "", time.monotonic()
+        while True:
+            stop = stop or quota_stop(predictor)
+            if not stop and failed_chunks < STOP_AFTER_FAILED_CHUNKS and time.monotonic() < until \
+                    and len(in_flight) < PIPELINE:
+                busy = {i for ids in in_flight.values() for i in ids}
+                ids = [i for i in self.queue.pending(self.project, size + len(busy)) if i not in busy][:size]
+                if ids:
+                    in_flight[pool.submit(self._chunk, client, predictor, ids)] = ids
+                    continue
+            if not in_flight:
+                break
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                del in_flight[future]
+                posted, endpoint_failed = future.result()
+                failed_chunks = failed_chunks + 1 if not posted and endpoint_failed else 0
+            stamp = time.monotonic()  # the turn's working time, chunks in flight together counted once
+            self.queue.settle(self.project, busy=stamp - mark)
+            mark = stamp
+        if stop:
+            return self._wait_for_quota(predictor, stop)
+        if failed_chunks >= STOP_AFTER_FAILED_CHUNKS:
+            note = f"连续多批全部失败，{RETRY_AFTER_ERROR:.0f} 秒后重试 (every task of the last chunks failed: " \
+                   f"retrying in {RETRY_AFTER_ERROR:.0f} s)"
+            self.queue.wait(self.project, now() + RETRY_AFTER_ERROR, note)
+            logger.warning("导入任务 project %s: %s", self.project, note)
+            return note
+        if time.monotonic() >= until:
+            return "turn over"
+        return "finished" if self.queue.close_if_done(self.project) else "more tasks arrived"
+
+    def _chunk(self, client: LabelStudio, predictor: Predictor, ids: list[int]) -> tuple[int, bool]:
         """Predict and post one chunk: (predictions posted, whether a failure was not the tasks' own)."""
-        started = time.monotonic()
-        fetched = fetch(client, self.project, ids, job.predictor.model_version)
+        fetched = fetch(client, self.project, ids, predictor.model_version)
         self.queue.settle(self.project, skipped=fetched.skipped)
         METRICS.inc(IMPORT_SKIPPED, len(fetched.skipped))
         if not fetched.tasks:
             return 0, False
-        summary, posted = Summary(), set()
-        before = counters()[API_REQUESTS]
-
-        def on_posted(task_id: int) -> None:  # at once: a worker killed after this post does not post it again
-            posted.add(task_id)
-            self.queue.settle(self.project, posted=[task_id])
-            METRICS.inc(IMPORT_POSTED)
-
-        # The batch job's chunk step (private today; `jobs` makes it public).
-        _, kinds = job._predict_and_post(fetched.tasks, summary, on_posted=on_posted)
-        failed = [t["id"] for t in fetched.tasks if t["id"] not in posted]
-        endpoint_failed = any(kind not in TASK_KINDS for kind in kinds)
+        stats = BatchStats()
+        predictions = predictor.predict_batch(fetched.tasks, project=str(self.project), stats=stats)
+        made = [(t["id"], p) for t, p in zip(fetched.tasks, predictions, strict=True) if "result" in p]
+        errors = Counter(str(p.get("error") or "unknown error") for p in predictions if "result" not in p)
+        posted, refused = post_predictions(client, self.project, made)
+        self.queue.settle(self.project, posted=posted, calls=int(stats.calls.get(API_REQUESTS)))
+        METRICS.inc(IMPORT_POSTED, len(posted))
+        failed = [t["id"] for t in fetched.tasks if t["id"] not in set(posted)]
+        endpoint_failed = bool(refused) or any(kind not in TASK_KINDS for kind in stats.kinds)
         # Out of quota, or the endpoint down: the tasks stay pending for the next turn, not failed.
-        keep = bool(quota_stop(job.predictor)) or (not posted and endpoint_failed)
-        calls = int(counters()[API_REQUESTS] - before)
-        self.queue.settle(self.project, failed=[] if keep else failed, errors=None if keep else summary.errors,
-                          calls=calls, busy=time.monotonic() - started)
-        if not keep:
+        if failed and not quota_stop(predictor) and (posted or not endpoint_failed):
+            self.queue.settle(self.project, failed=failed, errors=errors + refused)
             METRICS.inc(IMPORT_FAILED, len(failed))
         return len(posted), endpoint_failed
 
