@@ -53,8 +53,9 @@ def tasks_created_hooks(ls: LabelStudioClient, project: int, backend: Backend) -
             and (h["send_for_all_actions"] or "TASKS_CREATED" in h["actions"])]
 
 
-def version_of(backend: Backend, project: int, extra_params: dict) -> str:
-    status, body = backend.post("/setup", {"project": f"{project}.1", "schema": LABEL_CONFIG,
+def version_of(ls: LabelStudioClient, backend: Backend, project: int, extra_params: dict) -> str:
+    """The version the backend reports to Label Studio for the project (its config as Label Studio stores it)."""
+    status, body = backend.post("/setup", {"project": f"{project}.1", "schema": ls.project(project)["label_config"],
                                            "extra_params": extra_params})
     assert status == 200, body
     return body["model_version"]
@@ -99,8 +100,9 @@ def test_300_imported_tasks_get_one_prediction_each_with_no_click(
     time.sleep(2)  # nothing more arrives after the last one
     predictions = ls.predictions(opted)
     assert Counter(p["task"] for p in predictions) == Counter(dict.fromkeys(ids, 1))
-    assert {p["model_version"] for p in predictions} == {version_of(backend, opted, {**OPT_IN,
-                                                                                      "instructions": "只看评论本身"})}
+    extra_params = {**OPT_IN, "instructions": "只看评论本身"}
+    assert {p["model_version"] for p in predictions} == {version_of(ls, backend, opted, extra_params)}
+    assert version_of(ls, backend, opted, {}) not in {p["model_version"] for p in predictions}  # the project's own
     assert llm.chat_calls == n
     assert ls.predictions(plain) == []  # no opt-in: nothing predicted on import
     html = _page(backend)
