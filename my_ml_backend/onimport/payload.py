@@ -1,8 +1,8 @@
 """The ids of a TASKS_CREATED webhook body, read as a stream.
 
 Label Studio sends every created task of an import in the body (up to its
-`WEBHOOK_BATCH_SIZE`, 5,000 tasks per webhook by default), data included, so one
-body can be hundreds of megabytes. Only the project id and the task ids are kept: the
+`WEBHOOK_BATCH_SIZE` tasks per webhook), data included, so one body can be larger
+than `MAX_REQUEST_MB`. Only the project id and the task ids are kept: the
 body is parsed as it arrives (ijson, the C backend when available) and never held
 whole, so its size costs time, not memory.
 """
