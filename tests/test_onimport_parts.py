@@ -26,7 +26,12 @@ from my_ml_backend.onimport.queue import ImportQueue
 from my_ml_backend.onimport.queue_redis import RedisImportQueue
 from my_ml_backend.onimport.queue_sqlite import SQLiteImportQueue
 from my_ml_backend.onimport.status import import_rows
-from my_ml_backend.onimport.webhook_setup import backend_url, basic_auth_header, ensure_webhook
+from my_ml_backend.onimport.webhook_setup import (
+    backend_extra_params,
+    backend_url,
+    basic_auth_header,
+    ensure_webhook,
+)
 from my_ml_backend.onimport.worker import free_dead_leases
 from my_ml_backend.settings import load_settings
 
@@ -228,7 +233,8 @@ class StandInWebhooks:
 
 
 def stand_in(hooks: list[dict] | None = None, ml_urls: tuple[str, ...] = ()) -> SimpleNamespace:
-    ml = SimpleNamespace(list=lambda project: [SimpleNamespace(url=u) for u in ml_urls])  # noqa: ARG005
+    backends = [SimpleNamespace(url=u, extra_params={"from": u}) for u in ml_urls]
+    ml = SimpleNamespace(list=lambda project: backends)  # noqa: ARG005
     return SimpleNamespace(webhooks=StandInWebhooks(hooks), ml=ml)
 
 
@@ -282,3 +288,10 @@ def test_a_killed_processes_lease_is_freed_by_a_process_of_the_same_host(queue: 
     assert queue.hold(3, f"elsewhere:{gone.pid}:c", 60)  # another host's: only its lease can tell
     assert free_dead_leases(queue) == [1]
     assert queue.due(time.time()) == [1] and set(queue.holders()) == {2, 3}
+
+
+def test_this_backends_extra_params_are_read_from_its_connection() -> None:
+    one, two = stand_in(ml_urls=("http://ml:9090",)), stand_in(ml_urls=("http://a:1", "http://b:2/"))
+    assert backend_extra_params(one, 1, None) == (True, {"from": "http://ml:9090"})  # type: ignore[arg-type]
+    assert backend_extra_params(two, 1, None) == (False, None)  # type: ignore[arg-type]
+    assert backend_extra_params(two, 1, "http://b:2") == (True, {"from": "http://b:2/"})  # type: ignore[arg-type]

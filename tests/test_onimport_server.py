@@ -89,6 +89,8 @@ def test_an_opted_in_project_has_its_imported_tasks_queued_and_shown(make_app) -
     assert again.json["tasks"] == 1  # read by the view (not Label Studio's key order): only the new id
     ignored = client.post("/webhook", data=created([21], 2), content_type="application/json")
     assert ignored.status_code == 200 and ignored.json["status"] == "ignored"
+    unknown = client.post("/webhook", data=created([31], 3), content_type="application/json")
+    assert unknown.json["status"] == "checking"  # no /setup seen: its extra params are asked of Label Studio
     assert METRICS.get("import_tasks_queued") == before + 4
     assert service.queue.pending(2, 10) == []
     [job] = service.queue.jobs()

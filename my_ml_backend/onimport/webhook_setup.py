@@ -32,6 +32,15 @@ def backend_url(client: LabelStudio, project: int, public_url: str | None) -> st
     return urls.pop() if len(urls) == 1 else None
 
 
+def backend_extra_params(client: LabelStudio, project: int, public_url: str | None) -> tuple[bool, Any]:
+    """(found, extra params) of this backend's connection to the project: the one at BACKEND_PUBLIC_URL, else the
+    project's only ML backend."""
+    backends = list(client.ml.list(project=project))
+    if public_url:
+        backends = [b for b in backends if str(b.url).rstrip("/") == public_url.rstrip("/")]
+    return (True, backends[0].extra_params) if len(backends) == 1 else (False, None)
+
+
 def _covers(hook: Any) -> bool:
     return bool(hook.send_for_all_actions) or ACTION in (hook.actions or [])
 

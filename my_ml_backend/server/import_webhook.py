@@ -25,7 +25,7 @@ from ..onimport import tokens
 from ..onimport.config import ImportConfig, import_config, opted_in
 from ..onimport.payload import ACTION, CreatedTasks, PayloadError, leading_action, read_created_tasks
 from ..onimport.runner import IMPORT_QUEUED
-from ..onimport.webhook_setup import backend_url, basic_auth_header, ensure_webhook
+from ..onimport.webhook_setup import backend_extra_params, backend_url, basic_auth_header, ensure_webhook
 from ..onimport.worker import ImportWorker, open_queue
 from ..settings import Settings
 from ..telemetry.metrics import METRICS
@@ -66,8 +66,11 @@ class ImportService:
         elif config.for_all:
             logger.warning("PREDICT_ON_IMPORT=on: %s", config.missing_line)
 
-    def wanted(self, project: int) -> bool:
+    def wanted(self, project: int) -> bool | None:
+        """Whether the project predicts on import; None when its extra params are not known here yet."""
         stored = self.queue.extra_params(project)
+        if stored is None and not self.config.for_all:
+            return None
         return opted_in(self.config, json.loads(stored) if stored else None)
 
     def _warn_missing(self) -> None:
@@ -79,11 +82,42 @@ class ImportService:
         """Queue the created tasks of an opted-in project; the answer to the webhook."""
         if created.project is None:
             return {"status": 400, "detail": "TASKS_CREATED 缺少项目 id (no project id)"}, 400
-        if not self.wanted(created.project):
+        wanted = self.wanted(created.project)
+        if wanted is None and self.config.can_run:  # no /setup seen since DATA_DIR was new: Label Studio knows
+            threading.Thread(target=self._learn, args=(created,), name=f"import-learn-{created.project}",
+                             daemon=True).start()
+            return {"status": "checking", "action": ACTION, "project": created.project}, 200
+        if not wanted:
             return {"status": "ignored", "action": ACTION, "detail": "predict_on_import off for this project"}, 200
         if not self.config.can_run:
             self._warn_missing()
             return {"status": "ignored", "action": ACTION, "detail": self.config.missing_line}, 200
+        return self._queue(created)
+
+    def _learn(self, created: CreatedTasks) -> None:
+        """Read the project's extra params from Label Studio, keep them, and queue the tasks if it opted in."""
+        assert created.project is not None
+        key = self.config.label_studio_key or ""
+        try:
+            client = tokens.connect(self.config.label_studio_url or "", key)
+            found, params = backend_extra_params(client, created.project, self.config.public_url)
+        except Exception as exc:  # noqa: BLE001 - the log says why; the next /setup records the choice
+            error = tokens.explain(exc, key)
+            logger.warning("无法读取项目 %s 的 ML 后端设置 (cannot read the project's ML backend): %s: %s",
+                           created.project, type(error).__name__, str(error)[:300])
+            return
+        if not found:
+            logger.warning("项目 %s 的导入未处理：找不到本后端的连接，"
+                           "请设置 BACKEND_PUBLIC_URL 或重新保存项目的模型设置 "
+                           "(project %s: import not handled, no connection to this backend found)",
+                           created.project, created.project)
+            return
+        self.queue.remember(created.project, json.dumps(params, ensure_ascii=False, sort_keys=True))
+        if opted_in(self.config, params):
+            self._queue(created)
+
+    def _queue(self, created: CreatedTasks) -> tuple[dict[str, Any], int]:
+        assert created.project is not None
         added = self.queue.add(created.project, created.task_ids)
         METRICS.inc(IMPORT_QUEUED, added)
         if created.dropped:
