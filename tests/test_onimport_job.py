@@ -21,14 +21,13 @@ import pytest
 from label_studio_sdk import PredictionRequest
 from label_studio_sdk.core.api_error import ApiError
 
-from my_ml_backend.engine import build_predictor
-from my_ml_backend.jobs.batch import CHUNK_DEADLINE
 from my_ml_backend.onimport.config import ImportConfig
 from my_ml_backend.onimport.queue_sqlite import SQLiteImportQueue
 from my_ml_backend.onimport.runner import ImportRun
 from my_ml_backend.onimport.status import import_rows
 from my_ml_backend.onimport.worker import ImportWorker, free_dead_leases
-from my_ml_backend.predictor import Predictor
+from my_ml_backend.predicting.factory import build_predictor
+from my_ml_backend.predicting.predictor import Predictor
 from my_ml_backend.settings import Settings
 from tests.conftest import TEST_KEY, config
 from tests.fake_llm import server as fake
@@ -87,7 +86,7 @@ class StandInLabelStudio:
 def settings_for(llm: fake.FakeLLMServer, tmp_path: Path, **kw: Any) -> Settings:
     params: dict[str, Any] = {"api_key": TEST_KEY, "base_url": llm.base_url, "model": "A", "timeout": 5.0,
                               "max_retries": 0, "data_dir": tmp_path / "data", "fewshot_k": 0, "fewshot_auto": False,
-                              "batch_deadline": CHUNK_DEADLINE, "concurrency": 4}
+                              "concurrency": 4}
     params.update(kw)
     return Settings(**params)
 

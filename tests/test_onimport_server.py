@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from my_ml_backend.model import NewModel
 from my_ml_backend.server import import_webhook
 from my_ml_backend.server.routes import install
-from my_ml_backend.settings import load_settings
+from my_ml_backend.settings import load_settings, reveal
 from my_ml_backend.telemetry.metrics import METRICS
 from tests.conftest import config
 
@@ -61,7 +61,8 @@ def make_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
             if rule.endpoint != "static":
                 app.add_url_rule(rule.rule, rule.endpoint, _server.view_functions[rule.endpoint], methods=rule.methods)
         settings = load_settings()
-        auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.basic_auth_user else None
+        monkeypatch.setattr(NewModel, "settings", settings, raising=False)  # what `_wsgi.py` does at start
+        auth = (settings.basic_auth_user, reveal(settings.basic_auth_pass)) if settings.basic_auth_user else None
         install(app, NewModel, auth, settings)  # type: ignore[arg-type]
         return app.test_client(), services[-1]
 
@@ -104,7 +105,7 @@ def test_an_opted_in_project_has_its_imported_tasks_queued_and_shown(make_app) -
             break
         time.sleep(0.05)
     section = page.split("导入即预测 (predict on import)", 1)[1]
-    assert '<span class="done">0</span> / <span class="total">4</span>' in section
+    assert "<td>0 / 4 (0%)</td>" in section
     assert "等待 (waiting)" in section and "retrying in 60 s" in section and "ConnectError" in section
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "ml_backend_import_tasks_queued_total" in metrics and "ml_backend_import_tasks_left 4.0" in metrics

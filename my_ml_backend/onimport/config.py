@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..settings import Settings
+from ..settings import Settings, reveal
 
 PARAM = "predict_on_import"
 ENV_SWITCH = "PREDICT_ON_IMPORT"
@@ -51,13 +51,6 @@ class ImportConfig:
                 "(predict on import needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: imported tasks are not predicted)")
 
 
-def _secret(value: Any) -> str | None:
-    """A plain or pydantic `SecretStr` setting as text."""
-    reveal = getattr(value, "get_secret_value", None)
-    text = reveal() if callable(reveal) else value
-    return str(text) if text else None
-
-
 def _switch(raw: str, name: str) -> bool:
     value = raw.strip().lower()
     if value in _ON:
@@ -70,7 +63,7 @@ def _switch(raw: str, name: str) -> bool:
 def import_config(settings: Settings, env: Mapping[str, str] | None = None) -> ImportConfig:
     """The config of this process: call once at process entry and pass it down."""
     env = os.environ if env is None else env
-    user, password = getattr(settings, "basic_auth_user", None), _secret(getattr(settings, "basic_auth_pass", None))
+    user, password = settings.basic_auth_user, reveal(settings.basic_auth_pass)
     public = (env.get(ENV_PUBLIC_URL) or "").strip().rstrip("/") or None
     if public is not None and not public.startswith(("http://", "https://")):
         raise ValueError(f"{ENV_PUBLIC_URL} 必须以 http:// 或 https:// 开头 (must be an http(s) URL), got {public!r}")
@@ -78,9 +71,9 @@ def import_config(settings: Settings, env: Mapping[str, str] | None = None) -> I
         for_all=_switch(env.get(ENV_SWITCH, ""), ENV_SWITCH),
         public_url=public,
         label_studio_url=(settings.label_studio_url or "").rstrip("/") or None,
-        label_studio_key=_secret(settings.label_studio_api_key),
+        label_studio_key=reveal(settings.label_studio_api_key) or None,
         basic_auth=(user, password) if user and password else None,
-        redis_url=_secret(settings.redis_url),
+        redis_url=settings.redis_url or None,
         data_dir=Path(settings.data_dir),
         max_request_bytes=settings.max_request_bytes,
     )

@@ -30,8 +30,8 @@ from label_studio_sdk.core.api_error import ApiError
 from ..jobs.batch import STOP_AFTER_FAILED_CHUNKS, default_chunk_size, quota_stop
 from ..llm.batch_stats import BatchStats
 from ..llm.errors import TASK_KINDS
-from ..llm.limits import Renewer
-from ..predictor import Predictor
+from ..predicting.predictor import Predictor
+from ..storage.leases import Renewer
 from ..telemetry.metrics import API_REQUESTS, METRICS
 from . import tokens
 from .chunk_io import fetch, post_predictions
@@ -142,7 +142,8 @@ class ImportRun:
         if not fetched.tasks:
             return 0, False
         stats = BatchStats()
-        predictions = predictor.predict_batch(fetched.tasks, project=str(self.project), stats=stats)
+        # no Label Studio request waits on a chunk: no deadline (the LLM client's own timeouts still apply)
+        predictions = predictor.predict_batch(fetched.tasks, project=str(self.project), stats=stats, deadline=None)
         made = [(t["id"], p) for t, p in zip(fetched.tasks, predictions, strict=True) if "result" in p]
         errors = Counter(str(p.get("error") or "unknown error") for p in predictions if "result" not in p)
         posted, refused = post_predictions(client, self.project, made)

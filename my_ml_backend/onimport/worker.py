@@ -21,7 +21,7 @@ from ..jobs.queue import QUEUE
 from ..settings import load_env_file, load_settings
 from ..storage import redis_db
 from .config import ImportConfig, import_config
-from .predictors import project_predictor
+from .predictors import project_predictor, use_settings
 from .queue import ImportQueue, now
 from .queue_redis import RedisImportQueue
 from .queue_sqlite import SQLiteImportQueue
@@ -129,7 +129,9 @@ def enqueue(redis_url: str, project: int) -> str:
 def run_import_job(project: int) -> str:
     """RQ job (a process entry): one turn on the project's import job, with settings read from the env and `.env`."""
     load_env_file()
-    config = import_config(load_settings())
+    settings = load_settings()
+    use_settings(settings)
+    config = import_config(settings)
     if not (config.redis_url and config.can_run):
         raise RuntimeError("worker needs REDIS_URL, LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (env or .env)")
     redis_db.connect(config.redis_url).delete(f"{ENQUEUED}{project}")  # from now on a new turn may be enqueued

@@ -31,7 +31,7 @@ from ..settings import Settings
 from ..telemetry.metrics import METRICS
 from .auth import credentials_match
 from .guards import parse_json
-from .import_status import install_import_section
+from .import_status import import_table, install_backlog_gauge
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class ImportService:
         self.config = config
         self.queue = open_queue(config)
         self.worker = ImportWorker(self.queue, config)
+        self.status_table = import_table(self.queue, config)  # for the status page
         self._ensured: dict[int, float] = {}
         self._lock = threading.Lock()
         self._warned = 0.0
@@ -224,7 +225,8 @@ def _answer(start_response: Callable, body: dict[str, Any], status: int) -> list
 
 
 def install_import(app: Flask, settings: Settings) -> ImportService:
-    """Wrap `/setup` and `/webhook`, put `ImportGate` in front of the app, add the status page section."""
+    """Wrap `/setup` and `/webhook`, put `ImportGate` in front of the app; the service's `status_table` is the
+    status page's section."""
     service = ImportService(import_config(settings))
     setup_view, webhook_view = app.view_functions["_setup"], app.view_functions["webhook"]
 
@@ -253,5 +255,5 @@ def install_import(app: Flask, settings: Settings) -> ImportService:
     app.view_functions["_setup"] = setup
     app.view_functions["webhook"] = webhook
     app.wsgi_app = ImportGate(app.wsgi_app, service)  # type: ignore[method-assign]
-    install_import_section(service.queue, service.config)
+    install_backlog_gauge(service.queue)
     return service

@@ -177,8 +177,8 @@ def install(
     app.view_functions["health"] = health
     app.view_functions["get_version"] = versions
     app.view_functions["_is_training"] = is_training
-    install_status_page(app, registry, settings)  # browsers asking for `/` (RequestGuard checked basic auth)
-    install_import(app, settings)  # TASKS_CREATED -> predictions (`onimport`); outermost, so after the guard
+    imports = install_import(app, settings)  # TASKS_CREATED -> predictions (`onimport`); outermost: after the guard
+    install_status_page(app, registry, settings, imports.status_table)  # for browsers (RequestGuard checked auth)
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest) -> Any:

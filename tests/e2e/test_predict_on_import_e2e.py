@@ -106,7 +106,8 @@ def test_300_imported_tasks_get_one_prediction_each_with_no_click(
     assert llm.chat_calls == n
     assert ls.predictions(plain) == []  # no opt-in: nothing predicted on import
     html = _page(backend)
-    assert f'<span class="done">{n}</span> / <span class="total">{n}</span>' in html and "完成 (finished)" in html
+    section = html.split("导入即预测 (predict on import)", 1)[1]
+    assert f"<td>{n} / {n} (100%)</td>" in section and "完成 (finished)" in section
     metrics = _text(backend, "/metrics")
     assert re.search(rf"ml_backend_import_predictions_posted_total {n}\.0", metrics), metrics[-2000:]
     assert re.search(rf"ml_backend_import_tasks_queued_total {n}\.0", metrics)
@@ -159,7 +160,7 @@ def test_a_daily_cap_pauses_the_job_with_the_resume_time_and_it_finishes_after_t
     assert "resumes by itself at" in backend.logs() and "00:00 UTC" in backend.logs()
     html = _page(backend)
     assert "等待额度至 (waiting for quota until)" in html and "00:00 UTC" in html, html[-3000:]
-    assert '<span class="done">40</span> / <span class="total">60</span>' in html
+    assert "<td>40 / 60 (67%)</td>" in html
     # The test clock: a new quota day at the endpoint and in the backend's ledger.
     quota.new_day()
     started = time.monotonic()
