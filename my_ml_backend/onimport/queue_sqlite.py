@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..storage.sqlite_db import SharedSQLite
@@ -36,30 +37,36 @@ class SQLiteImportQueue:
     def __init__(self, path: Path) -> None:
         self.db = SharedSQLite(path, SCHEMA)
 
-    def add(self, project: int, task_ids: Sequence[int]) -> int:
-        stamp = now()
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (reads inside it see no other writer)."""
         with self.db.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute("SELECT id FROM import_job WHERE project = ? AND finished IS NULL",
-                                   (project,)).fetchone()
-                job = row[0] if row else conn.execute(
-                    "INSERT INTO import_job (project, started, updated) VALUES (?, ?, ?)", (project, stamp, stamp)
-                ).lastrowid
-                before = conn.total_changes
-                conn.executemany("INSERT OR IGNORE INTO import_task (project, task, job) VALUES (?, ?, ?)",
-                                 [(project, task_id, job) for task_id in task_ids])
-                added = conn.total_changes - before
-                if added:
-                    conn.execute("UPDATE import_job SET total = total + ?, updated = ? WHERE id = ?",
-                                 (added, stamp, job))
-                elif not row:
-                    conn.execute("DELETE FROM import_job WHERE id = ?", (job,))
-                self._forget_old(conn, stamp)
-                conn.execute("COMMIT")
+                yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            conn.execute("COMMIT")
+
+    def add(self, project: int, task_ids: Sequence[int]) -> int:
+        stamp = now()
+        with self._transaction() as conn:
+            row = conn.execute("SELECT id FROM import_job WHERE project = ? AND finished IS NULL",
+                               (project,)).fetchone()
+            job = row[0] if row else conn.execute(
+                "INSERT INTO import_job (project, started, updated) VALUES (?, ?, ?)", (project, stamp, stamp)
+            ).lastrowid
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO import_task (project, task, job) VALUES (?, ?, ?)",
+                             [(project, task_id, job) for task_id in task_ids])
+            added = conn.total_changes - before
+            if added:
+                conn.execute("UPDATE import_job SET total = total + ?, updated = ? WHERE id = ?",
+                             (added, stamp, job))
+            elif not row:
+                conn.execute("DELETE FROM import_job WHERE id = ?", (job,))
+            self._forget_old(conn, stamp)
         return added
 
     @staticmethod
@@ -78,28 +85,22 @@ class SQLiteImportQueue:
 
     def settle(self, project: int, posted: Sequence[int] = (), skipped: Sequence[int] = (), failed: Sequence[int] = (),
                errors: Mapping[str, int] | None = None, calls: int = 0, busy: float = 0.0) -> None:
-        with self.db.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                counts = {}
-                for state, ids in (("posted", posted), ("skipped", skipped), ("failed", failed)):
-                    before = conn.total_changes
-                    conn.executemany("UPDATE import_task SET state = ? WHERE project = ? AND task = ?"
-                                     " AND state = 'pending'", [(state, project, i) for i in ids])
-                    counts[state] = conn.total_changes - before
-                row = conn.execute("SELECT id FROM import_job WHERE project = ? AND finished IS NULL",
-                                   (project,)).fetchone()
-                if row:
-                    conn.execute("UPDATE import_job SET posted = posted + ?, skipped = skipped + ?,"
-                                 " failed = failed + ?, calls = calls + ?, busy = busy + ?, updated = ? WHERE id = ?",
-                                 (counts["posted"], counts["skipped"], counts["failed"], calls, busy, now(), row[0]))
-                    for message, count in (errors or {}).items():
-                        conn.execute("INSERT INTO import_error VALUES (?, ?, ?) ON CONFLICT (job, message)"
-                                     " DO UPDATE SET count = count + excluded.count", (row[0], message, count))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            counts = {}
+            for state, ids in (("posted", posted), ("skipped", skipped), ("failed", failed)):
+                before = conn.total_changes
+                conn.executemany("UPDATE import_task SET state = ? WHERE project = ? AND task = ?"
+                                 " AND state = 'pending'", [(state, project, i) for i in ids])
+                counts[state] = conn.total_changes - before
+            row = conn.execute("SELECT id FROM import_job WHERE project = ? AND finished IS NULL",
+                               (project,)).fetchone()
+            if row:
+                conn.execute("UPDATE import_job SET posted = posted + ?, skipped = skipped + ?,"
+                             " failed = failed + ?, calls = calls + ?, busy = busy + ?, updated = ? WHERE id = ?",
+                             (counts["posted"], counts["skipped"], counts["failed"], calls, busy, now(), row[0]))
+                for message, count in (errors or {}).items():
+                    conn.execute("INSERT INTO import_error VALUES (?, ?, ?) ON CONFLICT (job, message)"
+                                 " DO UPDATE SET count = count + excluded.count", (row[0], message, count))
 
     def due(self, stamp: float) -> list[int]:
         with self.db.connect() as conn:
@@ -136,18 +137,12 @@ class SQLiteImportQueue:
 
     def close_if_done(self, project: int) -> bool:
         stamp = now()
-        with self.db.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                left = conn.execute("SELECT 1 FROM import_task WHERE project = ? AND state = 'pending' LIMIT 1",
-                                    (project,)).fetchone()
-                if left is None:
-                    conn.execute("UPDATE import_job SET finished = ?, updated = ?, waiting_until = NULL, note = ''"
-                                 " WHERE project = ? AND finished IS NULL", (stamp, stamp, project))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            left = conn.execute("SELECT 1 FROM import_task WHERE project = ? AND state = 'pending' LIMIT 1",
+                                (project,)).fetchone()
+            if left is None:
+                conn.execute("UPDATE import_job SET finished = ?, updated = ?, waiting_until = NULL, note = ''"
+                             " WHERE project = ? AND finished IS NULL", (stamp, stamp, project))
         return left is None
 
     def jobs(self, limit: int = SHOWN_JOBS) -> list[ImportJob]:
