@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..storage.sqlite_db import SharedSQLite
@@ -37,21 +36,9 @@ class SQLiteImportQueue:
     def __init__(self, path: Path) -> None:
         self.db = SharedSQLite(path, SCHEMA)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (reads inside it see no other writer)."""
-        with self.db.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
     def add(self, project: int, task_ids: Sequence[int]) -> int:
         stamp = now()
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             row = conn.execute("SELECT id FROM import_job WHERE project = ? AND finished IS NULL",
                                (project,)).fetchone()
             job = row[0] if row else conn.execute(
@@ -85,7 +72,7 @@ class SQLiteImportQueue:
 
     def settle(self, project: int, posted: Sequence[int] = (), skipped: Sequence[int] = (), failed: Sequence[int] = (),
                errors: Mapping[str, int] | None = None, calls: int = 0, busy: float = 0.0) -> None:
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             counts = {}
             for state, ids in (("posted", posted), ("skipped", skipped), ("failed", failed)):
                 before = conn.total_changes
@@ -137,7 +124,7 @@ class SQLiteImportQueue:
 
     def close_if_done(self, project: int) -> bool:
         stamp = now()
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             left = conn.execute("SELECT 1 FROM import_task WHERE project = ? AND state = 'pending' LIMIT 1",
                                 (project,)).fetchone()
             if left is None:
