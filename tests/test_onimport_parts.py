@@ -42,7 +42,7 @@ def test_config_reads_its_two_variables_and_the_shared_settings(tmp_path: Path) 
     env = {"LABEL_STUDIO_URL": "http://ls:8080/", "LABEL_STUDIO_API_KEY": "abc", "BASIC_AUTH_USER": "u",
            "BASIC_AUTH_PASS": "p", "DATA_DIR": str(tmp_path), "PREDICT_ON_IMPORT": "on",
            "BACKEND_PUBLIC_URL": "http://backend:9090/"}
-    config = import_config(load_settings(env), env)
+    config = import_config(load_settings(env))
     assert config.for_all and config.public_url == "http://backend:9090" and config.label_studio_url == "http://ls:8080"
     assert config.label_studio_key == "abc" and config.basic_auth == ("u", "p") and config.data_dir == tmp_path
     assert config.can_run and config.missing_line == ""
@@ -52,11 +52,11 @@ def test_config_reads_its_two_variables_and_the_shared_settings(tmp_path: Path) 
 @pytest.mark.parametrize(("name", "value"), [("PREDICT_ON_IMPORT", "sometimes"), ("BACKEND_PUBLIC_URL", "backend")])
 def test_a_wrong_value_stops_the_start_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
-        import_config(load_settings({}), {name: value})
+        import_config(load_settings({name: value}))
 
 
 def test_without_label_studio_settings_one_bilingual_line_says_so() -> None:
-    config = import_config(load_settings({}), {"PREDICT_ON_IMPORT": "on"})
+    config = import_config(load_settings({"PREDICT_ON_IMPORT": "on"}))
     assert not config.can_run
     assert "LABEL_STUDIO_URL" in config.missing_line and "LABEL_STUDIO_API_KEY" in config.missing_line
     assert "导入即预测" in config.missing_line and "predict on import" in config.missing_line

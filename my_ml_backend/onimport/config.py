@@ -10,8 +10,6 @@ params still opts that project out). The job reads and writes Label Studio, so i
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,7 @@ from typing import Any
 from ..settings import Settings, reveal
 
 PARAM = "predict_on_import"
-ENV_SWITCH = "PREDICT_ON_IMPORT"
-ENV_PUBLIC_URL = "BACKEND_PUBLIC_URL"
-_ON = ("1", "true", "yes", "on", "y")
-_OFF = ("0", "false", "no", "off", "n", "")
+_ON = ("1", "true", "yes", "on", "y")  # a project's own `predict_on_import` written as a word
 
 
 @dataclass(frozen=True)
@@ -51,25 +46,12 @@ class ImportConfig:
                 "(predict on import needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: imported tasks are not predicted)")
 
 
-def _switch(raw: str, name: str) -> bool:
-    value = raw.strip().lower()
-    if value in _ON:
-        return True
-    if value in _OFF:
-        return False
-    raise ValueError(f"环境变量 {name} 只能是 on 或 off ({name} must be on or off), got {raw!r}")
-
-
-def import_config(settings: Settings, env: Mapping[str, str] | None = None) -> ImportConfig:
-    """The config of this process: call once at process entry and pass it down."""
-    env = os.environ if env is None else env
+def import_config(settings: Settings) -> ImportConfig:
+    """The config of this process, from the settings read once at its entry."""
     user, password = settings.basic_auth_user, reveal(settings.basic_auth_pass)
-    public = (env.get(ENV_PUBLIC_URL) or "").strip().rstrip("/") or None
-    if public is not None and not public.startswith(("http://", "https://")):
-        raise ValueError(f"{ENV_PUBLIC_URL} 必须以 http:// 或 https:// 开头 (must be an http(s) URL), got {public!r}")
     return ImportConfig(
-        for_all=_switch(env.get(ENV_SWITCH, ""), ENV_SWITCH),
-        public_url=public,
+        for_all=settings.predict_on_import,
+        public_url=settings.backend_public_url,
         label_studio_url=(settings.label_studio_url or "").rstrip("/") or None,
         label_studio_key=reveal(settings.label_studio_api_key) or None,
         basic_auth=(user, password) if user and password else None,
