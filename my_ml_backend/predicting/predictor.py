@@ -22,14 +22,13 @@ from ..learning.retrieval import ExampleSource
 from ..llm.batch_stats import BatchStats
 from ..llm.client import LLMClient
 from ..llm.errors import PredictionError, deadline_reached
-from ..llm.packed import pack_outcomes
 from ..settings import Settings
 from ..telemetry.activity import ACTIVITY
 from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
 from .calibrate import BatchCalibration
 from .items import failed_item, prediction_item
 from .prepare import PreparedTask, PromptInputs, prepare_task
-from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, safely
+from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, group_outcomes, safely
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ class Predictor:
         try:
             for future in as_completed(futures, timeout=None if ends is None else max(0.0, ends - time.monotonic())):
                 group = futures[future]
-                for i, outcome in zip(group, pack_outcomes(future, len(group)), strict=True):
+                for i, outcome in zip(group, group_outcomes(future, len(group)), strict=True):
                     outcomes[i] = outcome
                     self._count(outcome, tasks[i], stats)
                     ACTIVITY.task_done(progress, not isinstance(outcome, PredictionError))
