@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from my_ml_backend.learning.store import SQLiteExampleStore, StoredAnnotation, now
+from my_ml_backend.learning.store import SQLiteExampleStore, StoredAnnotation
 
 
 def stored(annotation_id: int, task_id: int, label: str, text: str = "") -> StoredAnnotation:
     """What `record_event` stores for a sentiment annotation (see tests.test_learning.event)."""
     result = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
-    return StoredAnnotation(annotation_id, task_id, {"text": text or f"评论 {task_id}"}, result, now())
+    return StoredAnnotation(annotation_id, task_id, {"text": text or f"评论 {task_id}"}, result, time.time())
 
 
 def upsert(path: str, project: str, annotation_id: int, label: str) -> None:

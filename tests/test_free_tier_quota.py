@@ -20,7 +20,8 @@ import pytest
 from my_ml_backend.llm.client import LLMClient
 from my_ml_backend.llm.errors import ErrorKind, PredictionError
 from my_ml_backend.llm.pool import MODEL_ANSWERS
-from my_ml_backend.llm.quota import ACCOUNT, DayClock, QuotaLedger, RedisLedger, account_id, open_ledger
+from my_ml_backend.llm.quota import ACCOUNT, DayClock, QuotaLedger, account_id, open_ledger
+from my_ml_backend.llm.quota_stores import RedisLedger
 from my_ml_backend.settings import DEFAULT_MODEL, SERVED_MODELS_2026, Settings, load_settings
 from my_ml_backend.telemetry.metrics import METRICS
 from my_ml_backend.versioning import model_version

@@ -6,12 +6,15 @@ import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import redis
+
 from my_ml_backend.labeling.controls import OBJECT_TAGS
 from my_ml_backend.labeling.schema import parse_schema
 from my_ml_backend.learning.events import examples_bucket, record_event
 from my_ml_backend.learning.examples import Example
 from my_ml_backend.learning.index import ExampleIndex
-from my_ml_backend.learning.store import RedisExampleStore, SQLiteExampleStore
+from my_ml_backend.learning.store import RedisExampleStore, SQLiteExampleStore, StoredAnnotation, open_example_store
+from my_ml_backend.settings import load_settings
 
 CONFIG = """<View>
   <Text name="text" value="$text"/>
@@ -105,3 +108,26 @@ def test_redis_example_store_shares_examples_between_replicas(redis_db: str) -> 
     record_event(second, SCHEMA, "1", "ANNOTATIONS_DELETED", {"annotations": [{"id": 30}]})
     assert pool_of(first) == {4: "负面"}
     assert shown(first, "2") == []
+
+
+def test_redis_counts_are_examples_per_project_and_nothing_else(redis_db: str, tmp_path: Path) -> None:
+    """The status page's example counts with REDIS_URL set: a project's version, changes and meta keys share
+    its prefix and are of other types (string, sorted set), so they must not be read as example hashes."""
+    store = open_example_store(load_settings({"REDIS_URL": redis_db, "DATA_DIR": str(tmp_path)}))
+    assert isinstance(store, RedisExampleStore)
+    store.upsert_many("1", [stored(a, a) for a in (10, 11, 12)])
+    store.upsert_many("2", [stored(20, 2), stored(21, 3)])
+    store.delete("2", [21])
+    store.set_meta("1", "fewshot_choice:abc", "{}")
+    store.set_meta("2", "fewshot_choice:abc", "{}")
+    store.set_meta("3", "fewshot_choice:abc", "{}")  # a choice stored, no example yet
+    raw = redis.Redis.from_url(redis_db)
+    kinds = {raw.type(key).decode() for key in raw.keys("*")}
+    assert kinds == {"hash", "string", "zset"}  # what made HLEN raise WRONGTYPE
+    assert store.counts() == {"1": 3, "2": 1}
+    assert (store.count("1"), store.count("2"), store.count("3")) == (3, 1, 0)
+
+
+def stored(annotation_id: int, task_id: int) -> StoredAnnotation:
+    result = event(annotation_id, task_id, "正面")["annotation"]["result"]
+    return StoredAnnotation(annotation_id, task_id, {"text": f"任务 {task_id}"}, result, 1.0)

@@ -133,7 +133,7 @@ def test_thinking_model_learns_enable_thinking_false(llm: fake.FakeLLMServer) ->
     assert llm.requests[2]["body"]["enable_thinking"] is False and llm.chat_calls == 3
 
 
-def test_logprobs_give_token_confidence(llm: fake.FakeLLMServer) -> None:
-    llm.enqueue(fake.chat("x", logprobs=[("x", -0.1), ("y", -0.3)]))
+def test_logprobs_are_read_token_by_token(llm: fake.FakeLLMServer) -> None:
+    llm.enqueue(fake.chat("x", logprobs=[("x", -0.1), ("y", -0.3, [("y", -0.3), ("z", -1.5)])]))
     reply = client(llm).chat(MESSAGES)
-    assert reply.token_confidence is not None and abs(reply.token_confidence - 0.8187) < 1e-3
+    assert reply.tokens == [("x", -0.1, ()), ("y", -0.3, (("y", -0.3), ("z", -1.5)))]

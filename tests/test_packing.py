@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,6 +178,42 @@ def test_split_answers_accepts_only_unambiguous_objects() -> None:
     assert packing.split_answers('{"answers": [{"id": "T3", "a": 1}]}', ids) == {"T3": '{"a": 1}'}
 
 
+MB = 1_000_000
+HOSTILE_PACKS = {
+    "open braces": "{" * MB,
+    "open brackets": "[" * MB,
+    "unclosed think": "<think>" * (MB // 7),
+    "think then braces": "<think>" + "{" * MB,
+    "unterminated string": '{"T1": "' + "x" * MB,
+    "open quotes": '{"' * (MB // 2),
+    "key chain": '{"T1":' * (MB // 6),
+    "id list": '[{"id": "T1", "a": ' * (MB // 20),
+    "escaped quotes": '{"T1":"' + '\\"' * (MB // 2),
+    "mixed": ('{"T1":[{"b":"{\\"c\\":' * 10 + "<think> [") * (MB // 250),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PACKS))
+def test_a_hostile_packed_reply_is_split_in_under_100ms(name: str) -> None:
+    text = HOSTILE_PACKS[name]
+    best = float("inf")
+    for _ in range(3):  # best of 3: other processes share the cores
+        started = time.perf_counter()
+        answers = packing.split_answers(text, packing.task_ids(16))
+        best = min(best, time.perf_counter() - started)
+    assert isinstance(answers, dict), answers
+    assert best < 0.1, (name, best)
+
+
+def test_think_blocks_before_the_answer_are_skipped_and_deep_nesting_is_no_error() -> None:
+    answer = '{"T1": {"a": 1}, "T2": {"a": 2}}'
+    ids = packing.task_ids(2)
+    assert packing.split_answers("<think>" * 100_000 + answer, ids) == {"T1": '{"a": 1}', "T2": '{"a": 2}'}
+    assert packing.split_answers("<think>{[</think>" * 1000 + answer, ids) == {"T1": '{"a": 1}', "T2": '{"a": 2}'}
+    assert packing.split_answers("[" * 3000, ids) == {}
+    assert packing.split_answers('{"T1": ' * 3000, ids) == {}
+
+
 def test_pack_messages_wrap_whatever_build_prompt_made() -> None:
     per_task = [
         [{"role": "system", "content": "S"}, {"role": "user", "content": f"intro\n\nshared\n\n<<<\n{t}\n>>>\n\nASK"}]
@@ -199,8 +236,11 @@ def test_model_version_changes_with_packing(tmp_path: Path) -> None:
 
 
 def test_tasks_per_call_setting() -> None:
-    from my_ml_backend.llm.packed import default_tasks_per_call
+    from my_ml_backend.predicting.predictor import tasks_per_call
     from my_ml_backend.settings import load_settings
+
+    def default_tasks_per_call(url: str) -> int:  # what a predictor for this endpoint does with the setting unset
+        return tasks_per_call(load_settings({"MODELSCOPE_API_URL": url}))
 
     assert load_settings({}).tasks_per_call is None
     assert load_settings({"LLM_TASKS_PER_CALL": "auto"}).tasks_per_call == 0

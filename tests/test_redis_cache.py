@@ -12,7 +12,8 @@ from pathlib import Path
 
 import redis
 
-from my_ml_backend.llm.cache import CLAIM_PREFIX, REDIS_PREFIX, CachedAnswer, RedisStore, ResponseCache, open_cache
+from my_ml_backend.llm.cache import CachedAnswer, ResponseCache, open_cache
+from my_ml_backend.llm.cache_stores import CLAIM_PREFIX, REDIS_PREFIX, RedisStore
 from my_ml_backend.llm.client import LLMClient
 from my_ml_backend.settings import Settings, load_settings
 from my_ml_backend.telemetry.metrics import CACHE_ERRORS, METRICS
@@ -98,9 +99,8 @@ def test_a_request_in_flight_in_one_process_is_not_sent_again_by_another(
 
 
 def test_a_dead_claim_blocks_for_its_lease_only(redis_db: str) -> None:
-    dead = RedisStore(redis_db)
-    assert dead.try_claim("k", lease=1.0) is not None
-    dead._claims.clear()  # a killed process: nothing renews its claim any more
+    # what a process killed while computing "k" leaves behind: its claim, renewed by nobody, with a 1 s lease left
+    redis.Redis.from_url(redis_db).set(CLAIM_PREFIX + "k", "token-of-a-dead-process", px=1000)
     cache = ResponseCache(RedisStore(redis_db))
     started = time.monotonic()
     assert cache.claim("k", deadline=time.monotonic() + 0.3) is False  # still claimed: wait, then give up

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from my_ml_backend.llm.cache import SQLITE_FILE, CachedAnswer, ResponseCache, SQLiteStore, cache_key, open_cache
+from my_ml_backend.llm.cache import CachedAnswer, ResponseCache, cache_key, open_cache
+from my_ml_backend.llm.cache_stores import SQLITE_FILE, SQLiteStore
 from my_ml_backend.llm.client import LLMClient
 from my_ml_backend.llm.errors import PredictionError
 from my_ml_backend.settings import Settings, load_settings
@@ -38,7 +39,7 @@ def test_same_request_is_paid_once_and_keeps_logprobs(llm: fake.FakeLLMServer, t
     assert llm.chat_calls == 1
     assert (first.cached, second.cached) == (False, True)
     assert second.text == first.text and second.mode == first.mode == "json_schema"
-    assert second.token_confidence == pytest.approx(first.token_confidence)
+    assert [t[:2] for t in second.tokens] == [t[:2] for t in first.tokens] == [("x", -0.1), ("y", -0.3)]
     # A new store on the same file (a restarted process) still has it.
     assert client(llm, tmp_path).chat(MESSAGES, SCHEMA).cached and llm.chat_calls == 1
 
@@ -116,7 +117,8 @@ def test_ttl_and_size_bound(tmp_path: Path) -> None:
 WRITER = """
 import sys, threading
 from pathlib import Path
-from my_ml_backend.llm.cache import CachedAnswer, SQLiteStore
+from my_ml_backend.llm.cache import CachedAnswer
+from my_ml_backend.llm.cache_stores import SQLiteStore
 
 path, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 store = SQLiteStore(path)

@@ -34,11 +34,11 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from tqdm import tqdm
 
-from ..llm.limits import Renewer
 from ..predicting.factory import build_predictor, project_evaluation
 from ..predicting.predictor import Predictor
 from ..settings import Settings, load_env_file, load_settings, reveal
 from ..storage import redis_db
+from ..storage.leases import Renewer
 from .batch import BatchJob, Spending, Summary, chunks, quota_stop
 from .queue_state import KEEP, STATS, RunState
 

@@ -20,13 +20,12 @@ import json
 import re
 from typing import Any
 
-from .parsing import FINITE_NUMBERS
+from .parsing import FINITE_NUMBERS, json_values, without_think
 
 Messages = list[dict[str, str]]
 
 MAX_PACK = 16  # auto packing never puts more tasks than this in one call
 ANSWER_TOKENS_PER_TASK = 48  # room kept in max_tokens for each task's answer (auto sizing)
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
@@ -146,24 +145,6 @@ def _object(pairs: list[tuple[str, Any]]) -> _Object:
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, **FINITE_NUMBERS)
 
 
-def _decode_all(text: str) -> list[Any]:
-    """Every JSON value starting at a `{` or `[` of `text`, outermost first."""
-    found = []
-    i = 0
-    while i < len(text):
-        if text[i] in "{[":
-            try:
-                value, end = _DECODER.raw_decode(text, i)
-            except ValueError:
-                i += 1
-                continue
-            found.append(value)
-            i = end
-        else:
-            i += 1
-    return found
-
-
 def _canonical(key: Any, ids: list[str]) -> str | None:
     text = str(key).strip().strip("#").upper().replace("TASK", "T").replace(" ", "")
     if text.isdigit():
@@ -177,8 +158,7 @@ def split_answers(text: str, ids: list[str]) -> dict[str, str]:
     Accepted shapes: `{"T1": {...}, ...}` (the one asked for), `[{"id": "T1", ...}, ...]`
     and `{"answers": [...]}`; ids may come in any order, as `t1`, `1` or `task 1`.
     """
-    text = _THINK.sub("", text)
-    for value in _decode_all(text):
+    for value in json_values(without_think(text), _DECODER, openers="{[", outermost=True):
         answers = _answers_in(value, ids)
         if answers:
             return answers

@@ -3,9 +3,9 @@
 Models wrap JSON in code fences, add a sentence before or after it, use Chinese
 quotes or full-width punctuation, or answer a single question in plain text. The
 parser recovers the answers where it can and returns nothing where it cannot; it
-never invents an answer. Its work is linear in the reply's length: a 1 MB reply of any
-content is read in well under 0.1 s (tests/test_hardening.py). A reply cut off at max_tokens
-(a small model looping over one item until the limit) keeps the items it completed.
+never invents an answer. Its work is linear in the reply's length, whatever the reply holds
+(`without_think` and `json_values` are also how packed replies are read). A reply cut off at
+max_tokens (a small model looping over one item until the limit) keeps the items it completed.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ def _finite(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-# Python's json reads NaN, Infinity and 1e999 (an infinite float); no control can use them, and
-# int() of one raised and lost the whole task. They read as null: only that answer is lost.
+# Python's json reads NaN, Infinity and 1e999 (an infinite float); no control can use them, so they
+# read as null: only that answer is lost, never the task.
 FINITE_NUMBERS: dict[str, Any] = {"parse_constant": lambda _name: None, "parse_float": _finite}
 _DECODER = json.JSONDecoder(**FINITE_NUMBERS)
-# Work bounds that keep parsing linear in the reply's length whatever it holds (20,000 `{` once
-# cost 42 s): at most MAX_STARTS positions tried as the start of an object, and at most
-# SCAN_FACTOR x the reply's length (plus SCAN_SLACK) characters read by the JSON decoder.
+# Work bounds that keep parsing linear in the reply's length whatever it holds: at most MAX_STARTS
+# positions tried as the start of a value, and at most SCAN_FACTOR x the reply's length (plus
+# SCAN_SLACK) characters read by the JSON decoder.
 MAX_STARTS = 500
 SCAN_FACTOR = 4
 SCAN_SLACK = 64 * 1024
@@ -42,8 +42,8 @@ SCAN_SLACK = 64 * 1024
 SALVAGE_MAX_CHARS = 32 * 1024
 
 
-def _without_think(text: str) -> str:
-    """`text` less its `<think>…</think>` blocks (str.find, linear; a regex was quadratic on `<think>` runs)."""
+def without_think(text: str) -> str:
+    """`text` less its `<think>…</think>` blocks (str.find: linear, where a lazy regex is quadratic)."""
     parts, pos = [], 0
     while (start := text.find("<think>", pos)) != -1:
         end = text.find("</think>", start + 7)
@@ -82,7 +82,7 @@ def _unfenced(text: str) -> str:
 def _halfwidth(text: str) -> str:
     """Chinese quotes and full-width punctuation as JSON's; one character for one, so positions stay valid.
 
-    `str.replace` per character: `str.translate` with a dict costs ~100 ns per non-ASCII character.
+    `str.replace` per character: faster than `str.translate` with a dict on non-ASCII text.
     """
     for wide, narrow in _FULLWIDTH.items():
         if wide in text:
@@ -101,6 +101,42 @@ def _loads(candidate: str) -> dict[str, Any] | None:
     return None
 
 
+def json_values(
+    text: str,
+    decoder: json.JSONDecoder = _DECODER,
+    openers: str = "{",
+    variants: tuple[str, ...] = (),
+    outermost: bool = False,
+) -> Iterator[Any]:
+    """The JSON values that start at an `openers` character of `text`, first to last, within the work bounds.
+
+    `variants` are rewrites of `text` of the same length, tried at a position where `text` fails;
+    `outermost` looks on from the end of each value found, so values inside it are not yielded again.
+    """
+    starts = re.compile(f"[{re.escape(openers)}]")
+    budget = SCAN_FACTOR * len(text) + SCAN_SLACK
+    found = starts.search(text)
+    for _ in range(MAX_STARTS):
+        if found is None or budget <= 0:
+            return
+        pos = after = found.start()
+        for version in (text, *variants):
+            try:
+                value, end = decoder.raw_decode(version, pos)
+            except json.JSONDecodeError as exc:
+                budget -= max(1, exc.pos - pos)
+                continue
+            except RecursionError:
+                budget -= len(text) - pos
+                continue
+            budget -= end - pos
+            if outermost:
+                after = end - 1
+            yield value
+            break
+        found = starts.search(text, after + 1)
+
+
 def _objects(text: str) -> Iterator[dict[str, Any]]:
     """Every JSON object in `text` (full-width punctuation also tried), most likely first, within bounds."""
     for _start, inner, close in _fences(text):
@@ -109,26 +145,8 @@ def _objects(text: str) -> Iterator[dict[str, Any]]:
     if (obj := _loads(text.strip())) is not None:
         yield obj
     translated = _halfwidth(text)
-    versions = (text,) if translated == text else (text, translated)
-    budget = SCAN_FACTOR * len(text) + SCAN_SLACK
-    pos = text.find("{")
-    for _ in range(MAX_STARTS):
-        if pos == -1 or budget <= 0:
-            return
-        for version in versions:
-            try:
-                value, end = _DECODER.raw_decode(version, pos)
-            except json.JSONDecodeError as exc:
-                budget -= max(1, exc.pos - pos)
-                continue
-            except RecursionError:
-                budget -= len(text) - pos
-                continue
-            budget -= end - pos
-            if isinstance(value, dict):
-                yield value
-                break
-        pos = text.find("{", pos + 1)
+    variants = () if translated == text else (translated,)
+    yield from (value for value in json_values(text, variants=variants) if isinstance(value, dict))
 
 
 def _salvaged(text: str) -> dict[str, Any] | None:
@@ -167,7 +185,7 @@ def parse_reply(text: str, control_names: list[str], extras: tuple[str, ...] = (
     With a single control, a reply that is not JSON is taken as that control's answer
     (plain-text mode), so a model that ignores the format still yields a label.
     """
-    text = _without_think(text).strip()
+    text = without_think(text).strip()
     for obj in _objects(text):
         if answers := _answers(obj, control_names, extras):
             return answers

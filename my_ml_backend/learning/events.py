@@ -13,10 +13,11 @@ Studio re-predicts when the examples change meaningfully, not on every annotatio
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ..labeling.schema import LabelingSchema
-from .store import ExampleStore, StoredAnnotation, now
+from .store import ExampleStore, StoredAnnotation
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _annotation_item(schema: LabelingSchema, task: dict[str, Any], annotation: d
         task_id=int(task.get("id") or annotation.get("task")),
         data=_task_fields(schema, task),
         results=list(annotation.get("result") or []),
-        updated=now(),
+        updated=time.time(),
     )
 
 
@@ -78,7 +79,7 @@ def resync(store: ExampleStore, schema: LabelingSchema, project: str, url: str, 
     """Re-read all annotations of the project from Label Studio (Train button)."""
     from label_studio_sdk import LabelStudio
 
-    started = now()
+    started = time.time()
     client = LabelStudio(base_url=url.rstrip("/"), api_key=api_key)
     known = {s.annotation_id: (s.task_id, s.data, s.results) for s in store.all(project)}
     seen: set[int] = set()

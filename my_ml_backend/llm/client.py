@@ -1,16 +1,16 @@
 """One chat call to an OpenAI-compatible endpoint, with ModelScope's quirks handled.
 
-The `openai` client does the HTTP and timeouts; retries are ours (`pacing`), because
-they must know what the client's own loop cannot: the batch deadline (no retry that
-cannot finish before Label Studio gives up), the other workers (a 429 lowers the
+The `openai` client does the HTTP and timeouts; retries are ours (`pacing.RetryPolicy`),
+because they must know what the client's own loop cannot: the batch deadline (no retry
+that cannot finish before Label Studio gives up), the other workers (a 429 lowers the
 concurrency of all of them, a `Retry-After` pauses all of them) and an exhausted
 ModelScope quota (never retried: it spends nothing but time). Qwen3 "thinking" models
 refuse non-streamed calls unless told `enable_thinking: false`, which we learn once
 per client and then always send.
 
 Answers go through the response cache (`llm.cache`): a request already answered
-costs no API call. Every request, retry, cache lookup and token is counted in
-`metrics.METRICS` and in the tally of the batch that asked.
+costs no API call. What happens is emitted as events (`llm.hooks`); by default the
+process's telemetry and the asking batch's tally count them (`llm.observers`).
 """
 
 from __future__ import annotations
@@ -19,42 +19,39 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import openai
 
 from ..settings import Settings, reveal
-from ..telemetry.metrics import (
-    API_REQUESTS,
-    API_RETRIES,
-    API_THROTTLED,
-    CACHE_HITS,
-    CACHE_MISSES,
-    COMPLETION_TOKENS,
-    METRICS,
-    PROMPT_TOKENS,
-    Tally,
-)
+from ..telemetry.metrics import Tally
 from .cache import CachedAnswer, ResponseCache, cache_key, open_cache
 from .errors import (
     QUOTA_HEADERS,
     ErrorKind,
+    Failure,
     bad_response,
     classify,
     deadline_reached,
+    failure_of,
     is_thinking_refusal,
     missing_key,
     server_message,
 )
+from .hooks import CacheLookedUp, Hooks, ReplyReceived, RequestFailed, RequestSent, RetryScheduled
 from .limits import open_limiter
+from .observers import process_hooks
 from .output_modes import LADDER, OutputMode, initial_mode, response_format, step_down
-from .pacing import MAX_RETRY_AFTER, is_throttle, retry_after, retry_delay
+from .pacing import RetryPolicy, asked_pause
 from .pool import ModelPool, pool_models
 from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, header_int, open_ledger
-from .replies import ChatReply, Usage, cache_entry, from_cache, reply_tokens, worth_keeping
+from .replies import ChatReply, Usage, reply_tokens, worth_keeping
 
 logger = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
 
 # Alternatives returned per token when logprobs are on: 20 (OpenAI's and vLLM's maximum)
 # so that every choice of a label set usually shows up at the answer's first token.
@@ -64,53 +61,58 @@ TOP_LOGPROBS = 20
 FEWER_TOP_LOGPROBS = 5
 
 
+@dataclass
+class _Call:
+    """One `chat()` as it goes down the stack: what its caller gave and what its last request learnt."""
+
+    deadline: float | None
+    batch: Tally | None
+    tasks: int
+    sent_day: str | None = None  # the quota day of its last request: the answer counts against it
+
+
 class LLMClient:
-    """Thread-safe chat client shared by all predictions of one backend process."""
+    """Thread-safe chat client shared by all predictions of one backend process.
+
+    Public beyond `chat`: the cache key of a one-task call, and reading or keeping its
+    cached answer (`cache_key`, `cached_reply`, `cache_reply`), what packed calls need; and
+    what it has learnt of the endpoint (`mode`, `logprobs`), its `pool` and `limiter`.
+    """
 
     def __init__(
-        self, settings: Settings, cache: ResponseCache | None = None, ledger: QuotaLedger | None = None
+        self,
+        settings: Settings,
+        cache: ResponseCache | None = None,
+        ledger: QuotaLedger | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
         self.cache = cache
+        self.hooks = hooks if hooks is not None else process_hooks()
         if ledger is None:  # no shared store: this client still learns, for its own lifetime
             ledger = QuotaLedger(MemoryLedger(), DayClock(settings.quota_reset), account_id(settings))
         self.pool = ModelPool(pool_models(settings), ledger)
-        self.limiter = open_limiter(settings)  # per process, or shared by all through REDIS_URL
-        self._local = threading.local()  # the tally of the batch the current thread works for
+        self.limiter = open_limiter(settings, self.hooks)  # per process, or shared by all through REDIS_URL
         self._extra_body: dict[str, Any] = {}
         self.mode = initial_mode(settings.base_url, settings.output_mode)
         self.logprobs = settings.wants_logprobs  # until the endpoint refuses them
         self.top_logprobs = TOP_LOGPROBS  # until the endpoint refuses that many
-        # llama-cpp-python's server (and Ollama) default to 1.1, which penalises every token already
-        # written, the JSON syntax a structured answer repeats for each item too: on the local 0.5B
-        # model the second entity's `"},` lost to `"}` and lists stopped at two (bench/RESULTS.md).
-        # So the neutral 1.0 is sent, except to ModelScope/DashScope (metered, their own defaults);
-        # a server that refuses the field (OpenAI's own API) is asked again without it, once.
+        # Local servers default to 1.1, which penalises the JSON syntax every item of a structured answer repeats:
+        # the neutral 1.0 is sent (not to ModelScope/DashScope); a server that refuses the field is asked again
+        # without it, once.
         self.repeat_penalty = settings.sent_repeat_penalty()
         self._client: openai.OpenAI | None = None
         if settings.has_api_key:
-            http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
             self._client = openai.OpenAI(
                 api_key=reveal(settings.api_key),
                 base_url=settings.base_url,
                 timeout=settings.timeout,
-                max_retries=0,  # retried in `_send`, which knows the deadline and the other workers
-                http_client=http_client,
+                max_retries=0,  # retried by `RetryPolicy`, which knows the deadline and the other workers
             )
-
-    def _on_request(self, _request: Any) -> None:
-        """httpx request hook: runs for every request really sent, in the calling thread."""
-        self._count(API_REQUESTS)
-
-    def _count(self, name: str, value: float = 1) -> None:
-        METRICS.inc(name, value)
-        tally: Tally | None = getattr(self._local, "tally", None)
-        if tally is not None:
-            tally.inc(name, value)
 
     def chat(
         self,
-        messages: list[dict[str, str]],
+        messages: Messages,
         schema: dict[str, Any] | None = None,
         *,
         deadline: float | None = None,
@@ -130,45 +132,66 @@ class LLMClient:
         """
         if self._client is None:
             raise missing_key()
-        self._local.tally = tally
-        self._local.tasks = tasks
-        try:
-            return self._chat(messages, schema, deadline, accept)
-        finally:
-            self._local.tally = None
+        return self._chat(messages, schema, accept, _Call(deadline, tally, tasks))
+
+    def cache_key(self, messages: Messages, schema: dict[str, Any] | None = None) -> str | None:
+        """The response-cache key `chat(messages, schema)` would use now; None without a cache.
+
+        The pool stands for the model: an answer of any of its models serves.
+        """
+        if self.cache is None:
+            return None
+        return self._key_of(self._params(messages, self._mode_for(schema), schema, self.settings.model))
+
+    def cached_reply(
+        self, messages: Messages, schema: dict[str, Any] | None = None, tally: Tally | None = None
+    ) -> ChatReply | None:
+        """The cached answer of `chat(messages, schema)`, if any; never sends a request."""
+        key = self.cache_key(messages, schema)
+        entry = self.cache.get(key) if key is not None and self.cache is not None else None
+        if entry is None:
+            return None
+        self.hooks.emit(CacheLookedUp(hit=True, batch=tally))
+        return ChatReply.from_cache_entry(entry)
+
+    def cache_reply(self, messages: Messages, schema: dict[str, Any] | None, reply: ChatReply) -> None:
+        """Cache `reply` as the answer of `chat(messages, schema)` (e.g. one task's part of a packed answer)."""
+        key = self.cache_key(messages, schema)
+        if key is not None and self.cache is not None:
+            self.cache.put(key, reply.cache_entry())
+
+    def _mode_for(self, schema: dict[str, Any] | None) -> OutputMode:
+        return self.mode if schema is not None else OutputMode.TEXT
+
+    def _key_of(self, params: dict[str, Any]) -> str:
+        return cache_key(self.settings.base_url, {**params, "model": self.pool.cache_name})
 
     def _chat(
-        self,
-        messages: list[dict[str, str]],
-        schema: dict[str, Any] | None,
-        deadline: float | None,
-        accept: Callable[[ChatReply], bool] | None,
+        self, messages: Messages, schema: dict[str, Any] | None, accept: Callable[[ChatReply], bool] | None, call: _Call
     ) -> ChatReply:
         adaptations = switches = 0
         while True:
-            mode = self.mode if schema is not None else OutputMode.TEXT
+            mode = self._mode_for(schema)
             params = self._params(messages, mode, schema, model=self.pool.pick())
-            key = self._cache_key(params) if self.cache is not None else None
+            key = self._key_of(params) if self.cache is not None else None
             if key is not None:
                 assert self.cache is not None
-                claimed = self.cache.claim(key, deadline)
+                claimed = self.cache.claim(key, call.deadline)
                 if isinstance(claimed, CachedAnswer):
-                    self._count(CACHE_HITS)
-                    return from_cache(claimed)
+                    self.hooks.emit(CacheLookedUp(hit=True, batch=call.batch))
+                    return ChatReply.from_cache_entry(claimed)
                 if claimed is False:  # another thread asked the same and got no answer worth keeping
-                    if deadline is not None and time.monotonic() >= deadline:
+                    if call.deadline is not None and time.monotonic() >= call.deadline:
                         raise deadline_reached()
                     continue  # look again, with what the client has learned meanwhile
-                self._count(CACHE_MISSES)
+                self.hooks.emit(CacheLookedUp(hit=False, batch=call.batch))
             try:
-                reply = self._create(params, mode, deadline)
+                reply = self._create(params, mode, call)
                 if key is not None and self.cache is not None and worth_keeping(accept, reply):
-                    self.cache.put(key, cache_entry(reply))
+                    self.cache.put(key, reply.cache_entry())
                 return reply
             except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
-                if switches < len(self.pool.models) and self.pool.refused(
-                    params["model"], exc, getattr(self._local, "sent_day", None)
-                ):
+                if switches < len(self.pool.models) and self.pool.refused(params["model"], exc, call.sent_day):
                     switches += 1
                     continue  # that model is out for today: the next one, or the "quota used up" error
                 if _too_long(exc):  # no output mode is the cure: the caller sends less (smaller packs)
@@ -248,15 +271,11 @@ class LLMClient:
         return classify(exc, model=s.model, base_url=s.base_url, timeout=s.timeout)
 
     def _params(
-        self,
-        messages: list[dict[str, str]],
-        mode: OutputMode,
-        schema: dict[str, Any] | None,
-        model: str | None = None,
+        self, messages: Messages, mode: OutputMode, schema: dict[str, Any] | None, model: str
     ) -> dict[str, Any]:
         """The request body: everything that decides the answer, hence also the cache key."""
         s = self.settings
-        params: dict[str, Any] = {"model": model or s.model, "messages": messages, "temperature": s.temperature}
+        params: dict[str, Any] = {"model": model, "messages": messages, "temperature": s.temperature}
         if (fmt := response_format(mode, schema)) is not None:
             params["response_format"] = fmt
         if self.logprobs:
@@ -275,24 +294,9 @@ class LLMClient:
             params["extra_body"] = extra
         return params
 
-    def _cache_key(self, params: dict[str, Any]) -> str:
-        """The request's cache key, with the pool standing for the model: any pool model's answer serves."""
-        return cache_key(self.settings.base_url, {**params, "model": self.pool.cache_name})
-
-    def _record_answer(self, params: dict[str, Any], raw: Any, usage: Usage, seconds: float) -> None:
-        """Tell the pool which model answered (ledger, metrics) and what the answer cost (dry-run calibration)."""
-        model = params["model"]
-        self.pool.answered(model, raw.headers, getattr(self._local, "sent_day", None))
-        chars = sum(len(str(m.get("content") or "")) for m in params.get("messages") or [])
-        tasks = getattr(self._local, "tasks", 1)
-        cost = Cost(1, chars, usage.prompt_tokens, usage.completion_tokens, seconds, tasks)
-        self.pool.ledger.add_cost(model, cost)
-        logger.debug("Answered by %s (%d+%d tokens, %.2f s)", model, usage.prompt_tokens,
-                     usage.completion_tokens, seconds)
-
-    def _create(self, params: dict[str, Any], mode: OutputMode, deadline: float | None = None) -> ChatReply:
+    def _create(self, params: dict[str, Any], mode: OutputMode, call: _Call) -> ChatReply:
         started = time.monotonic()
-        raw = self._send(params, deadline)
+        raw = self._send(params, call)
         completion = raw.parse()
         quota = _quota_remaining(raw.headers)
         if quota == 0:
@@ -300,9 +304,9 @@ class LLMClient:
         usage = Usage()
         if getattr(completion, "usage", None) is not None:
             usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
-            self._count(PROMPT_TOKENS, usage.prompt_tokens)  # paid, whatever the content turns out to be
-            self._count(COMPLETION_TOKENS, usage.completion_tokens)
-        self._record_answer(params, raw, usage, time.monotonic() - started)
+        self._record_answer(params, raw, usage, time.monotonic() - started, call)
+        self.hooks.emit(ReplyReceived(params["model"], usage.prompt_tokens, usage.completion_tokens, quota,
+                                      time.monotonic() - started, call.batch))
         choices = getattr(completion, "choices", None)
         if not choices or choices[0].message is None:
             raise bad_response("no choices in reply")
@@ -314,40 +318,48 @@ class LLMClient:
             model=params["model"], truncated=choices[0].finish_reason == "length",
         )
 
-    def _send(self, params: dict[str, Any], deadline: float | None) -> Any:
-        """One request through the limiter, repeated while `pacing.retry_delay` says it is worth it.
+    def _record_answer(self, params: dict[str, Any], raw: Any, usage: Usage, seconds: float, call: _Call) -> None:
+        """Tell the pool which model answered (ledger) and what the answer cost (dry-run calibration)."""
+        model = params["model"]
+        self.pool.answered(model, raw.headers, call.sent_day)
+        chars = sum(len(str(m.get("content") or "")) for m in params.get("messages") or [])
+        cost = Cost(1, chars, usage.prompt_tokens, usage.completion_tokens, seconds, call.tasks)
+        self.pool.ledger.add_cost(model, cost)
+        logger.debug("Answered by %s (%d+%d tokens, %.2f s)", model, usage.prompt_tokens,
+                     usage.completion_tokens, seconds)
+
+    def _send(self, params: dict[str, Any], call: _Call) -> Any:
+        """One request through the limiter, repeated while the `RetryPolicy` says it is worth it.
 
         A request already sent when the deadline passes is let finish (its answer
         lands in the cache for the next retrieve); only new attempts are refused.
         """
+
+        def before_retry(exc: BaseException, attempt: int, delay: float) -> None:
+            self.hooks.emit(RetryScheduled(exc, failure_of(exc), attempt, delay, call.batch))
+
+        policy = RetryPolicy(self.settings.max_retries, call.deadline, before_retry)
+        return policy.run(lambda: self._attempt(params, call))
+
+    def _attempt(self, params: dict[str, Any], call: _Call) -> Any:
+        """One request, with a slot of the limiter, which learns from how it went."""
         assert self._client is not None
-        retries = 0  # server errors, timeouts, dropped connections: LLM_MAX_RETRIES
-        throttles = 0  # 429s, counted apart: waiting on a throttle must not use up the retries of 5xx
-        while True:
-            if not self.limiter.acquire(deadline):
-                raise deadline_reached()
-            started = time.monotonic()
-            self._local.sent_day = self.pool.ledger.clock.day()  # its answer counts against this quota day
-            try:
-                raw = self._client.chat.completions.with_raw_response.create(**params)
-            except Exception as exc:
-                pause = None
-                throttled = is_throttle(exc)
-                if throttled:  # an APIStatusError; repeated, every worker waits as long as it asked
-                    self._count(API_THROTTLED)
-                    asked = retry_after(exc.response.headers)  # type: ignore[attr-defined]
-                    pause = min(asked, MAX_RETRY_AFTER) if asked else None
-                self.limiter.release(started, success=False, throttled=throttled, pause=pause)
-                delay = retry_delay(exc, throttles if throttled else retries, self.settings.max_retries, deadline)
-                if delay is None:
-                    raise
-                throttles, retries = (throttles + 1, retries) if throttled else (throttles, retries + 1)
-                self._count(API_RETRIES)
-                logger.debug("Retry %d in %.2f s after %s", retries + throttles, delay, type(exc).__name__)
-                time.sleep(delay)
-                continue
-            self.limiter.release(started, success=True)
-            return raw
+        if not self.limiter.acquire(call.deadline):
+            raise deadline_reached()
+        started = time.monotonic()
+        call.sent_day = self.pool.ledger.clock.day()
+        self.hooks.emit(RequestSent(call.batch))
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(**params)
+        except Exception as exc:
+            failure = failure_of(exc)
+            self.hooks.emit(RequestFailed(exc, failure, call.batch))
+            throttled = failure is Failure.THROTTLE  # repeated, every worker waits as long as the server asked
+            self.limiter.release(started, success=False, throttled=throttled,
+                                 pause=asked_pause(exc) if throttled else None)
+            raise
+        self.limiter.release(started, success=True)
+        return raw
 
 
 def _quota_remaining(headers: Any) -> int | None:

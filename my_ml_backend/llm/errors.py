@@ -10,7 +10,6 @@ user sees and whose `fatal` flag tells the batch loop to stop spending calls.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from enum import StrEnum
 
 import openai
@@ -96,13 +95,6 @@ def bad_response(detail: str = "") -> PredictionError:
         "⚠️ 响应格式异常：模型返回了空的或无法解析的内容 (malformed response: empty or unparsable reply)",
         detail,
     )
-
-
-@dataclass(frozen=True)
-class _Context:
-    model: str
-    base_url: str
-    timeout: float
 
 
 # How ModelScope and other OpenAI-compatible servers say "no such model".
@@ -205,10 +197,7 @@ def _classify_status(exc: openai.APIStatusError, model: str) -> PredictionError:
             detail,
         )
     if status >= 500 and ("response_format" in lowered or "repeat_penalty" in lowered):
-        # llama-cpp-python's server (0.3.x) answers a response_format type it does not know
-        # (json_schema) with a 500 carrying its request-validation error: a refusal of this
-        # request, which the client answers by stepping down the output mode (or dropping
-        # the optional field it names), not an outage.
+        # A 500 carrying a validation error about a field we sent: a refusal of this request, not an outage.
         return PredictionError(ErrorKind.BAD_REQUEST, f"❌ 请求被拒绝 (request rejected, HTTP {status})", detail)
     if status >= 500:
         return PredictionError(
@@ -217,3 +206,30 @@ def _classify_status(exc: openai.APIStatusError, model: str) -> PredictionError:
             detail,
         )
     return PredictionError(ErrorKind.BAD_REQUEST, f"❌ 请求被拒绝 (request rejected, HTTP {status})", detail)
+
+
+class Failure(StrEnum):
+    """What a failed request says about sending the same request again."""
+
+    QUOTA = "quota"  # a 429 saying the quota is spent: no wait brings it back today
+    THROTTLE = "throttle"  # a 429 asking to slow down: the same request succeeds later
+    OUTAGE = "outage"  # a server fault, a timeout, a dropped connection: may pass
+    FINAL = "final"  # anything else: the same request would fail the same way
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """Quota spent vs throttled vs outage, read from the status, the text and ModelScope's rate-limit headers."""
+    if isinstance(exc, openai.APIConnectionError):  # timeouts included
+        return Failure.OUTAGE
+    if not isinstance(exc, openai.APIStatusError):
+        return Failure.FINAL
+    status = exc.status_code
+    if status == 429:
+        quota = is_quota_exhausted(429, exc.response.text, exc.response.headers)
+        return Failure.QUOTA if quota else Failure.THROTTLE
+    if status in (408, 409):
+        return Failure.OUTAGE
+    # A 5xx that carries a request-validation error is a refusal (llama-cpp-python), not an outage.
+    if status >= 500 and _classify_status(exc, "").kind is ErrorKind.SERVER:
+        return Failure.OUTAGE
+    return Failure.FINAL

@@ -14,11 +14,9 @@ ends). A process renews the leases of its requests in flight every third of
 free again within one lease. Acquire, release and the AIMD update are Lua scripts,
 so each is atomic on the server and a single round trip, and all clocks are Redis'.
 
-Why our own ~60 lines of Lua instead of a library: redis-py's `Lock` is a mutex;
-`redis-rate-limiters`/`py-redis-limiters` give a semaphore whose expiry covers the
-whole key (a killed holder's slot leaks while anyone keeps using it) and whose
-capacity is fixed (our AIMD must lower it); `redis-semaphore` is unmaintained since
-2016. The sorted-set-with-leases pattern is the classic one ("Redis in Action" 6.3).
+Our own Lua rather than a Redis semaphore library: ours must expire each lease on its
+own (a killed holder) and lower its capacity (AIMD); `docs/decisions.md` says which
+libraries were weighed.
 
 When Redis cannot be reached the limiter falls back to the per-process behaviour for
 `RETRY_REDIS` seconds (warning once a minute): a Redis outage loses no task.
@@ -32,12 +30,12 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from ..settings import Settings, reveal
 from ..storage import redis_db
-from ..telemetry.metrics import CONCURRENCY_DECREASES, METRICS
+from ..storage.leases import Renewer
+from .hooks import ConcurrencyLowered, Hooks
 from .pacing import AdaptiveLimiter
 
 logger = logging.getLogger(__name__)
@@ -115,27 +113,6 @@ def limits_key(base_url: str, api_key: str | None) -> str:
     return PREFIX + digest
 
 
-class Renewer:
-    """A daemon thread that calls `renew()` every `interval` seconds: the heartbeat of our leases."""
-
-    def __init__(self, interval: float, renew: Callable[[], None], name: str) -> None:
-        self._interval = interval
-        self._renew = renew
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._renew()
-            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease has margin
-                logger.debug("Lease renewal failed: %s", exc)
-
-
 class SharedLimiter(AdaptiveLimiter):
     """`AdaptiveLimiter` whose slots, limit and pause live in Redis, shared by every process.
 
@@ -143,8 +120,10 @@ class SharedLimiter(AdaptiveLimiter):
     maximum waiting on Redis); Redis decides who may send.
     """
 
-    def __init__(self, maximum: int, redis: Any, key: str, lease: float = 15.0, name: str = "") -> None:
-        super().__init__(maximum, name=name)
+    def __init__(
+        self, maximum: int, redis: Any, key: str, lease: float = 15.0, name: str = "", hooks: Hooks | None = None
+    ) -> None:
+        super().__init__(maximum, name=name, hooks=hooks)
         self.redis = redis
         self.key = key
         self.lease_ms = max(1000, int(lease * 1000))
@@ -214,7 +193,8 @@ class SharedLimiter(AdaptiveLimiter):
         else:
             before, self._shared_limit = self._shared_limit, int(limit)
             if cut:
-                METRICS.inc(CONCURRENCY_DECREASES)
+                if self.hooks is not None:
+                    self.hooks.emit(ConcurrencyLowered(self.name, before, self._shared_limit, shared=True))
                 logger.info(
                     "端点持续限流，所有进程共享的并发降为 %d (endpoint keeps throttling: shared concurrency %d -> %d)",
                     self._shared_limit, before, self._shared_limit,
@@ -250,16 +230,16 @@ class SharedLimiter(AdaptiveLimiter):
             )
 
 
-def open_limiter(settings: Settings) -> AdaptiveLimiter:
-    """A limiter shared through Redis when `REDIS_URL` is set, else one for this process."""
+def open_limiter(settings: Settings, hooks: Hooks | None = None) -> AdaptiveLimiter:
+    """A limiter shared through Redis when `REDIS_URL` is set, else one for this process; it reports to `hooks`."""
     if not settings.redis_url:
-        return AdaptiveLimiter(settings.concurrency, name=settings.model)
+        return AdaptiveLimiter(settings.concurrency, name=settings.model, hooks=hooks)
     try:
         redis = redis_db.connect(settings.redis_url)
     except Exception as exc:  # noqa: BLE001 - e.g. the redis package missing: stay per process
         logger.warning("无法连接 Redis，并发限制仅在本进程内生效 (cannot use Redis for limits): %s", exc)
-        return AdaptiveLimiter(settings.concurrency, name=settings.model)
+        return AdaptiveLimiter(settings.concurrency, name=settings.model, hooks=hooks)
     key = limits_key(settings.base_url, reveal(settings.api_key))
     logger.info("并发限制 %d 由 %s 共享 (concurrency limit shared through Redis)",
                 settings.concurrency, redis_db.describe(settings.redis_url))
-    return SharedLimiter(settings.concurrency, redis, key, lease=settings.slot_lease, name=settings.model)
+    return SharedLimiter(settings.concurrency, redis, key, lease=settings.slot_lease, name=settings.model, hooks=hooks)

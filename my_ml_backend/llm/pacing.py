@@ -1,7 +1,7 @@
 """Pacing of requests to the LLM endpoint: how many at once, and when to try again.
 
 `LLM_CONCURRENCY` is what the user hopes the endpoint allows; repeated 429s say it
-does not (ModelScope's free tier allows about one request at a time). `AdaptiveLimiter`
+does not (a free tier may allow only one request at a time). `AdaptiveLimiter`
 is an AIMD limit shared by all batch workers of a client: when half a round of
 requests in a row is refused it halves, and pauses every worker for the server's
 `Retry-After` (the others would only collect the same 429); each full round of
@@ -9,10 +9,10 @@ successes adds one back. So a saturated endpoint gets fewer requests instead of 
 same number of retries, and full speed returns when it recovers. A stray 429 among
 successes (a shared endpoint under load) only delays its own request.
 
-`retry_delay()` decides whether a failed request is worth repeating and after how
-long. Every wait is bounded by the batch deadline: Label Studio drops a `/predict`
-reply after `ML_TIMEOUT_PREDICT` seconds, so a retry that cannot finish before it is
-money spent for nothing.
+`RetryPolicy` decides whether a failed request is worth repeating and after how
+long (tenacity runs the loop). Every wait is bounded by the batch deadline: Label Studio
+drops a `/predict` reply after `ML_TIMEOUT_PREDICT` seconds, so a retry that cannot
+finish before it is money spent for nothing.
 """
 
 from __future__ import annotations
@@ -20,22 +20,24 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
-import random
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from typing import Any
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import openai
+import tenacity
 
-from ..telemetry.metrics import CONCURRENCY_DECREASES, METRICS
-from .errors import ErrorKind, classify, is_quota_exhausted
+from .errors import Failure, failure_of
+from .hooks import ConcurrencyLowered, Hooks
 
 logger = logging.getLogger(__name__)
 
-INITIAL_BACKOFF = 0.5
-MAX_BACKOFF = 8.0
+T = TypeVar("T")
+
+# Without a Retry-After: 0.5 s doubling up to 8 s, plus up to 0.5 s so that parallel workers do not retry in lockstep.
+BACKOFF = tenacity.wait_exponential(multiplier=0.5, max=8.0) + tenacity.wait_random(0, 0.5)
 MAX_RETRY_AFTER = 60.0  # a longer Retry-After is a quota in disguise: not worth waiting for
 MAX_THROTTLE_RETRIES = 30  # 429s are retried until the deadline, but not forever without one
 
@@ -48,9 +50,10 @@ class AdaptiveLimiter:
     episode and must not halve the limit once each.
     """
 
-    def __init__(self, maximum: int, name: str = "") -> None:
+    def __init__(self, maximum: int, name: str = "", hooks: Hooks | None = None) -> None:
         self.maximum = max(1, maximum)
         self.name = name
+        self.hooks = hooks
         self._limit = self.maximum
         self._successes = 0  # since the limit last changed
         self._refusals = 0  # 429s in a row (no success between) to requests sent after the last cut
@@ -100,7 +103,8 @@ class AdaptiveLimiter:
                     if self._limit > 1:
                         before = self._limit
                         self._limit = max(1, self._limit // 2)
-                        METRICS.inc(CONCURRENCY_DECREASES)
+                        if self.hooks is not None:
+                            self.hooks.emit(ConcurrencyLowered(self.name, before, self._limit, shared=False))
                         logger.info(
                             "端点持续限流，并发降为 %d (endpoint keeps throttling: concurrency %d -> %d)",
                             self._limit, before, self._limit,
@@ -119,16 +123,12 @@ class AdaptiveLimiter:
 _LIMITERS: weakref.WeakSet[AdaptiveLimiter] = weakref.WeakSet()
 
 
-def _limit_samples() -> Iterator[tuple[tuple[tuple[str, str], ...], float]]:
-    """One sample per model (the lowest limit if several clients serve it: one series per label set)."""
+def limits_by_name() -> dict[str, int]:
+    """The limit each model is sent at now (the lowest, when several clients serve one model)."""
     limits: dict[str, int] = {}
     for limiter in list(_LIMITERS):
         limits[limiter.name] = min(limiter.limit, limits.get(limiter.name, limiter.limit))
-    for name, limit in sorted(limits.items()):
-        yield (("model", name),), limit
-
-
-METRICS.gauge("concurrency_limit", "Requests the client currently allows in flight (AIMD).", _limit_samples)
+    return limits
 
 
 def retry_after(headers: Any) -> float | None:
@@ -151,58 +151,87 @@ def retry_after(headers: Any) -> float | None:
     return None
 
 
-def backoff(retries: int) -> float:
-    """Exponential backoff with up to 25 % jitter, so parallel workers do not retry in lockstep."""
-    return min(INITIAL_BACKOFF * 2.0**retries, MAX_BACKOFF) * (1 - 0.25 * random.random())
+def asked_pause(exc: BaseException) -> float | None:
+    """The wait a throttling server asked every worker to keep (bounded), or None."""
+    response = getattr(exc, "response", None)
+    asked = retry_after(response.headers) if response is not None else None
+    return min(asked, MAX_RETRY_AFTER) if asked else None
 
 
-def is_throttle(exc: BaseException) -> bool:
-    """A 429 that asks us to slow down (not an exhausted quota, which no wait will cure)."""
-    if not isinstance(exc, openai.APIStatusError) or exc.status_code != 429:
+def worth_repeating(exc: BaseException) -> bool:
+    """A throttle or an outage the server did not ask us to give up on, and not a quota in disguise."""
+    if failure_of(exc) not in (Failure.THROTTLE, Failure.OUTAGE):
         return False
-    response = exc.response
-    return not is_quota_exhausted(429, response.text, response.headers)
+    response = getattr(exc, "response", None)
+    if response is None:  # a timeout or a dropped connection
+        return True
+    asked = retry_after(response.headers)
+    return response.headers.get("x-should-retry") != "false" and (asked is None or asked <= MAX_RETRY_AFTER)
 
 
-def _is_outage(exc: openai.APIStatusError) -> bool:
-    """A 5xx the error table reads as a server fault, not as a refusal of the request.
+class RetryPolicy:
+    """How one request is repeated: tenacity's loop with our predicates, budgets and the deadline.
 
-    llama-cpp-python answers a response_format it does not know with a 500: repeating
-    the same request would pay for the same refusal; the client steps down instead.
+    Throttles (429) are retried until the deadline, `MAX_THROTTLE_RETRIES` at most (the
+    limiter keeps them to one request at a time), or `max_retries` times without a
+    deadline; outages `max_retries` times, counted apart so that waiting on a throttle
+    does not use them up. The wait is the server's `Retry-After`, else `BACKOFF`; a wait
+    that would end past the deadline is not taken.
     """
-    return classify(exc, model="", base_url="", timeout=0.0).kind is ErrorKind.SERVER
+
+    def __init__(
+        self,
+        max_retries: int,
+        deadline: float | None,
+        before_retry: Callable[[BaseException, int, float], None] | None = None,
+    ) -> None:
+        throttles = MAX_THROTTLE_RETRIES if deadline is not None else max_retries
+        self._budget = {Failure.THROTTLE: throttles, Failure.OUTAGE: max_retries}
+        self._used: Counter[Failure] = Counter()
+        self._deadline = deadline
+        self._before_retry = before_retry
+        self._wait: tuple[int, float] = (0, 0.0)  # (attempt, wait): decided once, read by stop and wait
+
+    def run(self, attempt: Callable[[], T]) -> T:
+        """`attempt()` until it returns, or its last failure once the policy gives up.
+
+        The callbacks take `retry_state` by that name: tenacity 8 passes it as a keyword.
+        """
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(worth_repeating),
+            stop=self._stop,
+            wait=self._wait_for,
+            before_sleep=self._announce,
+            reraise=True,
+        )
+        return retrying(attempt)
+
+    def _wait_for(self, retry_state: tenacity.RetryCallState) -> float:
+        if self._wait[0] != retry_state.attempt_number:  # once per failure: the jitter must not change between reads
+            exc = _failure(retry_state)
+            asked = retry_after(getattr(getattr(exc, "response", None), "headers", None))
+            self._wait = (retry_state.attempt_number, asked if asked else BACKOFF(retry_state))
+        return self._wait[1]
+
+    def _stop(self, retry_state: tenacity.RetryCallState) -> bool:
+        failure = failure_of(_failure(retry_state))
+        self._used[failure] += 1
+        if self._used[failure] > self._budget[failure]:
+            return True
+        wait = self._wait_for(retry_state)
+        if self._deadline is not None and time.monotonic() + wait >= self._deadline:
+            logger.debug("Not retrying: the wait (%.1f s) would pass the batch deadline", wait)
+            return True
+        return False
+
+    def _announce(self, retry_state: tenacity.RetryCallState) -> None:
+        exc, wait = _failure(retry_state), self._wait_for(retry_state)
+        logger.debug("Retry %d in %.2f s after %s", retry_state.attempt_number, wait, type(exc).__name__)
+        if self._before_retry is not None:
+            self._before_retry(exc, retry_state.attempt_number, wait)
 
 
-def retry_delay(exc: BaseException, retries: int, max_retries: int, deadline: float | None) -> float | None:
-    """Seconds to wait before repeating the request that raised `exc`, or None: do not repeat.
-
-    `retries` is how many times this call was already repeated. Throttling (429) is
-    retried until the deadline (the limiter keeps it to one request at a time), other
-    transient failures `max_retries` times; nothing is retried past the deadline.
-    """
-    headers = None
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
-        budget = max_retries
-    elif isinstance(exc, openai.APIStatusError):
-        headers = exc.response.headers
-        status = exc.status_code
-        if headers.get("x-should-retry") == "false":
-            return None
-        if is_throttle(exc):
-            budget = MAX_THROTTLE_RETRIES if deadline is not None else max_retries
-        elif status in (408, 409) or (status >= 500 and _is_outage(exc)):
-            budget = max_retries
-        else:
-            return None
-    else:
-        return None
-    if retries >= budget:
-        return None
-    asked = retry_after(headers)
-    if asked is not None and asked > MAX_RETRY_AFTER:
-        return None
-    delay = asked if asked is not None and asked > 0 else backoff(retries)
-    if deadline is not None and time.monotonic() + delay >= deadline:
-        logger.debug("Not retrying: the wait (%.1f s) would pass the batch deadline", delay)
-        return None
-    return delay
+def _failure(retry_state: tenacity.RetryCallState) -> BaseException:
+    exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+    assert exc is not None  # tenacity asks only after a failed attempt
+    return exc

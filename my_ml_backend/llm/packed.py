@@ -14,36 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..settings import endpoint_profile
-from ..telemetry.metrics import CACHE_HITS, METRICS, Tally
+from ..telemetry.metrics import Tally
 from .client import LLMClient
-from .errors import ErrorKind, PredictionError, deadline_reached, unexpected_error
-from .output_modes import OutputMode
-from .replies import ChatReply, Usage, cache_entry, from_cache, worth_keeping
+from .errors import ErrorKind, PredictionError, deadline_reached
+from .replies import ChatReply, Usage, worth_keeping
 
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-
-def default_tasks_per_call(base_url: str) -> int:
-    """Tasks per call when LLM_TASKS_PER_CALL is unset: the endpoint profile's."""
-    return endpoint_profile(base_url).tasks_per_call
-
-
-def pack_outcomes(future: Future, n: int) -> list[Any]:
-    """The outcomes a pack's future returned, or its failure repeated for each of its `n` tasks."""
-    try:
-        return future.result()
-    except PredictionError as err:
-        return [err] * n
-    except Exception:  # noqa: BLE001 - a bug must cost its pack, not the batch
-        logger.exception("Pack of %d tasks: unexpected error", n)
-        return [unexpected_error()] * n
-
 
 class PackFormat(Protocol):
     """How tasks are put into one prompt and their answers taken out (`labeling.packing`)."""
@@ -55,8 +36,6 @@ class PackFormat(Protocol):
     def pack_schema(self, schemas: list[dict[str, Any] | None], ids: list[str]) -> dict[str, Any] | None: ...
 
     def split_answers(self, text: str, ids: list[str]) -> dict[str, str]: ...
-
-    def pack_family(self, messages: Messages) -> str: ...
 
     def split_tokens(self, tokens: list[tuple[str, float]], ids: list[str]) -> dict[str, list[tuple[str, float]]]: ...
 
@@ -70,33 +49,6 @@ class Ask:
     messages: Messages
     schema: dict[str, Any] | None
     accept: Callable[[ChatReply], bool] | None = None  # does a reply give this task a usable answer?
-
-
-def task_key(client: LLMClient, messages: Messages, schema: dict[str, Any] | None) -> str | None:
-    """The cache key the one-task call would have now (None without a cache)."""
-    if client.cache is None:
-        return None
-    mode = client.mode if schema is not None else OutputMode.TEXT
-    return client._cache_key(client._params(messages, mode, schema))
-
-
-def lookup(client: LLMClient, ask: Ask, tally: Tally | None = None) -> ChatReply | None:
-    """The task's cached answer, if any; never sends a request."""
-    key = task_key(client, ask.messages, ask.schema)
-    answer = client.cache.get(key) if key is not None and client.cache is not None else None
-    if answer is None:
-        return None
-    METRICS.inc(CACHE_HITS)
-    if tally is not None:
-        tally.inc(CACHE_HITS)
-    return from_cache(answer)
-
-
-def remember(client: LLMClient, ask: Ask, reply: ChatReply) -> None:
-    """Keep one task's part of a packed answer as that task's own cache entry."""
-    key = task_key(client, ask.messages, ask.schema)
-    if key is not None and client.cache is not None:
-        client.cache.put(key, cache_entry(reply))
 
 
 def answer_pack(
@@ -174,7 +126,7 @@ def _ask_group(
         part = ChatReply(text=text or "", usage=share, tokens=tokens.get(task_id, []), mode=reply.mode,
                          model=reply.model)
         if text and worth_keeping(asks[i].accept, part):
-            remember(client, asks[i], part)
+            client.cache_reply(asks[i].messages, asks[i].schema, part)  # under the task's own one-task key
             results[i] = part
         else:
             missed.append(i)
@@ -196,7 +148,7 @@ def plan_packs(
     cached: dict[int, ChatReply] = {}
     pending: dict[str, list[int]] = {}
     for i, ask in asks.items():
-        if (reply := lookup(client, ask, tally)) is not None:
+        if (reply := client.cached_reply(ask.messages, ask.schema, tally)) is not None:
             cached[i] = reply
         else:
             pending.setdefault(family(ask.messages), []).append(i)

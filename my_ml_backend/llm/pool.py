@@ -22,7 +22,7 @@ import openai
 from ..settings import Settings
 from ..telemetry.metrics import METRICS, Labels
 from .errors import ErrorKind, PredictionError, classify
-from .quota import ACCOUNT, QUOTA, RETIRED, Quota, QuotaLedger, quota_used_up
+from .quota import ACCOUNT, ACCOUNT_REMAINING, QUOTA, RETIRED, Quota, QuotaLedger, header_int, quota_used_up
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class ModelPool:
         if kind == ErrorKind.MODEL_UNAVAILABLE:
             reason, scope = RETIRED, model
         elif kind == ErrorKind.QUOTA:
-            account_left = Quota(ACCOUNT, remaining=_int(headers.get("modelscope-ratelimit-requests-remaining")))
+            account_left = Quota(ACCOUNT, remaining=header_int(headers.get(ACCOUNT_REMAINING)))
             reason, scope = QUOTA, ACCOUNT if account_left.exhausted else model
         else:
             return False
@@ -138,8 +138,3 @@ METRICS.gauge(
     "Calls left today per model (model=\"account\": the whole account), as the endpoint last reported.",
     _quota_samples,
 )
-
-
-def _int(value: Any) -> int | None:
-    text = str(value).strip() if value is not None else ""
-    return int(text) if text.lstrip("-").isdigit() else None

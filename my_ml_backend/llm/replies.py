@@ -38,11 +38,16 @@ class ChatReply:
     model: str = ""  # the pool model that answered ("" when served from the cache)
     truncated: bool = False  # cut at max_tokens (finish_reason "length"): only its complete items are read
 
-    @property
-    def token_confidence(self) -> float | None:
-        """Geometric-mean token probability of the whole answer."""
-        return math.exp(sum(t[1] for t in self.tokens) / len(self.tokens)) if self.tokens else None
+    @classmethod
+    def from_cache_entry(cls, entry: CachedAnswer) -> ChatReply:
+        """The reply a cache entry stands for (no request was sent for it, no token paid)."""
+        usage = Usage(entry.prompt_tokens, entry.completion_tokens)
+        return cls(text=entry.text, usage=usage, tokens=list(entry.tokens), mode=entry.mode, cached=True)
 
+    def cache_entry(self) -> CachedAnswer:
+        """What the response cache keeps of this reply: what it said and cost, not who answered it."""
+        usage = self.usage
+        return CachedAnswer(self.text, usage.prompt_tokens, usage.completion_tokens, tuple(self.tokens), self.mode)
 
 
 def worth_keeping(accept: Callable[[ChatReply], bool] | None, reply: ChatReply) -> bool:
@@ -80,12 +85,3 @@ def reply_tokens(choice: Any) -> list[Token]:
     return [(text, min(lp, 0.0), tuple((a, min(alp, 0.0)) for a, alp in alternatives))
             for text, lp, alternatives in tokens]
 
-
-def from_cache(answer: CachedAnswer) -> ChatReply:
-    usage = Usage(answer.prompt_tokens, answer.completion_tokens)
-    return ChatReply(text=answer.text, usage=usage, tokens=list(answer.tokens), mode=answer.mode, cached=True)
-
-
-def cache_entry(reply: ChatReply) -> CachedAnswer:
-    usage = reply.usage
-    return CachedAnswer(reply.text, usage.prompt_tokens, usage.completion_tokens, tuple(reply.tokens), reply.mode)

@@ -22,14 +22,13 @@ from ..learning.retrieval import ExampleSource
 from ..llm.batch_stats import BatchStats
 from ..llm.client import LLMClient
 from ..llm.errors import PredictionError, deadline_reached
-from ..llm.packed import default_tasks_per_call, pack_outcomes
 from ..settings import Settings
 from ..telemetry.activity import ACTIVITY
 from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
 from .calibrate import BatchCalibration
 from .items import failed_item, prediction_item
 from .prepare import PreparedTask, PromptInputs, prepare_task
-from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, safely
+from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, group_outcomes, safely
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,18 @@ logger = logging.getLogger(__name__)
 def tasks_per_call(settings: Settings) -> int:
     """1: one call per task; N: packs of N; 0: packs sized by tokens (LLM_TASKS_PER_CALL, else the endpoint's)."""
     n = settings.tasks_per_call
-    return default_tasks_per_call(settings.base_url) if n is None else n
+    return settings.endpoint.tasks_per_call if n is None else n
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How one batch is asked: guidance (the request's own, else the project's), the status page's project,
+    the stats to fill, and the seconds it may take (`...`: the settings' `batch_deadline`; None: no limit)."""
+
+    guidance: PromptGuidance | None = None
+    project: str = ""
+    stats: BatchStats | None = None
+    deadline: float | None | EllipsisType = ...
 
 
 @dataclass
@@ -68,9 +78,9 @@ class Predictor:
         self.examples = examples  # the project's annotated examples and their form, read once per batch
         self.tasks_per_call = tasks_per_call(settings)
         extend_below = settings.extend_below if settings.extends_lists else 0.0
-        self.single = SingleCalls(client, settings.model, settings.max_tokens, extend_below)
+        self.single = SingleCalls(client, settings.max_tokens, extend_below)
         self.strategy: AskStrategy = self.single if self.tasks_per_call == 1 else PackedCalls(
-            client, settings.model, settings.max_tokens, self.tasks_per_call, settings.pack_token_budget)
+            client, settings.max_tokens, self.tasks_per_call, settings.pack_token_budget)
         self.score_maps = score_maps  # the project's (`learning.scorefit`)
         self.calibration = BatchCalibration(schema.data_keys, self._content_free_answer, score_maps)
 
@@ -117,21 +127,16 @@ class Predictor:
         `deadline`: seconds this batch may take (`...`: the settings' `batch_deadline`, what Label Studio
         allows `/predict` less a margin; None: no limit). Tasks not finished by then get a failed item.
         """
-        answers = self.answer_batch(tasks, guidance, project, stats, deadline)
+        answers = self.answer_batch(tasks, BatchOptions(guidance, project, stats, deadline))
         return [failed_item(a, self.model_version) if isinstance(a, PredictionError)
                 else prediction_item(a, self.model_version) for a in answers]
 
-    def answer_batch(
-        self,
-        tasks: list[dict[str, Any]],
-        guidance: PromptGuidance | None = None,
-        project: str = "",
-        stats: BatchStats | None = None,
-        deadline: float | None | EllipsisType = ...,
-    ) -> list[Outcome]:
+    def answer_batch(self, tasks: list[dict[str, Any]], options: BatchOptions | None = None) -> list[Outcome]:
         """One calibrated answer (or the error that stopped it) per task, in order."""
         started = time.monotonic()
-        seconds = self.settings.batch_deadline if deadline is ... else deadline
+        options = options or BatchOptions()
+        guidance, project, stats = options.guidance, options.project, options.stats  # stats: not copied, filled
+        seconds = self.settings.batch_deadline if options.deadline is ... else options.deadline
         ends = None if seconds is None else started + seconds
         inputs = self.prompt_inputs(guidance)
         stats = stats if stats is not None else BatchStats()
@@ -163,7 +168,7 @@ class Predictor:
         try:
             for future in as_completed(futures, timeout=None if ends is None else max(0.0, ends - time.monotonic())):
                 group = futures[future]
-                for i, outcome in zip(group, pack_outcomes(future, len(group)), strict=True):
+                for i, outcome in zip(group, group_outcomes(future, len(group)), strict=True):
                     outcomes[i] = outcome
                     self._count(outcome, tasks[i], stats)
                     ACTIVITY.task_done(progress, not isinstance(outcome, PredictionError))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Protocol
 
 from ..labeling import extension, packing
@@ -17,7 +18,6 @@ from ..llm.client import LLMClient
 from ..llm.errors import PredictionError, unexpected_error
 from ..llm.packed import answer_pack, plan_packs
 from ..llm.replies import ChatReply
-from ..telemetry.activity import ACTIVITY
 from ..telemetry.metrics import Tally
 from .prepare import PreparedTask
 
@@ -46,11 +46,20 @@ def safely(task_id: object, make: Callable[[], TaskAnswer]) -> Outcome:
         return unexpected_error()
 
 
-def read_logged(prepared: PreparedTask, reply: ChatReply, model: str, max_tokens: int) -> TaskAnswer:
-    """The reply's answer, with what the debug log and the status page show of it."""
+def group_outcomes(future: Future, n: int) -> list[Outcome]:
+    """The outcomes a group's future returned, or its failure repeated for each of its `n` tasks."""
+    try:
+        return future.result()
+    except PredictionError as err:
+        return [err] * n
+    except Exception:  # noqa: BLE001 - a bug must cost its group, not the batch
+        logger.exception("Group of %d tasks: unexpected error", n)
+        return [unexpected_error()] * n
+
+
+def read_logged(prepared: PreparedTask, reply: ChatReply, max_tokens: int) -> TaskAnswer:
+    """The reply's answer, with what the debug log shows of it."""
     task_id = prepared.task.get("id")
-    if not reply.cached:  # the status page's "model that answered last"
-        ACTIVITY.model_answered(reply.model or model, reply.quota_remaining)
     logger.debug("Task %s reply (%d prompt + %d completion tokens%s, model %s):\n%s", task_id,
                  reply.usage.prompt_tokens, reply.usage.completion_tokens, ", cached" if reply.cached else "",
                  reply.model or "-", reply.text)
@@ -67,8 +76,8 @@ def read_logged(prepared: PreparedTask, reply: ChatReply, model: str, max_tokens
 class SingleCalls:
     """One chat call per task (the client's cache answers repeats); a list closed in doubt may be asked again."""
 
-    def __init__(self, client: LLMClient, model: str, max_tokens: int, extend_below: float) -> None:
-        self.client, self.model, self.max_tokens = client, model, max_tokens
+    def __init__(self, client: LLMClient, max_tokens: int, extend_below: float) -> None:
+        self.client, self.max_tokens = client, max_tokens
         # LLM_EXTEND_LISTS where it can work; 0 once the endpoint is seen to ignore minItems
         self.extend_below = extend_below
 
@@ -88,8 +97,9 @@ class SingleCalls:
         finishes, so its answer reaches the cache and the next retrieve gets it for free."""
         ask = task.ask
         reply = self.client.chat(ask.messages, ask.schema, deadline=deadline, accept=ask.accept, tally=tally)
-        answer = read_logged(task, reply, self.model, self.max_tokens)
-        if not (extend and self.extend_below and reply.mode in extension.ENFORCING_MODES and not reply.truncated):
+        answer = read_logged(task, reply, self.max_tokens)
+        if not (extend and self.extend_below and reply.tokens and reply.mode in extension.ENFORCING_MODES
+                and not reply.truncated):  # a doubt is read from logprobs: none came back, nothing to extend
             return answer
 
         def again(schema: dict) -> tuple[TaskAnswer, Tokens] | None:
@@ -103,7 +113,7 @@ class SingleCalls:
                 return None
             if more.truncated:  # made to go on, it looped to LLM_MAX_TOKENS: nothing to trust in it
                 return None
-            grown = read_logged(task, more, self.model, self.max_tokens)
+            grown = read_logged(task, more, self.max_tokens)
             if not extension.enforced(schema, grown.list_lengths):
                 self.extend_below = 0.0  # this endpoint ignores minItems: every further extension would be wasted
                 logger.warning("端点未执行 minItems，不再补充列表 (endpoint ignored minItems: lists not extended)")
@@ -116,8 +126,8 @@ class SingleCalls:
 class PackedCalls:
     """Several tasks per chat call (`LLM_TASKS_PER_CALL`): cached tasks are free, the rest go in packs."""
 
-    def __init__(self, client: LLMClient, model: str, max_tokens: int, per_call: int, token_budget: int) -> None:
-        self.client, self.model, self.max_tokens = client, model, max_tokens
+    def __init__(self, client: LLMClient, max_tokens: int, per_call: int, token_budget: int) -> None:
+        self.client, self.max_tokens = client, max_tokens
         self.per_call, self.token_budget = per_call, token_budget  # per_call 0: sized by the token budget
 
     def plan(self, prepared: dict[int, PreparedTask], tally: Tally | None) -> Plan:
@@ -143,4 +153,4 @@ class PackedCalls:
                 for i, reply in zip(group, replies, strict=True)]
 
     def _read(self, task: PreparedTask, reply: ChatReply) -> TaskAnswer:
-        return read_logged(task, reply, self.model, self.max_tokens)
+        return read_logged(task, reply, self.max_tokens)

@@ -283,27 +283,28 @@ def positive_id(value: Any, what: str) -> int:
     return value
 
 
+def _object_with_ids(data: dict[str, Any], key: str, ids: tuple[str, ...]) -> dict[str, Any] | None:
+    """`data[key]` when present: an object whose `ids` fields, where given, are positive ids."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{key} 必须是对象 ({key} must be an object)")
+    for field_name in ids:
+        if value.get(field_name) is not None:
+            positive_id(value[field_name], f"{key}.{field_name}")
+    return value
+
+
 def check_webhook(data: dict[str, Any]) -> None:
     """Refuse, with a reason, an event whose ids or objects the example store could not take."""
     project = data.get("project")
     if isinstance(project, dict) and project.get("id") is not None:
         positive_id(project["id"], "project.id")
-    annotation = data.get("annotation")
-    if annotation is not None:
-        if not isinstance(annotation, dict):
-            raise BadRequest("annotation 必须是对象 (annotation must be an object)")
-        if annotation.get("id") is not None:
-            positive_id(annotation["id"], "annotation.id")
-        if annotation.get("task") is not None:
-            positive_id(annotation["task"], "annotation.task")
-        if annotation.get("result") is not None and not isinstance(annotation["result"], list):
-            raise BadRequest("annotation.result 必须是列表 (annotation.result must be a list)")
-    task = data.get("task")
-    if task is not None:
-        if not isinstance(task, dict):
-            raise BadRequest("task 必须是对象 (task must be an object)")
-        if task.get("id") is not None:
-            positive_id(task["id"], "task.id")
+    annotation = _object_with_ids(data, "annotation", ("id", "task"))
+    if annotation is not None and annotation.get("result") is not None and not isinstance(annotation["result"], list):
+        raise BadRequest("annotation.result 必须是列表 (annotation.result must be a list)")
+    task = _object_with_ids(data, "task", ("id",))
     annotations = data.get("annotations")
     if annotations is not None:
         if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):

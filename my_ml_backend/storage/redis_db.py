@@ -1,4 +1,4 @@
-"""Redis connections for the shared stores (response cache, example store).
+"""Redis connections for the shared stores (response cache, quota ledger, example store, shared limits).
 
 Imported lazily by the stores: only deployments that set `REDIS_URL` need the
 `redis` package to reach a server. The description names host, port and database,

@@ -1,9 +1,10 @@
 """What the backend is doing now and did lately, for the status page at `/`.
 
 Label Studio shows nothing while a long `/predict` runs, and no ML backend says how far
-a batch has got or why its tasks failed. The predictor reports here: a batch starts,
-each task finishes (ok or failed), the batch ends with its cost, an error happened, a
-model answered (with the quota it said was left). The status page reads `snapshot()`.
+a batch has got or why its tasks failed. The predictor reports here (a batch starts,
+each task finishes), and so do the LLM layer's events (`llm.observers`: the batch ends
+with its cost, a task failed, a model answered with the quota it said was left). The
+status page reads `snapshot()`.
 
 Where it is kept:
 - per process (default): a few lists in memory; with several gunicorn workers each

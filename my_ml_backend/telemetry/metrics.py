@@ -1,9 +1,10 @@
 """Counters of what predictions cost, for `/metrics` (Prometheus text format) and the batch log line.
 
 Two questions matter when the endpoint is a metered free tier: how many requests did
-we really send (retries included) and how many did the cache save. So every chat
-call reports to two tallies: the process-wide `METRICS` (served at `/metrics`) and,
-optionally, the tally of the batch it belongs to (logged when the batch ends).
+we really send (retries included) and how many did the cache save. So what every chat
+call does is counted twice (`llm.observers`): in the process-wide `METRICS` (served at
+`/metrics`) and, optionally, in the `Tally` of the batch it belongs to (logged when the
+batch ends).
 
 `METRICS` is backed by `prometheus_client`. Under gunicorn, `gunicorn.conf.py` sets
 `PROMETHEUS_MULTIPROC_DIR` before the workers start: each worker then writes its
@@ -60,6 +61,11 @@ _HELP: dict[str, str] = {
     "fewshot_eval_calls": "LLM requests spent by automatic few-shot evaluations (within FEWSHOT_EVAL_CALLS).",
     "model_answers": "Chat answers received, by the pool model that answered (llm.pool).",
     "model_refusals": "Refusals that took a pool model out for the quota day, by model and reason.",
+    "import_tasks_queued": "Imported tasks queued for prediction by the TASKS_CREATED webhook (onimport).",
+    "import_predictions_posted": "Predictions of imported tasks posted to Label Studio.",
+    "import_tasks_skipped": "Imported tasks skipped: already predicted with this model_version, or deleted.",
+    "import_tasks_failed": "Imported tasks whose prediction failed for the task's own reason.",
+    "import_quota_waits": "Times an import job paused because the day's quota was used up.",
 }
 
 Labels = tuple[tuple[str, str], ...]
@@ -89,14 +95,6 @@ class Tally:
             if labels:
                 return self._counts[(name, tuple(sorted(labels.items())))]
             return sum(v for (n, _), v in self._counts.items() if n == name)
-
-    def by_label(self, name: str, label: str) -> dict[str, float]:
-        with self._lock:
-            return {dict(lbl).get(label, ""): v for (n, lbl), v in self._counts.items() if n == name}
-
-    def items(self) -> list[tuple[str, Labels, float]]:
-        with self._lock:
-            return [(n, lbl, v) for (n, lbl), v in self._counts.items()]
 
 
 class Metrics:
@@ -196,7 +194,7 @@ class _ScrapeGauges:
             yield family
 
 
-prometheus_client.disable_created_metrics()  # no `_created` series: the names and output stay as before
+prometheus_client.disable_created_metrics()  # no `_created` series: one sample per counter and label set
 
 METRICS = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)
 """What this process (or, under gunicorn, every worker of this replica) has spent; served at `/metrics`."""
