@@ -56,6 +56,7 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import sys
 import tempfile
@@ -482,8 +483,34 @@ def no_confidence() -> ExitStack:
     return _patched((predictor,), "prepare_task", prepare)
 
 
+def letter_codes() -> ExitStack:
+    """Candidate: choices listed as "A. business", "B. ..." (canonical order); a reply of a lone letter (or "A.
+    business") read as that choice, anything else matched as usual."""
+    from my_ml_backend.labeling.controls import choices
+
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    original_values = choices.ChoicesHandler.to_values
+
+    def block(target: Any, values: list[str] | None = None) -> str:
+        listed = choices.ordered(target.control.labels or [] if values is None else values)
+        return "\n".join(f"   {letters[i]}. {v}" for i, v in enumerate(listed[: len(letters)]))
+
+    def to_values(self: Any, target: Any, answer: Any, text: str = "") -> list[dict[str, Any]]:
+        listed = choices.ordered(target.control.labels or [])
+        if isinstance(answer, str) and (code := re.match(r"\s*\(?([A-Z])\b", answer)):
+            at = letters.index(code.group(1))
+            if at < len(listed):
+                return original_values(self, target, listed[at], text)
+        return original_values(self, target, answer, text)
+
+    stack = _patched((choices,), "options_block", block)
+    stack.enter_context(mock.patch.object(choices.ChoicesHandler, "to_values", to_values))
+    return stack
+
+
 # Candidate changes measured against our current default on the same items (`--variants`).
-VARIANTS: dict[str, Callable[[], ExitStack]] = {"after-text": labels_after_text, "no-confidence": no_confidence}
+VARIANTS: dict[str, Callable[[], ExitStack]] = {"after-text": labels_after_text, "no-confidence": no_confidence,
+                                                "letters": letter_codes}
 
 
 def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:
