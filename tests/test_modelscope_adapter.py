@@ -78,3 +78,11 @@ def test_our_client_steps_down_to_an_unenforced_json_object_and_scores_without_l
     assert adapter.seen == {"json_schema": 1, "json_object": 2}
     assert first.text == second.text == '{"a": "ok"}' and first.tokens == second.tokens == []
     assert all("response_format" not in r["body"] and "logprobs" not in r["body"] for r in llm.requests)
+
+
+def test_an_unreachable_upstream_is_a_502() -> None:
+    with fake.FakeLLMServer() as gone:
+        url = gone.base_url
+    with ModelScopeAdapter(url) as proxy, pytest.raises(openai.InternalServerError) as caught:
+        sdk(proxy).chat.completions.create(model="m", messages=MESSAGES)
+    assert caught.value.status_code == 502

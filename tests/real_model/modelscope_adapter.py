@@ -100,6 +100,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return resp.status, resp.read(), dict(resp.headers.items())
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read(), dict(exc.headers.items())
+        except (urllib.error.URLError, OSError) as exc:  # upstream down or too slow: a gateway's answer
+            body = {"error": {"message": f"upstream unreachable: {exc}", "type": "server_error", "code": None}}
+            return 502, json.dumps(body).encode(), {}
 
     def do_GET(self) -> None:
         status, data, headers = self._forward("GET", None)
