@@ -336,7 +336,7 @@ class LLMClient:
         """
 
         def before_retry(exc: BaseException, attempt: int, delay: float) -> None:
-            self.hooks.emit(RetryScheduled(exc, failure_of(exc), attempt, delay, call.batch))
+            self.hooks.emit(RetryScheduled(attempt, delay, call.batch))
 
         policy = RetryPolicy(self.settings.max_retries, call.deadline, before_retry)
         return policy.run(lambda: self._attempt(params, call))

@@ -59,10 +59,8 @@ class RequestFailed:
 
 @dataclass(frozen=True)
 class RetryScheduled:
-    """A failed request will be sent again after `delay` seconds."""
+    """The request that just failed (its `RequestFailed` came first) will be sent again after `delay` seconds."""
 
-    error: BaseException
-    failure: Failure
     attempt: int  # the attempt that failed, from 1
     delay: float
     batch: Tally | None = None
