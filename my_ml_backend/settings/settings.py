@@ -24,7 +24,7 @@ EXTEND_BELOW = 0.9
 # LLM_SCORE=auto without logprobs, and LLM_SCORE_CALLS: the method and budget that measured best per call
 # (docs/decisions.d/score.md)
 SCORE_WITHOUT_LOGPROBS = "agreement"
-SCORE_CALLS = 1
+SCORE_CALLS = 0  # no extra call until a measurement on this project's sets says one pays (bench/score_study.py)
 
 
 def reveal(secret: SecretStr | None) -> str:
