@@ -210,3 +210,24 @@ def test_min_score_setting_and_project_param() -> None:
     base = Settings(api_key=TEST_KEY)
     assert build_predictor(cfg, base, min_score=0.9).settings.min_score == 0.9
     assert build_predictor(cfg, base, min_score=0.9).model_version != build_predictor(cfg, base).model_version
+
+
+def test_status_page_and_metrics_show_score_calls_degradation_and_withheld(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    from my_ml_backend.server.status import StatusData, render
+    from my_ml_backend.telemetry.activity import ACTIVITY
+
+    quota = llm.modelscope(model_limits={"A": 4})
+    llm.set_responder(opinions(lambda b: False))
+    s = settings(llm, tmp_path, min_score=0.99)
+    predictor(s).predict_batch(reviews(2), project="12")
+    assert quota.used == {"A": 4}
+    snap = SCORE_ACTIVITY.snapshot()
+    page = render(StatusData(s, ACTIVITY.snapshot(), {}, 0.0, score=snap, score_method="agreement"))
+    assert "LLM_SCORE: agreement" in page and "已降级 (degraded)" in page
+    assert "<td>agreement</td><td>A</td><td>2</td>" in page
+    assert "<td>12</td>" in page and "<td>2</td></tr>" in page  # both tasks of project 12 withheld
+    metrics = METRICS.render()
+    assert 'ml_backend_score_calls_total{method="agreement",model="A"}' in metrics
+    assert 'ml_backend_score_withheld_total{project="12"}' in metrics
