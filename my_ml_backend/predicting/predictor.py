@@ -171,14 +171,13 @@ class Predictor:
                 return [deadline_reached()] * len(group)
             outcomes = self.strategy.run(prepared, group, ends, stats.calls)
             fatal.extend(o for o in outcomes if isinstance(o, PredictionError) and o.fatal)
-            return [self._second_opinions(prepared[i], o, ends, stats.calls) for i, o in zip(group, outcomes,
-                                                                                              strict=True)]
+            return outcomes
 
         outcomes: list[Outcome | None] = [None] * len(tasks)
         plan = self.plan(tasks, inputs, stats.calls)
         prepared, groups = plan.prepared, plan.groups
         for i, outcome in plan.ready.items():
-            outcomes[i] = outcome = self._second_opinions(prepared.get(i), outcome, ends, stats.calls)
+            outcomes[i] = outcome
             self._count(outcome, tasks[i], stats)
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.concurrency, len(groups) or 1)),
                                   thread_name_prefix="predict")
@@ -198,7 +197,8 @@ class Predictor:
             if outcome is None:
                 outcomes[i] = err = deadline_reached()
                 stats.count_error(err)
-        done = self._calibrate_outcomes([o for o in outcomes if o is not None], ends, seconds)
+        scored = self._rescore_batch(prepared, [o for o in outcomes if o is not None], ends, stats.calls)
+        done = self._calibrate_outcomes(scored, ends, seconds)
         stats.log(time.monotonic() - started, progress, self.client.limiter.limit)
         return done
 
@@ -208,6 +208,28 @@ class Predictor:
         answer = self._second_opinions(prepared, self.single.answer(prepared, None, tally), None, tally)
         assert isinstance(answer, TaskAnswer)
         return self.calibration.calibrate_batch([answer], None, self.settings.batch_deadline)[0]
+
+    def _rescore_batch(
+        self, prepared: dict[int, PreparedTask], outcomes: list[Outcome], ends: float | None, tally: Tally | None
+    ) -> list[Outcome]:
+        """The batch's answers rescored by LLM_SCORE, after every answer is in: a second opinion not back by the
+        deadline leaves its task's answer as it was (its call still lands in the cache for the next retrieve)."""
+        asked = {i: o for i, o in enumerate(outcomes) if isinstance(o, TaskAnswer) and i in prepared}
+        if not asked or not self.opinions.asks_extra_calls:
+            return outcomes
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.concurrency, len(asked))),
+                                  thread_name_prefix="score")
+        futures = {pool.submit(self._second_opinions, prepared[i], o, ends, tally): i for i, o in asked.items()}
+        rescored = list(outcomes)
+        try:
+            for future in as_completed(futures, timeout=None if ends is None else max(0.0, ends - time.monotonic())):
+                rescored[futures[future]] = future.result()
+        except TimeoutError:
+            logger.info("评分的额外调用未在批次时限内完成，部分任务保留原分数 (score calls not done by the deadline: "
+                        "those tasks keep their first score)")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return rescored
 
     def _second_opinions(
         self, task: PreparedTask | None, outcome: Outcome, deadline: float | None, tally: Tally | None

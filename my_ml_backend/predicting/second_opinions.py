@@ -88,6 +88,10 @@ class SecondOpinions:
             SCORE_ACTIVITY.restore()
         return method
 
+    @property
+    def asks_extra_calls(self) -> bool:
+        return self.method in EXTRA_CALL_METHODS and self.settings.score_calls > 0
+
     def rescore(
         self, task: PreparedTask, answer: TaskAnswer, deadline: float | None, tally: Tally | None
     ) -> TaskAnswer:
