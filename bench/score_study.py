@@ -10,7 +10,8 @@ Prints, per set, method and calls: accuracy, AUROC with its 95 % bootstrap inter
 the most common score, ECE raw and ECE on the other tasks after fitting the score map (`learning.scorefit.fit`)
 on the first 40 annotated tasks.
 
-    python bench/score_study.py --base-url http://127.0.0.1:PORT/v1 [--size 200] [--methods agreement,verbal]
+    python bench/score_study.py --local [--size 200] [--methods agreement,verbal] [--calls 1,2,3,5]
+    python bench/score_study.py --base-url http://127.0.0.1:PORT/v1 --model NAME   # an adapter already running
 """
 
 from __future__ import annotations
@@ -62,12 +63,11 @@ def run(config: str, items: list[tuple[str, str]], base: Settings, method: str, 
     tasks = [{"id": i, "data": {"text": text}} for i, (text, _) in enumerate(items)]
     started = time.monotonic()
     scores, right = [], []
-    for start in range(0, len(tasks), 10):
-        for item, (_, gold) in zip(predictor.predict_batch(tasks[start:start + 10], deadline=None),
-                                   items[start:start + 10], strict=True):
-            got = answers_from_results(schema, item.get("result") or [])
-            scores.append(float(item.get("score") or 0.0))
-            right.append(any(v == gold for v in got.values()))
+    for task, (_, gold) in zip(tasks, items, strict=True):  # one task a batch: its draws reuse the server's prompt
+        [item] = predictor.predict_batch([task], deadline=None)
+        got = answers_from_results(schema, item.get("result") or [])
+        scores.append(float(item.get("score") or 0.0))
+        right.append(any(v == gold for v in got.values()))
     return scores, right, time.monotonic() - started
 
 
@@ -84,7 +84,9 @@ def fmt(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", required=True, help="a ModelScope-shaped endpoint (no logprobs)")
+    parser.add_argument("--base-url", default="", help="a ModelScope-shaped endpoint (no logprobs)")
+    parser.add_argument("--local", action="store_true", help="start the local real model behind the ModelScope-"
+                        "shaped adapter here (one real-model server on the machine at a time)")
     parser.add_argument("--model", default="local")
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -93,8 +95,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", default=",".join(map(str, CALLS)))
     parser.add_argument("--data-dir", default="", help="keeps the response cache between runs (default: a temp dir)")
     args = parser.parse_args(argv)
+    if args.local:
+        from tests.real_model.local_model import LocalModelServer  # noqa: I001 - the adapter lands with `quality`
+        from tests.real_model.modelscope_adapter import ModelScopeAdapter
+
+        with LocalModelServer() as server, ModelScopeAdapter(server.base_url) as adapter:
+            return study(args, adapter.base_url, server.model)
+    if not args.base_url:
+        parser.error("--base-url or --local")
+    return study(args, args.base_url, args.model)
+
+
+def study(args: argparse.Namespace, base_url: str, model: str) -> None:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="score_study_"))
-    base = Settings(api_key="sk-local", base_url=args.base_url, model=args.model, logprobs=False, timeout=600.0,
+    base = Settings(api_key="sk-local", base_url=base_url, model=model, logprobs=False, timeout=600.0,
                     max_retries=1, data_dir=data_dir, fewshot_k=0, fewshot_auto=False, fallback_models=(),
                     max_tokens=256, batch_deadline=3600.0)
     sets = {"news": lambda: news_set(args.size), "reviews": lambda: reviews_set(args.size, args.seed)}
