@@ -247,3 +247,10 @@ def test_a_second_opinion_late_for_the_deadline_keeps_the_answer(llm: fake.FakeL
     assert time.monotonic() - started < 2.5  # the batch did not wait for the draws
     assert [i["result"][0]["value"]["choices"] for i in items] == [[POSITIVE], [NEGATIVE]]
     assert [i["score"] for i in items] == [pytest.approx(0.8)] * 2
+
+
+def test_dry_run_counts_one_models_call_per_other_pool_model(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    llm.modelscope()
+    batch, _ = job(llm, tmp_path, reviews(5), logprobs=False, score_method="models", score_calls=3,
+                   fallback_models=("B",), tasks_per_call=1)
+    assert estimate(batch).score_calls == 5  # one other model: one second opinion per task, whatever the budget

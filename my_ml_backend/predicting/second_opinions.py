@@ -23,6 +23,7 @@ from ..labeling.parsing import parse_reply
 from ..labeling.schema import Target
 from ..llm.client import LLMClient
 from ..llm.errors import ErrorKind, PredictionError
+from ..llm.pool import pool_models
 from ..llm.quota import Quota
 from ..llm.replies import ChatReply
 from ..settings import Settings
@@ -59,6 +60,8 @@ def extra_calls(settings: Settings, logprobs: bool, schema_targets: Sequence[Tar
     method = settings.resolved_score_method(logprobs)
     if method not in EXTRA_CALL_METHODS or not single_choices(schema_targets):
         return 0
+    if method == "models":  # one call per other pool model, at most
+        return min(settings.score_calls, len(pool_models(settings)) - 1)
     return settings.score_calls
 
 
