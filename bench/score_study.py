@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sets", default="news,reviews")
     parser.add_argument("--methods", default="agreement,verbal")
     parser.add_argument("--calls", default=",".join(map(str, CALLS)))
+    parser.add_argument("--max-input-chars", type=int, default=4000, help="MAX_INPUT_CHARS (1200: faster on CPU)")
     parser.add_argument("--data-dir", default="", help="keeps the response cache between runs (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.local:
@@ -110,7 +111,7 @@ def study(args: argparse.Namespace, base_url: str, model: str) -> None:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="score_study_"))
     base = Settings(api_key="sk-local", base_url=base_url, model=model, logprobs=False, timeout=600.0,
                     max_retries=1, data_dir=data_dir, fewshot_k=0, fewshot_auto=False, fallback_models=(),
-                    max_tokens=256, batch_deadline=3600.0)
+                    max_tokens=256, batch_deadline=3600.0, max_input_chars=args.max_input_chars)
     sets = {"news": lambda: news_set(args.size), "reviews": lambda: reviews_set(args.size, args.seed)}
     print("| set | method | calls/task | accuracy | AUROC [95 %] | most common score | ECE raw | ECE fitted "
           f"on {FIT_ON} | seconds |")
