@@ -46,6 +46,9 @@ else
   else
     echo "- 编译 llama-cpp-python 并下载 0.5B 模型到 $MODEL_CACHE (building the local model: ~5-13 min, once)"
   fi
+  if [ "${CI:-}" = "true" ] && [ "$(id -u)" = 0 ]; then
+    echo "- CI: Docker 镜像构建与健康检查 (scripts/docker_check.sh: image build + HEALTHCHECK, ~3 min cold)"
+  fi
   echo "- 全部测试 (all tests: ~8-10 min once installed; bash scripts/run_tests.sh --quick for ~1-2 min)"
 fi
 echo
@@ -59,5 +62,8 @@ ruff check .
 if [ "$QUICK" = true ]; then
   python -m pytest -m "not e2e and not real_model" "$@"
 else
+  if [ "${CI:-}" = "true" ] && [ "$(id -u)" = 0 ]; then
+    bash scripts/docker_check.sh  # the image builds and its own HEALTHCHECK reports healthy
+  fi
   python -m pytest "$@"
 fi

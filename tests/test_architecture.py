@@ -28,8 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "predictor": LABELING_LLM_LEARNING,
     "engine": LABELING_LLM_LEARNING | {"versioning", "predictor"},
     "model": ENGINE,
-    "server": ENGINE,
+    "server": ENGINE | {"onimport"},
     "jobs": ENGINE | {"model"},
+    "onimport": ENGINE | {"model", "jobs"},
     "_wsgi": ENGINE | {"model", "server"},
 }
 

@@ -236,8 +236,11 @@ def test_model_version_changes_with_packing(tmp_path: Path) -> None:
 
 
 def test_tasks_per_call_setting() -> None:
-    from my_ml_backend.llm.packed import default_tasks_per_call
+    from my_ml_backend.predicting.predictor import tasks_per_call
     from my_ml_backend.settings import load_settings
+
+    def default_tasks_per_call(url: str) -> int:  # what a predictor for this endpoint does with the setting unset
+        return tasks_per_call(load_settings({"MODELSCOPE_API_URL": url}))
 
     assert load_settings({}).tasks_per_call is None
     assert load_settings({"LLM_TASKS_PER_CALL": "auto"}).tasks_per_call == 0

@@ -11,7 +11,7 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from my_ml_backend.llm.client import LLMClient
 from my_ml_backend.llm.errors import ErrorKind, PredictionError
-from my_ml_backend.llm.output_modes import LADDER, OutputMode, initial_mode, response_format, step_down
+from my_ml_backend.llm.output_modes import OutputMode, initial_mode, response_format, step_down
 from my_ml_backend.settings import Settings, load_settings
 from tests.conftest import TEST_KEY, Backend, config
 from tests.fake_llm import server as fake
@@ -112,12 +112,12 @@ def llama_cpp_like(body: dict) -> fake.Reply:
 
 
 def test_the_ladder_and_what_each_rung_sends() -> None:
-    assert [step_down(m) for m in LADDER] == [
-        OutputMode.JSON_OBJECT_SCHEMA,
-        OutputMode.JSON_OBJECT,
-        OutputMode.TEXT,
-        None,
-    ]
+    walked: list[OutputMode] = []  # what a client refused at every rung goes through, strongest first
+    mode: OutputMode | None = OutputMode.JSON_SCHEMA
+    while mode is not None:
+        walked.append(mode)
+        mode = step_down(mode)
+    assert walked == [OutputMode.JSON_SCHEMA, OutputMode.JSON_OBJECT_SCHEMA, OutputMode.JSON_OBJECT, OutputMode.TEXT]
     assert response_format(OutputMode.JSON_OBJECT_SCHEMA, SCHEMA) == {"type": "json_object", "schema": SCHEMA}
     assert response_format(OutputMode.JSON_OBJECT, SCHEMA) == {"type": "json_object"}
     assert response_format(OutputMode.TEXT, SCHEMA) is None

@@ -14,35 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..settings import endpoint_profile
 from ..telemetry.metrics import Tally
 from .client import LLMClient
-from .errors import ErrorKind, PredictionError, deadline_reached, unexpected_error
+from .errors import ErrorKind, PredictionError, deadline_reached
 from .replies import ChatReply, Usage, worth_keeping
 
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-
-def default_tasks_per_call(base_url: str) -> int:
-    """Tasks per call when LLM_TASKS_PER_CALL is unset: the endpoint profile's."""
-    return endpoint_profile(base_url).tasks_per_call
-
-
-def pack_outcomes(future: Future, n: int) -> list[Any]:
-    """The outcomes a pack's future returned, or its failure repeated for each of its `n` tasks."""
-    try:
-        return future.result()
-    except PredictionError as err:
-        return [err] * n
-    except Exception:  # noqa: BLE001 - a bug must cost its pack, not the batch
-        logger.exception("Pack of %d tasks: unexpected error", n)
-        return [unexpected_error()] * n
-
 
 class PackFormat(Protocol):
     """How tasks are put into one prompt and their answers taken out (`labeling.packing`)."""

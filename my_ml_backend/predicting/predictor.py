@@ -22,7 +22,6 @@ from ..learning.retrieval import ExampleSource
 from ..llm.batch_stats import BatchStats
 from ..llm.client import LLMClient
 from ..llm.errors import PredictionError, deadline_reached
-from ..llm.packed import default_tasks_per_call, pack_outcomes
 from ..settings import Settings
 from ..telemetry.activity import ACTIVITY
 from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
@@ -31,7 +30,7 @@ from .items import failed_item, prediction_item, withheld_item
 from .prepare import PreparedTask, PromptInputs, prepare_task
 from .score_activity import SCORE_ACTIVITY
 from .second_opinions import SecondOpinions
-from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, safely
+from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, group_outcomes, safely
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ logger = logging.getLogger(__name__)
 def tasks_per_call(settings: Settings) -> int:
     """1: one call per task; N: packs of N; 0: packs sized by tokens (LLM_TASKS_PER_CALL, else the endpoint's)."""
     n = settings.tasks_per_call
-    return default_tasks_per_call(settings.base_url) if n is None else n
+    return settings.endpoint.tasks_per_call if n is None else n
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,7 @@ class Predictor:
         try:
             for future in as_completed(futures, timeout=None if ends is None else max(0.0, ends - time.monotonic())):
                 group = futures[future]
-                for i, outcome in zip(group, pack_outcomes(future, len(group)), strict=True):
+                for i, outcome in zip(group, group_outcomes(future, len(group)), strict=True):
                     outcomes[i] = outcome
                     self._count(outcome, tasks[i], stats)
                     ACTIVITY.task_done(progress, not isinstance(outcome, PredictionError))

@@ -31,15 +31,19 @@ class PromptInputs:
 
 @dataclass
 class PreparedTask:
-    """A task ready to ask: its texts, the controls asked, its one-task call, its own size in tokens."""
+    """A task ready to ask: its texts, the controls asked, its one-task call, and the reader of its reply."""
 
     task: dict[str, Any]
     schema: LabelingSchema
     texts: dict[str, str]
     wanted: list[Target]
     ask: Ask
-    tokens: int
     _last: tuple[ChatReply, TaskAnswer] | None = None
+
+    @property
+    def tokens(self) -> int:
+        """The task's own size in tokens (packs are sized by it)."""
+        return packing.estimate_tokens("\n".join(self.texts.values()))
 
     def read(self, reply: ChatReply) -> TaskAnswer:
         """The reply read into this task's answer; the same reply is read once (the cache check reads it first)."""
@@ -74,6 +78,6 @@ def prepare_task(
     logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
     logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
     ask = Ask(messages, answer_schema(schema, texts, inputs.guidance.reasoning, confidence))
-    prepared = PreparedTask(task, schema, texts, wanted, ask, packing.estimate_tokens("\n".join(texts.values())))
+    prepared = PreparedTask(task, schema, texts, wanted, ask)
     ask.accept = lambda reply: prepared.read(reply).answered  # only a reply with a valid result is worth caching
     return prepared

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Protocol
 
 from ..labeling import extension, packing
@@ -43,6 +44,17 @@ def safely(task_id: object, make: Callable[[], TaskAnswer]) -> Outcome:
     except Exception:  # noqa: BLE001 - logged with its traceback; the task gets "internal error"
         logger.exception("Task %s: unexpected error", task_id)
         return unexpected_error()
+
+
+def group_outcomes(future: Future, n: int) -> list[Outcome]:
+    """The outcomes a group's future returned, or its failure repeated for each of its `n` tasks."""
+    try:
+        return future.result()
+    except PredictionError as err:
+        return [err] * n
+    except Exception:  # noqa: BLE001 - a bug must cost its group, not the batch
+        logger.exception("Group of %d tasks: unexpected error", n)
+        return [unexpected_error()] * n
 
 
 def read_logged(prepared: PreparedTask, reply: ChatReply, max_tokens: int) -> TaskAnswer:
@@ -86,7 +98,8 @@ class SingleCalls:
         ask = task.ask
         reply = self.client.chat(ask.messages, ask.schema, deadline=deadline, accept=ask.accept, tally=tally)
         answer = read_logged(task, reply, self.max_tokens)
-        if not (extend and self.extend_below and reply.mode in extension.ENFORCING_MODES and not reply.truncated):
+        if not (extend and self.extend_below and reply.tokens and reply.mode in extension.ENFORCING_MODES
+                and not reply.truncated):  # a doubt is read from logprobs: none came back, nothing to extend
             return answer
 
         def again(schema: dict) -> tuple[TaskAnswer, Tokens] | None:

@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException
 from ..settings import Settings
 from ..telemetry.metrics import CONTENT_TYPE, METRICS
 from .guards import RequestGuard, check_webhook, parse_json, server_options
+from .import_webhook import install_import
 from .registry import BadRequest, ModelRegistry
 from .status import install_status_page
 
@@ -176,7 +177,8 @@ def install(
     app.view_functions["health"] = health
     app.view_functions["get_version"] = versions
     app.view_functions["_is_training"] = is_training
-    install_status_page(app, registry, settings)  # browsers asking for `/` (RequestGuard checked basic auth)
+    imports = install_import(app, settings)  # TASKS_CREATED -> predictions (`onimport`); outermost: after the guard
+    install_status_page(app, registry, settings, imports.status_table)  # for browsers (RequestGuard checked auth)
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest) -> Any:

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from ..versioning import BACKEND_VERSION
 from .registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
+ImportTable = tuple[str, list[list[object]]]  # a note ("" for none) and the rows of the import jobs (`onimport`)
 REFRESH_MS = 2000
 STARTED = time.time()
 NONE = "（无 / none）"
@@ -58,6 +59,7 @@ class StatusData:
     now: float
     pool: tuple[str, ...] = ()  # the model pool in the order it is tried
     quotas: dict[str, Quota] = dataclasses.field(default_factory=dict)  # today's ledger, by model (and ACCOUNT)
+    imports: ImportTable | None = None  # (note, rows) of the predict-on-import jobs, when installed
     score: ScoreSnapshot = dataclasses.field(default_factory=ScoreSnapshot)  # this process's score calls
     score_method: str = ""  # LLM_SCORE as the client's endpoint decides it now
 
@@ -181,6 +183,7 @@ def render(data: StatusData) -> str:
         score=score_view(data),
         configuration=configuration_rows(data),
         refresh_ms=REFRESH_MS,
+        imports=data.imports,
     )
 
 
@@ -220,8 +223,8 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
         pool, quotas = client_pool.models, {q.scope: q for q in client_pool.status()}
     except Exception:  # noqa: BLE001 - a ledger that cannot be read leaves the header figures
         pass
-    return StatusData(settings, ACTIVITY.snapshot(), projects, time.time(), pool, quotas, SCORE_ACTIVITY.snapshot(),
-                      method)
+    return StatusData(settings, ACTIVITY.snapshot(), projects, time.time(), pool, quotas,
+                      score=SCORE_ACTIVITY.snapshot(), score_method=method)
 
 
 def fewshot_text(
@@ -243,7 +246,9 @@ def fewshot_text(
     return text
 
 
-def install_status_page(app: Flask, registry: ModelRegistry, settings: Settings) -> None:
+def install_status_page(
+    app: Flask, registry: ModelRegistry, settings: Settings, imports: Callable[[float], ImportTable] | None = None
+) -> None:
     """Serve the page on `GET /` to browsers (with the process's settings); everything else keeps the stock JSON."""
 
     @app.before_request
@@ -253,5 +258,7 @@ def install_status_page(app: Flask, registry: ModelRegistry, settings: Settings)
         best = request.accept_mimetypes.best_match(["application/json", "text/html"])
         if best != "text/html" or not request.accept_mimetypes.accept_html:
             return None  # curl, Label Studio and scripts get the stock JSON
-        page = render(gather(settings, registry))
+        data = gather(settings, registry)
+        data.imports = imports(data.now) if imports is not None else None
+        page = render(data)
         return Response(page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})

@@ -101,6 +101,8 @@ class Environment(BaseSettings):
     # Label Studio, the server and its bounds
     label_studio_url: str | None = None
     label_studio_api_key: SecretStr | None = None
+    predict_on_import: Annotated[Literal["on", "off"], BeforeValidator(_switch)] | None = None
+    backend_public_url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # how Label Studio reaches us
     basic_auth_user: str | None = None
     basic_auth_pass: SecretStr | None = None  # taken as typed: spaces may be part of a password
     max_request_mb: Positive | None = None

@@ -73,6 +73,8 @@ class Settings:
     reasoning: bool = False  # LLM_REASONING=on: the model writes a short reason before its answers
     label_studio_url: str | None = None  # LABEL_STUDIO_URL: lets START_TRAINING re-read annotations
     label_studio_api_key: SecretStr | None = None  # LABEL_STUDIO_API_KEY
+    predict_on_import: bool = False  # PREDICT_ON_IMPORT=on: every project's imported tasks are predicted
+    backend_public_url: str | None = None  # BACKEND_PUBLIC_URL: the URL Label Studio's webhooks reach us by
     # Bounds on what a client can make the server hold (see README "暴露与安全 / Exposure and security").
     max_request_bytes: int = 100 * 1024 * 1024  # MAX_REQUEST_MB: larger bodies get a 413 before being read
     max_config_chars: int = 1_000_000  # MAX_CONFIG_CHARS: one labeling config
@@ -211,6 +213,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "reasoning": v.llm_reasoning,
         "label_studio_url": v.label_studio_url.rstrip("/") if v.label_studio_url else None,
         "label_studio_api_key": v.label_studio_api_key,
+        "predict_on_import": None if v.predict_on_import is None else v.predict_on_import == "on",
+        "backend_public_url": v.backend_public_url.rstrip("/") if v.backend_public_url else None,
         "max_request_bytes": None if v.max_request_mb is None else max(1, int(v.max_request_mb * 1024 * 1024)),
         "max_config_chars": v.max_config_chars,
         "model_cache_chars": v.model_cache_chars,

@@ -47,6 +47,18 @@ class SharedSQLite:
         with self._lock:
             yield self._open()
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection in one write transaction, taken at once (BEGIN IMMEDIATE): committed, or rolled back."""
+        with self.connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

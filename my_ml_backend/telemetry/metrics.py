@@ -63,6 +63,11 @@ _HELP: dict[str, str] = {
     "model_refusals": "Refusals that took a pool model out for the quota day, by model and reason.",
     "score_calls": "Extra calls made for the review score (LLM_SCORE), by method and by the model that answered.",
     "score_withheld": "Tasks left without a pre-label because their score was under LLM_MIN_SCORE, by project.",
+    "import_tasks_queued": "Imported tasks queued for prediction by the TASKS_CREATED webhook (onimport).",
+    "import_predictions_posted": "Predictions of imported tasks posted to Label Studio.",
+    "import_tasks_skipped": "Imported tasks skipped: already predicted with this model_version, or deleted.",
+    "import_tasks_failed": "Imported tasks whose prediction failed for the task's own reason.",
+    "import_quota_waits": "Times an import job paused because the day's quota was used up.",
 }
 
 Labels = tuple[tuple[str, str], ...]

@@ -38,14 +38,8 @@ class SQLiteExampleStore(ParsedSnapshots):
     @contextmanager
     def _write(self) -> Iterator[Any]:
         """One write transaction (BEGIN IMMEDIATE: the version is read and bumped atomically)."""
-        with self._db.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._db.transaction() as conn:
+            yield conn
 
     @staticmethod
     def _note_change(conn: Any, project: str, annotation_ids: Iterable[int]) -> None:
