@@ -254,3 +254,13 @@ def test_dry_run_counts_one_models_call_per_other_pool_model(llm: fake.FakeLLMSe
     batch, _ = job(llm, tmp_path, reviews(5), logprobs=False, score_method="models", score_calls=3,
                    fallback_models=("B",), tasks_per_call=1)
     assert estimate(batch).score_calls == 5  # one other model: one second opinion per task, whatever the budget
+
+
+def test_a_method_whose_replies_cannot_be_read_is_given_up(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    llm.modelscope()
+    llm.set_responder(opinions(lambda b: False))  # asked for probabilities, the model answers its usual shape
+    pred = predictor(settings(llm, tmp_path, score_method="verbal", score_calls=1))
+    items = pred.predict_batch(reviews(14))
+    assert llm.chat_calls == 14 + 10  # ten unreadable verbal replies, then no more asked
+    assert pred.opinions.method == "off" and "could be read" in SCORE_ACTIVITY.snapshot().degraded
+    assert all(i["result"] and i["score"] == pytest.approx(0.8) for i in items)

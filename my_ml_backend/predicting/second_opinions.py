@@ -13,6 +13,7 @@ the pre-label itself never waits on a score.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_TEMPERATURE = 0.7  # enough spread for a doubtful answer to change, the usual self-consistency value
 EXTRA_CALL_METHODS = ("agreement", "models", "verbal")
+UNREADABLE_LIMIT = 10  # second opinions in a row that could not be read before the method is given up
 SPARE_RESERVE = 20  # calls of a model's day (when known) a second opinion leaves for pre-labels
 _OUT_OF_QUOTA = (ErrorKind.QUOTA, ErrorKind.MODEL_UNAVAILABLE)
 
@@ -79,11 +81,15 @@ class SecondOpinions:
     def __init__(self, client: LLMClient, settings: Settings) -> None:
         self.client, self.settings = client, settings
         self._degraded_day: str | None = None  # the quota day scoring was found to have no spare quota
+        self._read = Counter[bool]()  # second opinions readable (True) or not, until one is
+        self._lock = threading.Lock()
 
     @property
     def method(self) -> str:
         """The method in force now: `off` while degraded for want of quota."""
         method = self.settings.resolved_score_method(self.client.logprobs)
+        if method in EXTRA_CALL_METHODS and not self._read[True] and self._read[False] >= UNREADABLE_LIMIT:
+            return "off"
         if method in EXTRA_CALL_METHODS and self._degraded_day is not None:
             if self._degraded_day == self.client.pool.ledger.clock.day():
                 return "off"
@@ -127,7 +133,7 @@ class SecondOpinions:
         opinions: list[Opinion] = []
         for overrides in asks:
             try:
-                opinions.append(self._opinion(method, task, names, deadline, tally, overrides))
+                opinion = self._opinion(method, task, names, deadline, tally, overrides)
             except PredictionError as err:
                 if err.kind in _OUT_OF_QUOTA:
                     if method != "models":  # another model may still have spare quota for the next task
@@ -136,7 +142,22 @@ class SecondOpinions:
                 if err.fatal or err.kind == ErrorKind.DEADLINE:
                     return opinions
                 logger.debug("Task %s: a score call failed: %s", task.task.get("id"), err)
+                continue
+            self._count_read(bool(opinion.labels or opinion.probabilities), method)
+            opinions.append(opinion)
         return opinions
+
+    def _count_read(self, readable: bool, method: str) -> None:
+        """Count a readable or unreadable second opinion; a model none of whose first ones could be read is not
+        asked any more (every further call would be spent for nothing)."""
+        with self._lock:
+            self._read[readable] += 1
+            stop = not self._read[True] and self._read[False] == UNREADABLE_LIMIT
+        if stop:
+            reason = (f"前 {UNREADABLE_LIMIT} 个 {method} 评分回复都无法读取，评分改为 off (none of the first "
+                      f"{UNREADABLE_LIMIT} {method} replies could be read: LLM_SCORE degraded to off)")
+            if SCORE_ACTIVITY.degrade(reason):
+                logger.warning("评分降级 (review score degraded): %s; 预标注照常 (pre-labels go on)", reason)
 
     def _opinion(self, method: str, task: PreparedTask, names: list[str], deadline: float | None,
                  tally: Tally | None, overrides: dict[str, Any]) -> Opinion:
