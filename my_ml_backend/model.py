@@ -27,7 +27,7 @@ from .learning.events import examples_bucket, record_event, resync
 from .learning.live import ProjectExamples, live_index
 from .learning.retrieval import FewShotForm
 from .learning.store import open_example_store
-from .predicting.factory import build_predictor, schema_for
+from .predicting.factory import build_predictor, project_min_score, schema_for
 from .predicting.form_evaluation import choose_form
 from .settings import Settings, reveal
 
@@ -77,7 +77,8 @@ class NewModel(LabelStudioMLBase):
         if self.form.k:  # build the index in the background, from just after /setup has answered
             live_index(self.store, self.project_id, self.schema, self.settings.max_input_chars, delay=2.0)
         self.predictor = build_predictor(
-            self.label_config, self.settings, self.guidance, self.examples, count, self.form, self.evaluation
+            self.label_config, self.settings, self.guidance, self.examples, count, self.form, self.evaluation,
+            project_min_score(self.extra_params),
         )
         self.model_version = self.predictor.model_version
         logger.debug(

@@ -3,6 +3,8 @@
 It walks the project like the run (same tasks skipped, same chunks, same packing, the
 same response cache), builds every prompt the run would send and counts:
 - calls: one per pack the run would form (re-asks of missed tasks not included);
+- score calls: the extra calls per task of the review score (`LLM_SCORE`, `LLM_SCORE_CALLS`) for each task
+  the run would ask, at most (scoring stops when the pool has no spare quota, the pre-labels go on);
 - tokens: prompt characters times the tokens-per-character this account's answers
   showed so far (the quota ledger keeps that per model), and completion tokens per
   task likewise; before any answer, a rough rule (a token per CJK character, one per
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from ..labeling import packing
 from ..llm.errors import PredictionError
 from ..llm.quota import ACCOUNT, Cost, Quota
+from ..predicting.second_opinions import extra_calls
 from .batch import BatchJob, Summary, chunks
 
 COMPLETION_PER_TASK = 40  # tokens of one task's answer before any was measured
@@ -34,6 +37,8 @@ class Estimate:
     cached: int = 0  # answered by the response cache: no call
     unpreparable: int = 0  # no text: would fail without a call
     calls: int = 0
+    score_calls: int = 0  # extra calls of the review score, at most
+    score_method: str = "off"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -62,6 +67,8 @@ class Estimate:
             f"待预测 (to predict): {self.to_predict}",
             f"缓存已有答案 (answered by the cache): {self.cached}; 无文本 (no text): {self.unpreparable}",
             f"调用次数 (calls) at LLM_TASKS_PER_CALL={self.per_call}: {self.calls}",
+            f"评分额外调用 (score calls) at LLM_SCORE={self.score_method}: 至多 (at most) {self.score_calls}; "
+            f"合计 (total) {self.calls + self.score_calls}",
             f"预计 tokens (estimated tokens): prompt {self.prompt_tokens} + completion {self.completion_tokens}"
             f" — {basis}",
             f"预计用时 (estimated time): {self.seconds / 60:.1f} min",
@@ -91,6 +98,8 @@ def estimate(job: BatchJob, limit: int | None = None) -> Estimate:
     tokens_per_char = costs.prompt_tokens / costs.prompt_chars if est.calibrated else None
     completion_per_task = costs.completion_tokens / max(1, costs.tasks) if est.calibrated else COMPLETION_PER_TASK
     inputs = predictor.prompt_inputs()
+    score_per_task = extra_calls(predictor.settings, client.logprobs, predictor.schema.targets)
+    est.score_method = predictor.opinions.method
     for chunk in chunks(job.pending(job.done_task_ids(), summary), job.chunk_size, limit):
         est.to_predict += len(chunk)
         plan = predictor.plan(chunk, inputs)
@@ -101,6 +110,7 @@ def estimate(job: BatchJob, limit: int | None = None) -> Estimate:
             messages = per_task[0] if len(group) == 1 else packing.pack_messages(per_task, packing.task_ids(len(group)))
             text = "".join(str(m.get("content") or "") for m in messages)
             est.calls += 1
+            est.score_calls += score_per_task * len(group)
             est.prompt_tokens += round(len(text) * tokens_per_char) if tokens_per_char else \
                 packing.estimate_tokens(text) + 8 * len(messages)
             est.completion_tokens += round(completion_per_task * len(group))

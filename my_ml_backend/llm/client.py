@@ -46,7 +46,7 @@ from .observers import process_hooks
 from .output_modes import LADDER, OutputMode, initial_mode, response_format, step_down
 from .pacing import RetryPolicy, asked_pause
 from .pool import ModelPool, pool_models
-from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, header_int, open_ledger
+from .quota import Cost, DayClock, MemoryLedger, QuotaLedger, account_id, header_int, open_ledger, quota_used_up
 from .replies import ChatReply, Usage, reply_tokens, worth_keeping
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class _Call:
     batch: Tally | None
     tasks: int
     sent_day: str | None = None  # the quota day of its last request: the answer counts against it
+    temperature: float | None = None  # None: the settings'
+    model: str | None = None  # None: the pool's pick (with its fallbacks); a name: that model only
+    sample: int = 0  # > 0: another draw of the same request, cached apart from the first
 
 
 class LLMClient:
@@ -119,6 +122,9 @@ class LLMClient:
         accept: Callable[[ChatReply], bool] | None = None,
         tally: Tally | None = None,
         tasks: int = 1,
+        temperature: float | None = None,
+        model: str | None = None,
+        sample: int = 0,
     ) -> ChatReply:
         """Send one chat completion; raise `PredictionError` with a user-facing message on failure.
 
@@ -129,10 +135,13 @@ class LLMClient:
         `accept`: whether a reply is good enough to cache (e.g. it parses); others are
         returned but asked again next time. `tally`: the batch's counters.
         `tasks`: how many tasks the call answers (packed calls), for the cost ledger.
+        A second opinion on an answer (`predicting.second_opinions`) overrides `temperature`, pins one pool
+        `model` (refused or out for today: the error, no other model) and numbers its `sample`; each
+        override is part of the cache key, so k draws are k entries and none replaces the task's own.
         """
         if self._client is None:
             raise missing_key()
-        return self._chat(messages, schema, accept, _Call(deadline, tally, tasks))
+        return self._chat(messages, schema, accept, _Call(deadline, tally, tasks, None, temperature, model, sample))
 
     def cache_key(self, messages: Messages, schema: dict[str, Any] | None = None) -> str | None:
         """The response-cache key `chat(messages, schema)` would use now; None without a cache.
@@ -160,11 +169,22 @@ class LLMClient:
         if key is not None and self.cache is not None:
             self.cache.put(key, reply.cache_entry())
 
+    def _model_for(self, call: _Call) -> str:
+        """The pinned model while it is usable today, else the pool's pick."""
+        if call.model is None:
+            return self.pool.pick()
+        if call.model not in self.pool.usable():
+            raise quota_used_up(self.pool.ledger.clock, [call.model])
+        return call.model
+
     def _mode_for(self, schema: dict[str, Any] | None) -> OutputMode:
         return self.mode if schema is not None else OutputMode.TEXT
 
-    def _key_of(self, params: dict[str, Any]) -> str:
-        return cache_key(self.settings.base_url, {**params, "model": self.pool.cache_name})
+    def _key_of(self, params: dict[str, Any], call: _Call | None = None) -> str:
+        """The pool stands for the model unless the call pinned one; a numbered sample is its own entry."""
+        model = call.model if call is not None and call.model else self.pool.cache_name
+        sample = {"sample": call.sample} if call is not None and call.sample else {}
+        return cache_key(self.settings.base_url, {**params, "model": model, **sample})
 
     def _chat(
         self, messages: Messages, schema: dict[str, Any] | None, accept: Callable[[ChatReply], bool] | None, call: _Call
@@ -172,8 +192,8 @@ class LLMClient:
         adaptations = switches = 0
         while True:
             mode = self._mode_for(schema)
-            params = self._params(messages, mode, schema, model=self.pool.pick())
-            key = self._key_of(params) if self.cache is not None else None
+            params = self._params(messages, mode, schema, model=self._model_for(call), temperature=call.temperature)
+            key = self._key_of(params, call) if self.cache is not None else None
             if key is not None:
                 assert self.cache is not None
                 claimed = self.cache.claim(key, call.deadline)
@@ -191,7 +211,10 @@ class LLMClient:
                     self.cache.put(key, reply.cache_entry())
                 return reply
             except Exception as exc:  # noqa: BLE001 - every failure becomes a user-facing message
-                if switches < len(self.pool.models) and self.pool.refused(params["model"], exc, call.sent_day):
+                refused = switches < len(self.pool.models) and self.pool.refused(params["model"], exc, call.sent_day)
+                if refused and call.model:  # a pinned model is not replaced by another
+                    raise self._classify(exc) from None
+                if refused:
                     switches += 1
                     continue  # that model is out for today: the next one, or the "quota used up" error
                 if _too_long(exc):  # no output mode is the cure: the caller sends less (smaller packs)
@@ -271,11 +294,13 @@ class LLMClient:
         return classify(exc, model=s.model, base_url=s.base_url, timeout=s.timeout)
 
     def _params(
-        self, messages: Messages, mode: OutputMode, schema: dict[str, Any] | None, model: str
+        self, messages: Messages, mode: OutputMode, schema: dict[str, Any] | None, model: str,
+        temperature: float | None = None,
     ) -> dict[str, Any]:
         """The request body: everything that decides the answer, hence also the cache key."""
         s = self.settings
-        params: dict[str, Any] = {"model": model, "messages": messages, "temperature": s.temperature}
+        params: dict[str, Any] = {"model": model, "messages": messages,
+                                  "temperature": s.temperature if temperature is None else temperature}
         if (fmt := response_format(mode, schema)) is not None:
             params["response_format"] = fmt
         if self.logprobs:

@@ -6,6 +6,10 @@ treats both as one model and never predicts a task twice.
 
 from __future__ import annotations
 
+import json
+import logging
+from typing import Any
+
 from ..labeling.controls import OBJECT_TAGS
 from ..labeling.prompts import PromptGuidance
 from ..labeling.schema import LabelingSchema, parse_schema
@@ -17,6 +21,8 @@ from ..llm.client import shared_client
 from ..settings import Settings
 from ..versioning import model_version
 from .predictor import Predictor
+
+logger = logging.getLogger(__name__)
 
 EMPTY_CONFIG = "<View></View>"
 CACHED_CONFIG_CHARS = 50_000  # larger configs (~80 B of RAM per char parsed) are not kept by the parse cache
@@ -41,22 +47,27 @@ def build_predictor(
     count: int = 0,
     form: FewShotForm | None = None,
     evaluation: FewShotEvaluation | None = None,
+    min_score: float | None = None,
 ) -> Predictor:
     """Parse the config (offline, cached), fix the version, attach the process-wide LLM client.
 
     The version counts the examples available now (`count`, from the store) and names the form they are
     shown in. `evaluation`: the project's few-shot evaluation, whose score maps rescale the scores if they
     were fitted on this model, prompt, config and guidance, and whose region cuts leave low-scored regions
-    of list answers out (under a version of their own).
+    of list answers out (under a version of their own). `min_score`: the project's, in place of LLM_MIN_SCORE.
     """
     schema = schema_for(label_config)
+    if min_score is not None and min_score != settings.min_score:
+        settings = settings.with_changes(min_score=min_score)
     if evaluation is not None and evaluation.extend is False:  # the project's annotations turned extension off
         settings = settings.without_extension()
     guidance = guidance or PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
     form = form or FewShotForm(settings.fewshot_k, settings.fewshot_form)
     bucket = examples_bucket(count) if examples is not None and form.k else 0
     fingerprint = guidance.fingerprint()
-    maps = evaluation.fitted(model_version(settings, schema.config_hash, fingerprint)) if evaluation else None
+    # the maps were fitted on scores, which the minimum only reads: looked up under the version without it
+    unbounded = settings.with_changes(min_score=0.0)
+    maps = evaluation.fitted(model_version(unbounded, schema.config_hash, fingerprint)) if evaluation else None
     cuts = maps.cuts if maps is not None else None  # regions left out: other answers, another version
     version = model_version(settings, schema.config_hash, fingerprint, bucket, form.name, cuts)
     return Predictor(schema, settings, shared_client(settings), version, guidance, examples, maps)
@@ -69,3 +80,23 @@ def project_evaluation(label_config: str | None, settings: Settings, project: in
         return None
     store = open_example_store(settings)
     return stored_evaluation(store, str(project), schema_for(label_config).config_hash) if store is not None else None
+
+
+def project_min_score(extra_params: Any) -> float | None:
+    """The project's `min_score` Extra param (0–1), read like its instructions; None when absent or not a number."""
+    if isinstance(extra_params, str) and extra_params.strip().startswith("{"):
+        try:
+            extra_params = json.loads(extra_params)
+        except ValueError:
+            return None
+    value = extra_params.get("min_score") if isinstance(extra_params, dict) else None
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not 0.0 <= number <= 1.0:
+        logger.warning("项目参数 min_score=%r 无效，应为 0 到 1 (project min_score must be 0-1): ignored", value)
+        return None
+    return number

@@ -47,6 +47,7 @@ def choose_form(
     """Leave-one-out accuracy of each candidate form on the project's annotations, and the score maps fitted on
     the chosen form's predictions (raw scores: this predictor has no map)."""
     schema = schema_for(label_config)
+    settings = settings.with_changes(min_score=0.0)  # judged on every answer, under the version maps are found by
     predictor = build_predictor(label_config, settings, guidance)
     calls = Tally()
 

@@ -26,8 +26,10 @@ from ..settings import Settings
 from ..telemetry.activity import ACTIVITY
 from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
 from .calibrate import BatchCalibration
-from .items import failed_item, prediction_item
+from .items import failed_item, prediction_item, withheld_item
 from .prepare import PreparedTask, PromptInputs, prepare_task
+from .score_activity import SCORE_ACTIVITY
+from .second_opinions import SecondOpinions
 from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, group_outcomes, safely
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class Predictor:
         self.single = SingleCalls(client, settings.max_tokens, extend_below)
         self.strategy: AskStrategy = self.single if self.tasks_per_call == 1 else PackedCalls(
             client, settings.max_tokens, self.tasks_per_call, settings.pack_token_budget)
+        self.opinions = SecondOpinions(client, settings)  # LLM_SCORE's extra calls, between reading and calibrating
         self.score_maps = score_maps  # the project's (`learning.scorefit`)
         self.calibration = BatchCalibration(schema.data_keys, self._content_free_answer, score_maps)
 
@@ -128,8 +131,21 @@ class Predictor:
         allows `/predict` less a margin; None: no limit). Tasks not finished by then get a failed item.
         """
         answers = self.answer_batch(tasks, BatchOptions(guidance, project, stats, deadline))
-        return [failed_item(a, self.model_version) if isinstance(a, PredictionError)
-                else prediction_item(a, self.model_version) for a in answers]
+        return [self._item(task, answer, project) for task, answer in zip(tasks, answers, strict=True)]
+
+    def _item(self, task: dict[str, Any], answer: Outcome, project: str) -> dict[str, Any]:
+        """The task's Label Studio item: failed, withheld (score under LLM_MIN_SCORE) or the pre-label."""
+        if isinstance(answer, PredictionError):
+            return failed_item(answer, self.model_version)
+        minimum = self.settings.min_score
+        if minimum and answer.answered and answer.score < minimum:
+            task_id = task.get("id") if isinstance(task, dict) else None
+            logger.info("任务 %s 评分 %.3f 低于 LLM_MIN_SCORE=%.3f，不预标注 (task %s: score %.3f under the minimum "
+                        "%.3f: left without a pre-label)", task_id, answer.score, minimum, task_id, answer.score,
+                        minimum)
+            SCORE_ACTIVITY.withheld(project)
+            return withheld_item(answer, self.model_version)
+        return prediction_item(answer, self.model_version)
 
     def answer_batch(self, tasks: list[dict[str, Any]], options: BatchOptions | None = None) -> list[Outcome]:
         """One calibrated answer (or the error that stopped it) per task, in order."""
@@ -180,14 +196,51 @@ class Predictor:
             if outcome is None:
                 outcomes[i] = err = deadline_reached()
                 stats.count_error(err)
-        done = self._calibrate_outcomes([o for o in outcomes if o is not None], ends, seconds)
+        scored = self._rescore_batch(prepared, [o for o in outcomes if o is not None], ends, stats.calls)
+        done = self._calibrate_outcomes(scored, ends, seconds)
         stats.log(time.monotonic() - started, progress, self.client.limiter.limit)
         return done
 
     def answer_task(self, task: dict[str, Any], inputs: PromptInputs, tally: Tally | None = None) -> TaskAnswer:
         """One task's calibrated answer, with no deadline (the few-shot evaluation); raises `PredictionError`."""
-        answer = self.single.answer(self.prepare(task, inputs), None, tally)
+        prepared = self.prepare(task, inputs)
+        answer = self._second_opinions(prepared, self.single.answer(prepared, None, tally), None, tally)
+        assert isinstance(answer, TaskAnswer)
         return self.calibration.calibrate_batch([answer], None, self.settings.batch_deadline)[0]
+
+    def _rescore_batch(
+        self, prepared: dict[int, PreparedTask], outcomes: list[Outcome], ends: float | None, tally: Tally | None
+    ) -> list[Outcome]:
+        """The batch's answers rescored by LLM_SCORE, after every answer is in: a second opinion not back by the
+        deadline leaves its task's answer as it was (its call still lands in the cache for the next retrieve)."""
+        asked = {i: o for i, o in enumerate(outcomes) if isinstance(o, TaskAnswer) and i in prepared}
+        if not asked or not self.opinions.asks_extra_calls:
+            return outcomes
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.concurrency, len(asked))),
+                                  thread_name_prefix="score")
+        futures = {pool.submit(self._second_opinions, prepared[i], o, ends, tally): i for i, o in asked.items()}
+        rescored = list(outcomes)
+        try:
+            for future in as_completed(futures, timeout=None if ends is None else max(0.0, ends - time.monotonic())):
+                rescored[futures[future]] = future.result()
+        except TimeoutError:
+            logger.info("评分的额外调用未在批次时限内完成，部分任务保留原分数 (score calls not done by the deadline: "
+                        "those tasks keep their first score)")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return rescored
+
+    def _second_opinions(
+        self, task: PreparedTask | None, outcome: Outcome, deadline: float | None, tally: Tally | None
+    ) -> Outcome:
+        """The answer rescored by LLM_SCORE's extra calls; a failure there keeps the answer as it was."""
+        if task is None or not isinstance(outcome, TaskAnswer):
+            return outcome
+        try:
+            return self.opinions.rescore(task, outcome, deadline, tally)
+        except Exception:  # noqa: BLE001 - the pre-label never waits on its score
+            logger.exception("Task %s: second opinions failed; its score is kept", task.task.get("id"))
+            return outcome
 
     def _content_free_answer(self, task: dict[str, Any]) -> TaskAnswer | None:
         """An uncalibrated answer for a content-free text (calibration's priors); lists are not asked to go on."""

@@ -31,6 +31,7 @@ from ..learning.autotune import stored_evaluation
 from ..learning.store import open_example_store
 from ..llm.client import shared_client
 from ..llm.quota import ACCOUNT, Quota
+from ..predicting.score_activity import SCORE_ACTIVITY, ScoreSnapshot
 from ..settings import Settings
 from ..storage.redis_db import describe as describe_redis
 from ..telemetry.activity import ACTIVITY, BatchProgress, Snapshot
@@ -59,6 +60,8 @@ class StatusData:
     pool: tuple[str, ...] = ()  # the model pool in the order it is tried
     quotas: dict[str, Quota] = dataclasses.field(default_factory=dict)  # today's ledger, by model (and ACCOUNT)
     imports: ImportTable | None = None  # (note, rows) of the predict-on-import jobs, when installed
+    score: ScoreSnapshot = dataclasses.field(default_factory=ScoreSnapshot)  # this process's score calls
+    score_method: str = ""  # LLM_SCORE as the client's endpoint decides it now
 
 
 def seconds(value: float) -> str:
@@ -141,10 +144,25 @@ def project_rows(data: StatusData) -> list[list[object]]:
         choice = "auto：尚未评估，零样本 (not evaluated yet: zero-shot)"
     else:
         choice = f"FEWSHOT_EXAMPLES={k} ({data.settings.fewshot_form})" if k else "关闭 (off: FEWSHOT_EXAMPLES=0)"
+    withheld = data.score.withheld
+    names = sorted({*data.projects, *(p for p in withheld if p != "-")})
     return [
-        [p, info.get("examples", 0), info.get("fewshot", choice), info.get("model_version", "—")]
-        for p, info in sorted(data.projects.items())
+        [p, (info := data.projects.get(p, {})).get("examples", 0), info.get("fewshot", choice),
+         info.get("model_version", "—"), withheld.get(p, 0)]
+        for p in names
     ]
+
+
+def score_view(data: StatusData) -> dict[str, object]:
+    """The score method in force, its budget and degradation, and its extra calls by method and model."""
+    s = data.settings
+    return {
+        "method": data.score_method or s.score_method,
+        "calls": s.score_calls,
+        "minimum": s.min_score or "0 (off)",
+        "degraded": data.score.degraded,
+        "rows": [[method, model, n] for (method, model), n in sorted(data.score.calls.items())],
+    }
 
 
 def render(data: StatusData) -> str:
@@ -162,6 +180,7 @@ def render(data: StatusData) -> str:
         errors=[[e.kind, e.count, ago(e.last, data.now), e.message] for e in snap.errors],
         models=model_rows(data),
         projects=project_rows(data),
+        score=score_view(data),
         configuration=configuration_rows(data),
         refresh_ms=REFRESH_MS,
         imports=data.imports,
@@ -196,12 +215,16 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
             pass
     pool: tuple[str, ...] = ()
     quotas: dict[str, Quota] = {}
+    method = ""
     try:
-        client_pool = shared_client(settings).pool
+        client = shared_client(settings)
+        client_pool = client.pool
+        method = settings.resolved_score_method(client.logprobs)
         pool, quotas = client_pool.models, {q.scope: q for q in client_pool.status()}
     except Exception:  # noqa: BLE001 - a ledger that cannot be read leaves the header figures
         pass
-    return StatusData(settings, ACTIVITY.snapshot(), projects, time.time(), pool, quotas)
+    return StatusData(settings, ACTIVITY.snapshot(), projects, time.time(), pool, quotas,
+                      score=SCORE_ACTIVITY.snapshot(), score_method=method)
 
 
 def fewshot_text(

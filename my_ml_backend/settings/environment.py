@@ -75,6 +75,13 @@ class Environment(BaseSettings):
     llm_tasks_per_call: Annotated[Literal["auto"] | Annotated[int, Field(ge=1)], Word] | None = None
     llm_pack_tokens: Annotated[int, Field(ge=100)] | None = None
     llm_quota_reset: str | None = None  # HH:MM [Area/City], parsed by `llm.quota.DayClock`
+    # the review score and when not to pre-label
+    llm_score: Annotated[
+        Literal["auto", "logprobs", "agreement", "models", "verbal", "off"], BeforeValidator(_off)
+    ] | None = None
+    llm_score_calls: Annotated[int, Field(ge=0, le=8)] | None = None
+    llm_score_majority: Annotated[bool, BeforeValidator(_switch)] | None = None
+    llm_min_score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
     # the response cache and shared limits
     llm_cache: Annotated[bool, BeforeValidator(_switch)] | None = None
     redis_url: str | None = None

@@ -21,6 +21,10 @@ from .environment import PACKAGE_DIR, Environment, SettingsError, read_environme
 
 # LLM_EXTEND_LISTS=auto: a list answer whose P(complete) is under this is asked to go on (`labeling.extension`).
 EXTEND_BELOW = 0.9
+# LLM_SCORE=auto without logprobs, and LLM_SCORE_CALLS: the method and budget that measured best per call
+# (docs/decisions.d/score.md)
+SCORE_WITHOUT_LOGPROBS = "agreement"
+SCORE_CALLS = 0  # no extra call until a measurement on this project's sets says one pays (bench/score_study.py)
 
 
 def reveal(secret: SecretStr | None) -> str:
@@ -82,6 +86,12 @@ class Settings:
     tasks_per_call: int | None = None  # LLM_TASKS_PER_CALL: N tasks per chat call, 0 = auto, None = endpoint default
     pack_token_budget: int = 1500  # LLM_PACK_TOKENS: prompt tokens of task text per packed call (auto)
     quota_reset: str = "00:00 Asia/Shanghai"  # LLM_QUOTA_RESET: when the free tier's quota day starts
+    # LLM_SCORE: how a task's review score is made (`predicting.second_opinions`); auto: logprobs where the
+    # endpoint returns them, else SCORE_WITHOUT_LOGPROBS
+    score_method: str = "auto"
+    score_calls: int = SCORE_CALLS  # LLM_SCORE_CALLS: extra calls per task a second-opinion method may make
+    score_majority: bool = False  # LLM_SCORE_MAJORITY: the second opinions' majority replaces the answer
+    min_score: float = 0.0  # LLM_MIN_SCORE (or a project's `min_score`): below it, an empty pre-label
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with `changes` (field names), checked like the original; these settings never change."""
@@ -138,7 +148,24 @@ class Settings:
             # a pool and packing change who answers and how: new keys only when used, so old versions stay
             **({"fallback_models": list(self.fallback_models)} if self.fallback_models else {}),
             **({"tasks_per_call": self.tasks_per_call} if self.tasks_per_call not in (None, 1) else {}),
+            # another score method is another score, which a fitted score map must not be applied to
+            **({"score": self.score_fingerprint} if self.score_fingerprint else {}),
+            **({"min_score": self.min_score} if self.min_score else {}),
         }
+
+    def resolved_score_method(self, logprobs: bool) -> str:
+        """LLM_SCORE with `auto` decided: `logprobs` where the endpoint returns them, else the measured default."""
+        if self.score_method != "auto":
+            return self.score_method
+        return "logprobs" if logprobs else SCORE_WITHOUT_LOGPROBS
+
+    @property
+    def score_fingerprint(self) -> str:
+        """The score method as configured, when it makes extra calls or changes answers ("" otherwise)."""
+        method = self.resolved_score_method(self.wants_logprobs)
+        if method in ("logprobs", "off") or not self.score_calls:
+            return ""
+        return f"{method}:{self.score_calls}" + (":majority" if self.score_majority else "")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -198,6 +225,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "tasks_per_call": 0 if v.llm_tasks_per_call == "auto" else v.llm_tasks_per_call,
         "pack_token_budget": v.llm_pack_tokens,
         "quota_reset": v.llm_quota_reset,
+        "score_method": v.llm_score,
+        "score_calls": v.llm_score_calls,
+        "score_majority": v.llm_score_majority,
+        "min_score": v.llm_min_score,
     }
     return Settings(**{name: value for name, value in given.items() if value is not None})
 

@@ -61,6 +61,8 @@ _HELP: dict[str, str] = {
     "fewshot_eval_calls": "LLM requests spent by automatic few-shot evaluations (within FEWSHOT_EVAL_CALLS).",
     "model_answers": "Chat answers received, by the pool model that answered (llm.pool).",
     "model_refusals": "Refusals that took a pool model out for the quota day, by model and reason.",
+    "score_calls": "Extra calls made for the review score (LLM_SCORE), by method and by the model that answered.",
+    "score_withheld": "Tasks left without a pre-label because their score was under LLM_MIN_SCORE, by project.",
     "import_tasks_queued": "Imported tasks queued for prediction by the TASKS_CREATED webhook (onimport).",
     "import_predictions_posted": "Predictions of imported tasks posted to Label Studio.",
     "import_tasks_skipped": "Imported tasks skipped: already predicted with this model_version, or deleted.",
@@ -73,6 +75,8 @@ _LABELS: dict[str, tuple[str, ...]] = {  # label names of the labelled counters 
     ERRORS: ("kind",),
     "model_answers": ("model",),
     "model_refusals": ("model", "reason"),
+    "score_calls": ("method", "model"),
+    "score_withheld": ("project",),
 }
 
 
