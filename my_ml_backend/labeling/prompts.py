@@ -94,6 +94,17 @@ class PromptGuidance:
         joined = f"{self.instructions}\n{extra}" if self.instructions else extra
         return replace(self, instructions=joined)
 
+def project_params(extra_params: Any) -> dict[str, Any]:
+    """A project's ML "extra params" as a dict: a JSON object as it is, plain text as its instructions."""
+    if isinstance(extra_params, str):
+        text = extra_params.strip()
+        try:
+            extra_params = json.loads(text) if text.startswith("{") else {"instructions": text}
+        except ValueError:
+            extra_params = {"instructions": text}
+    return extra_params if isinstance(extra_params, dict) else {}
+
+
 def guidance_from_params(base: PromptGuidance, extra_params: Any) -> PromptGuidance:
     """The project's guidance: Label Studio's ML "extra params" on top of the global one.
 
@@ -102,13 +113,8 @@ def guidance_from_params(base: PromptGuidance, extra_params: Any) -> PromptGuida
     instructions are added after the global ones (LLM_INSTRUCTIONS / PROMPT_FILE); a
     project language or reasoning switch replaces the global one.
     """
-    if isinstance(extra_params, str):
-        text = extra_params.strip()
-        try:
-            extra_params = json.loads(text) if text.startswith("{") else {"instructions": text}
-        except ValueError:
-            extra_params = {"instructions": text}
-    if not isinstance(extra_params, dict):
+    extra_params = project_params(extra_params)
+    if not extra_params:
         return base
     instructions = extra_params.get("instructions") or extra_params.get("prompt") or ""
     language = extra_params.get("language") or extra_params.get("output_language") or ""

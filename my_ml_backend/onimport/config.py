@@ -9,11 +9,11 @@ params still opts that project out). The job reads and writes Label Studio, so i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..labeling.prompts import project_params
 from ..settings import Settings, reveal
 
 PARAM = "predict_on_import"
@@ -63,14 +63,10 @@ def import_config(settings: Settings) -> ImportConfig:
 
 def project_choice(extra_params: Any) -> bool | None:
     """The project's own `predict_on_import` from its extra params: True, False, or None when it says nothing."""
-    if isinstance(extra_params, str) and extra_params.strip().startswith("{"):
-        try:
-            extra_params = json.loads(extra_params)
-        except ValueError:
-            return None
-    if not isinstance(extra_params, dict) or PARAM not in extra_params:
+    params = project_params(extra_params)
+    if PARAM not in params:
         return None
-    value = extra_params[PARAM]
+    value = params[PARAM]
     return value if isinstance(value, bool) else str(value).strip().lower() in _ON
 
 

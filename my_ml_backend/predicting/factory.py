@@ -6,12 +6,11 @@ treats both as one model and never predicts a task twice.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from ..labeling.controls import OBJECT_TAGS
-from ..labeling.prompts import PromptGuidance
+from ..labeling.prompts import PromptGuidance, project_params
 from ..labeling.schema import LabelingSchema, parse_schema
 from ..learning.autotune import FewShotEvaluation, stored_evaluation
 from ..learning.events import examples_bucket
@@ -84,12 +83,7 @@ def project_evaluation(label_config: str | None, settings: Settings, project: in
 
 def project_min_score(extra_params: Any) -> float | None:
     """The project's `min_score` Extra param (0–1), read like its instructions; None when absent or not a number."""
-    if isinstance(extra_params, str) and extra_params.strip().startswith("{"):
-        try:
-            extra_params = json.loads(extra_params)
-        except ValueError:
-            return None
-    value = extra_params.get("min_score") if isinstance(extra_params, dict) else None
+    value = project_params(extra_params).get("min_score")
     if value is None:
         return None
     try:
