@@ -4,7 +4,7 @@
 # Usage: bash scripts/run_tests.sh            everything (what .ci/run runs): unit, integration, real Label Studio
 #                                             e2e and the real local model
 #        bash scripts/run_tests.sh --quick    unit and integration tests against the local fake LLM only
-#                                             (no Label Studio, no local model: about 1-2 minutes)
+#                                             (no Label Studio, no local model: about 4-14 minutes)
 #        Further arguments go to pytest, e.g. `bash scripts/run_tests.sh --quick -k status`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,7 @@ if [ "${CI:-}" = "true" ] && [ "$(id -u)" = 0 ]; then
   if [ -n "$APT_PACKAGES" ]; then echo "- apt-get install$APT_PACKAGES (~2 min)"; fi
 fi
 if [ "$QUICK" = true ]; then
-  echo "- --quick: 单元和集成测试，使用本地假 LLM (unit + integration tests against the fake LLM: ~1-2 min)"
+  echo "- --quick: 单元和集成测试，使用本地假 LLM (unit + integration tests against the fake LLM: ~4-14 min)"
 else
   if [ -f "$LS_CACHE/.ready" ]; then
     echo "- Label Studio 1.23.2: 已缓存 (cached in $LS_CACHE)"
@@ -49,7 +49,7 @@ else
   if [ "${CI:-}" = "true" ] && [ "$(id -u)" = 0 ]; then
     echo "- CI: Docker 镜像构建与健康检查 (scripts/docker_check.sh: image build + HEALTHCHECK, ~3 min cold)"
   fi
-  echo "- 全部测试 (all tests: ~8-10 min once installed; bash scripts/run_tests.sh --quick for ~1-2 min)"
+  echo "- 全部测试 (all tests: ~8-10 min once installed; bash scripts/run_tests.sh --quick for ~4-14 min)"
 fi
 echo
 

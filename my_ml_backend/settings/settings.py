@@ -22,7 +22,7 @@ from .environment import PACKAGE_DIR, Environment, SettingsError, read_environme
 # LLM_EXTEND_LISTS=auto: a list answer whose P(complete) is under this is asked to go on (`labeling.extension`).
 EXTEND_BELOW = 0.9
 # LLM_SCORE=auto without logprobs, and LLM_SCORE_CALLS: the method and budget that measured best per call
-# (docs/decisions.d/score.md)
+# (docs/decisions.md, "the review score without logprobs")
 SCORE_WITHOUT_LOGPROBS = "agreement"
 SCORE_CALLS = 0  # no extra call until a measurement on this project's sets says one pays (bench/score_study.py)
 
