@@ -510,7 +510,7 @@ def letter_codes() -> ExitStack:
 
 # Candidate changes measured against our current default on the same items (`--variants`).
 VARIANTS: dict[str, Callable[[], ExitStack]] = {"after-text": labels_after_text, "no-confidence": no_confidence,
-                                                "letters": letter_codes}
+                                                "letters": letter_codes, "reversed": prompt_order_reversed}
 
 
 def baseline_prompt(data: DataSet, values: list[str], text: str) -> str:

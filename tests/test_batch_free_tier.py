@@ -131,7 +131,8 @@ def test_the_batch_job_scores_with_the_projects_fitted_map_as_predict_does(
 
     llm.set_responder(lambda body: fake.chat('{"sentiment": "正面", "_confidence": 0.9}'))
     settings = Settings(api_key=TEST_KEY, base_url=llm.base_url, model="A", timeout=5.0, max_retries=0,
-                        data_dir=tmp_path, logprobs=False, batch_deadline=3600.0)
+                        data_dir=tmp_path, logprobs=False, batch_deadline=3600.0,
+                        score_shares=False)  # the raw score is the self-reported 0.9 (test_answer_shares weighs it)
     cfg = config("text_classification")
     schema = schema_for(cfg)
     guidance = PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)

@@ -208,7 +208,8 @@ def test_the_projects_annotations_rescale_an_overconfident_score(llm: fake.FakeL
 
     llm.set_responder(reply)
     new_task = [{"id": 999, "data": {"text": NEW_TASK}}]
-    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40", LLM_LOGPROBS="off")
+    # one task's self-reported 0.9, unweighed by answer shares (test_answer_shares), is what the map rescales
+    backend = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40", LLM_LOGPROBS="off", LLM_SCORE_SHARES="off")
     try:
         setup(backend)
         [before] = backend.predict(CONFIG, new_task, PROJECT)
@@ -223,7 +224,7 @@ def test_the_projects_annotations_rescale_an_overconfident_score(llm: fake.FakeL
         assert 0.3 < after["score"] < 0.7, after
     finally:
         backend.stop()
-    restarted = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40", LLM_LOGPROBS="off")
+    restarted = start(llm, tmp_path, FEWSHOT_EVAL_CALLS="40", LLM_LOGPROBS="off", LLM_SCORE_SHARES="off")
     try:
         setup(restarted)
         [again] = restarted.predict(CONFIG, new_task, PROJECT)

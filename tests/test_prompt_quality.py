@@ -333,7 +333,8 @@ def test_a_choice_beside_an_entity_list_keeps_the_lists_doubt_in_the_task_score(
 
 
 def test_without_logprobs_the_score_is_the_models_own_confidence(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
-    backend = Backend(env_for(llm, LLM_LOGPROBS="off"), tmp_path / "b")
+    # LLM_SCORE_SHARES=off: the confidence as said (weighed by answer shares in test_answer_shares)
+    backend = Backend(env_for(llm, LLM_LOGPROBS="off", LLM_SCORE_SHARES="off"), tmp_path / "b")
     try:
         llm.enqueue(fake.chat('{"topic": "law", "_confidence": 0.7}'))
         [prediction] = backend.predict(topic_config(TOPICS), [{"id": 1, "data": {"text": "A lawyer walks in."}}])

@@ -36,7 +36,8 @@ def chat_bodies(llm: fake.FakeLLMServer) -> list[dict]:
 def settings(llm: fake.FakeLLMServer, tmp_path: Path, **kw: object) -> Settings:
     params: dict = {"api_key": TEST_KEY, "base_url": llm.base_url, "model": "A", "timeout": 5.0, "max_retries": 0,
                     "data_dir": tmp_path, "fewshot_k": 0, "fewshot_auto": False, "logprobs": False,
-                    "batch_deadline": 3600.0, "score_method": "agreement", "score_calls": 2}
+                    "batch_deadline": 3600.0, "score_method": "agreement", "score_calls": 2,
+                    "score_shares": False}  # the share weighing has its own tests (test_answer_shares)
     params.update(kw)
     return Settings(**params)
 

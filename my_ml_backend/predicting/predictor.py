@@ -25,6 +25,7 @@ from ..llm.errors import PredictionError, deadline_reached
 from ..settings import Settings
 from ..telemetry.activity import ACTIVITY
 from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
+from .answer_shares import AnswerShares, single_choice_labels
 from .calibrate import BatchCalibration
 from .items import failed_item, prediction_item, withheld_item
 from .prepare import PreparedTask, PromptInputs, prepare_task
@@ -84,6 +85,10 @@ class Predictor:
         self.strategy: AskStrategy = self.single if self.tasks_per_call == 1 else PackedCalls(
             client, settings.max_tokens, self.tasks_per_call, settings.pack_token_budget)
         self.opinions = SecondOpinions(client, settings)  # LLM_SCORE's extra calls, between reading and calibrating
+        # LLM_SCORE_SHARES: scores without logprobs weighed by their label's share of the answers; decided per batch
+        # on the client's `logprobs`, which turns off when the endpoint refuses them
+        self.shares = AnswerShares() if settings.weighs_shares(False) else None
+        self.share_labels = single_choice_labels(schema.targets)
         self.score_maps = score_maps  # the project's (`learning.scorefit`)
         self.calibration = BatchCalibration(schema.data_keys, self._content_free_answer, score_maps)
 
@@ -197,7 +202,7 @@ class Predictor:
                 outcomes[i] = err = deadline_reached()
                 stats.count_error(err)
         scored = self._rescore_batch(prepared, [o for o in outcomes if o is not None], ends, stats.calls)
-        done = self._calibrate_outcomes(scored, ends, seconds)
+        done = self._calibrate_outcomes(self._weigh_shares(tasks, scored), ends, seconds)
         stats.log(time.monotonic() - started, progress, self.client.limiter.limit)
         return done
 
@@ -205,8 +210,23 @@ class Predictor:
         """One task's calibrated answer, with no deadline (the few-shot evaluation); raises `PredictionError`."""
         prepared = self.prepare(task, inputs)
         answer = self._second_opinions(prepared, self.single.answer(prepared, None, tally), None, tally)
-        assert isinstance(answer, TaskAnswer)
-        return self.calibration.calibrate_batch([answer], None, self.settings.batch_deadline)[0]
+        if not isinstance(answer, TaskAnswer):
+            raise answer
+        weighed = self._weigh_shares([task], [answer])[0]
+        assert isinstance(weighed, TaskAnswer)  # a TaskAnswer in gives a TaskAnswer out
+        return self.calibration.calibrate_batch([weighed], None, self.settings.batch_deadline)[0]
+
+    def _weigh_shares(self, tasks: list[dict[str, Any]], outcomes: list[Outcome]) -> list[Outcome]:
+        """The answers' scores weighed by their labels' share bounds (`answer_shares`), errors as they are."""
+        if self.shares is None or not self.share_labels or self.client.logprobs:
+            return outcomes
+        answered = [(i, task, o) for i, (task, o) in enumerate(zip(tasks, outcomes, strict=True))
+                    if isinstance(o, TaskAnswer) and isinstance(task, dict)]
+        weighed = self.shares.weigh_batch([(task, o) for _, task, o in answered], self.share_labels)
+        out = list(outcomes)
+        for (i, _, _), answer in zip(answered, weighed, strict=True):
+            out[i] = answer
+        return out
 
     def _rescore_batch(
         self, prepared: dict[int, PreparedTask], outcomes: list[Outcome], ends: float | None, tally: Tally | None

@@ -220,6 +220,8 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
         client = shared_client(settings)
         client_pool = client.pool
         method = settings.resolved_score_method(client.logprobs)
+        if settings.weighs_shares(client.logprobs):  # `predicting.answer_shares`: no call, said on the page
+            method += " + shares (按答案占比加权 weighed by answer shares)"
         pool, quotas = client_pool.models, {q.scope: q for q in client_pool.status()}
     except Exception:  # noqa: BLE001 - a ledger that cannot be read leaves the header figures
         pass

@@ -81,6 +81,7 @@ class Environment(BaseSettings):
     ] | None = None
     llm_score_calls: Annotated[int, Field(ge=0, le=8)] | None = None
     llm_score_majority: Annotated[bool, BeforeValidator(_switch)] | None = None
+    llm_score_shares: Annotated[bool, BeforeValidator(_switch)] | None = None
     llm_min_score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
     # the response cache and shared limits
     llm_cache: Annotated[bool, BeforeValidator(_switch)] | None = None

@@ -91,6 +91,7 @@ class Settings:
     score_method: str = "auto"
     score_calls: int = SCORE_CALLS  # LLM_SCORE_CALLS: extra calls per task a second-opinion method may make
     score_majority: bool = False  # LLM_SCORE_MAJORITY: the second opinions' majority replaces the answer
+    score_shares: bool = True  # LLM_SCORE_SHARES: without logprobs, a score weighed by its label's share of answers
     min_score: float = 0.0  # LLM_MIN_SCORE (or a project's `min_score`): below it, an empty pre-label
 
     def with_changes(self, **changes: Any) -> Settings:
@@ -159,13 +160,19 @@ class Settings:
             return self.score_method
         return "logprobs" if logprobs else SCORE_WITHOUT_LOGPROBS
 
+    def weighs_shares(self, logprobs: bool) -> bool:
+        """Scores are weighed by their labels' share of the answers (`predicting.answer_shares`): on endpoints
+        without logprobs, unless the score is off."""
+        return self.score_shares and not logprobs and self.resolved_score_method(logprobs) != "off"
+
     @property
     def score_fingerprint(self) -> str:
-        """The score method as configured, when it makes extra calls or changes answers ("" otherwise)."""
+        """The score method as configured, when it makes extra calls, changes answers or weighs scores, else ""."""
         method = self.resolved_score_method(self.wants_logprobs)
+        shares = ":shares" if self.weighs_shares(self.wants_logprobs) else ""
         if method in ("logprobs", "off") or not self.score_calls:
-            return ""
-        return f"{method}:{self.score_calls}" + (":majority" if self.score_majority else "")
+            return shares[1:]
+        return f"{method}:{self.score_calls}" + (":majority" if self.score_majority else "") + shares
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -228,6 +235,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "score_method": v.llm_score,
         "score_calls": v.llm_score_calls,
         "score_majority": v.llm_score_majority,
+        "score_shares": v.llm_score_shares,
         "min_score": v.llm_min_score,
     }
     return Settings(**{name: value for name, value in given.items() if value is not None})
