@@ -430,10 +430,10 @@ def prompt_order_reversed() -> ExitStack:
     what is left to measure is how much answers move when the listed order itself moves.
     """
     from my_ml_backend.labeling import answers
-    from my_ml_backend.labeling.controls import base, choices, labels, taxonomy
+    from my_ml_backend.labeling.controls import base, labels, taxonomy
 
     original = base.ordered
-    return _patched((base, choices, labels, taxonomy, answers), "ordered",
+    return _patched((base, labels, taxonomy, answers), "ordered",
                     lambda values: list(reversed(original(values))))
 
 
@@ -486,17 +486,17 @@ def no_confidence() -> ExitStack:
 def letter_codes() -> ExitStack:
     """Candidate: choices listed as "A. business", "B. ..." (canonical order); a reply of a lone letter (or "A.
     business") read as that choice, anything else matched as usual."""
-    from my_ml_backend.labeling.controls import choices
+    from my_ml_backend.labeling.controls import base, choices
 
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     original_values = choices.ChoicesHandler.to_values
 
     def block(target: Any, values: list[str] | None = None) -> str:
-        listed = choices.ordered(target.control.labels or [] if values is None else values)
+        listed = base.ordered(target.control.labels or [] if values is None else values)
         return "\n".join(f"   {letters[i]}. {v}" for i, v in enumerate(listed[: len(letters)]))
 
     def to_values(self: Any, target: Any, answer: Any, text: str = "") -> list[dict[str, Any]]:
-        listed = choices.ordered(target.control.labels or [])
+        listed = base.ordered(target.control.labels or [])
         if isinstance(answer, str) and (code := re.match(r"\s*\(?([A-Z])\b", answer)):
             at = letters.index(code.group(1))
             if at < len(listed):

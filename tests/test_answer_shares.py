@@ -120,3 +120,59 @@ def test_with_logprobs_nothing_is_weighed_and_the_version_is_unchanged(tmp_path:
     with_logprobs = Settings(api_key=TEST_KEY, data_dir=tmp_path, logprobs=True)
     assert with_logprobs.score_fingerprint == ""
     assert Settings(api_key=TEST_KEY, data_dir=tmp_path, logprobs=False).score_fingerprint == "shares"
+
+
+NEUTRAL = "中性"
+
+
+def last_listed_pull(body: dict) -> fake.Reply:
+    """A model that answers a clear text by its words, and a hedged one ("偏") with the label listed last."""
+    system, text = body["messages"][0]["content"], body["messages"][-1]["content"]
+    listed = [line.strip()[2:] for line in system.splitlines() if line.strip().startswith("- ")]
+    label = listed[-1] if "偏" in text else POSITIVE if "好" in text else NEGATIVE
+    return fake.chat(json.dumps({"sentiment": label, "_confidence": 0.9}, ensure_ascii=False))
+
+
+def test_orders_asks_the_list_reversed_and_keeps_the_less_over_represented_label(
+    llm: fake.FakeLLMServer, tmp_path: Path
+) -> None:
+    llm.modelscope()
+    llm.set_responder(last_listed_pull)
+    words = ["差"] * 6 + ["好"] * 2 + ["偏"] * 4
+    batch = [{"id": i, "data": {"text": f"评论{i}：{w}"}} for i, w in enumerate(words)]
+    s = settings(llm, tmp_path, score_method="orders", score_calls=3)  # one other order, whatever the budget
+    items = build_predictor(config("text_classification"), s).predict_batch(batch)
+    bodies = [r["body"] for r in llm.requests if str(r.get("path", "")).endswith("/chat/completions")]
+    assert len(bodies) == 2 * len(batch)
+    orders = {tuple(line.strip()[2:] for line in b["messages"][0]["content"].splitlines()
+                    if line.strip().startswith("- ")) for b in bodies}
+    assert len(orders) == 2 and {tuple(reversed(o)) for o in orders} == orders  # canonical, and reversed
+    labels = [item["result"][0]["value"]["choices"][0] for item in items]
+    pulled = {o[-1] for o in orders}  # what the hedged texts were answered in each order
+    # hedged: one order says 负面 (already the most answered label), the other a label few tasks have: kept
+    assert pulled == {NEGATIVE, NEUTRAL}
+    assert labels == [NEGATIVE] * 6 + [POSITIVE] * 2 + [NEUTRAL] * 4
+    scores = [item["score"] for item in items]
+    assert max(scores[8:]) < min(scores[:8])  # the orders disagreed on the hedged tasks: reviewed first
+
+
+def test_orders_without_share_weighing_keeps_the_first_answer(llm: fake.FakeLLMServer, tmp_path: Path) -> None:
+    llm.modelscope()
+    llm.set_responder(last_listed_pull)
+    batch = [{"id": i, "data": {"text": f"评论{i}：{w}"}} for i, w in enumerate(["差", "偏"])]
+    s = settings(llm, tmp_path, score_method="orders", score_calls=1, score_shares=False)
+    items = build_predictor(config("text_classification"), s).predict_batch(batch)
+    first = [line.strip()[2:] for line in llm.requests[0]["body"]["messages"][0]["content"].splitlines()
+             if line.strip().startswith("- ")]
+    assert items[1]["result"][0]["value"]["choices"] == [first[-1]]
+    assert items[1]["score"] < items[0]["score"]
+
+
+def test_the_dry_run_counts_one_orders_call_per_task(tmp_path: Path) -> None:
+    from my_ml_backend.predicting.factory import schema_for
+    from my_ml_backend.predicting.second_opinions import extra_calls
+
+    targets = schema_for(config("text_classification")).targets
+    for budget, calls in ((0, 0), (1, 1), (5, 1)):
+        s = Settings(api_key=TEST_KEY, data_dir=tmp_path, logprobs=False, score_method="orders", score_calls=budget)
+        assert extra_calls(s, False, targets) == calls

@@ -45,6 +45,8 @@ class TaskAnswer:
     choices: Mapping[str, ChoiceDistribution] = field(default_factory=dict)
     list_lengths: Mapping[str, int] = field(default_factory=dict)  # items written per list answer, as parsed
     before_extension: TaskAnswer | None = None  # the answer before a doubtful list was asked to go on
+    # per single-choice control, the labels second opinions answered with the label list in another order
+    alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def answered(self) -> bool:

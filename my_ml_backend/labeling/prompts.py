@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .controls import HANDLERS
-from .controls.base import Lang
+from .controls.base import Lang, listed
 from .controls.textarea import result_texts
 from .schema import LabelingSchema, Target, TextSource
 
@@ -277,3 +278,11 @@ def build_prompt(
         {"role": "system", "content": system},
         {"role": "user", "content": task_prompt(sources, texts, lang, examples)},
     ]
+
+
+def labels_reversed(schema: LabelingSchema, names: Collection[str]) -> LabelingSchema:
+    """`schema` with the labels of the controls `names` listed from the other end: the prompt of a second opinion
+    that a model favouring one end of a list answers with the opposite pull."""
+    targets = tuple(replace(t, listed_order=tuple(reversed(listed(t)))) if t.name in names else t
+                    for t in schema.targets)
+    return replace(schema, targets=targets)

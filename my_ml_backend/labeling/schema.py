@@ -60,6 +60,8 @@ class Target:
     sources: tuple[TextSource, ...]
     # Taxonomy only: every selectable path from the root, e.g. ("动物", "猫").
     paths: tuple[tuple[str, ...], ...] = ()
+    # The labels in the order a prompt lists them when not the canonical one (a second opinion's reversed list).
+    listed_order: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

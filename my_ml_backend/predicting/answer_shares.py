@@ -9,7 +9,9 @@ so the first batch is weighed too) and smoothed towards π, π taken uniform (th
 known before it is annotated; the project's fitted score map corrects what uniform gets wrong).
 
 Only controls answered without a choice distribution are weighed: with logprobs, calibration has already
-removed the bias and the score is a probability.
+removed the bias and the score is a probability. Where a second opinion answered with the label list in another
+order (`LLM_SCORE=orders`), both answers are counted, and where they differ the label with the higher bound (the
+less over-represented one) is kept: of two answers pulled by the list's two ends, the one the collapse explains less.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class AnswerShares:
 
     def __init__(self, prior_answers: float = PRIOR_ANSWERS, remembered: int = REMEMBERED_TASKS) -> None:
         self.prior_answers, self.remembered = prior_answers, remembered
-        self._answers: OrderedDict[str, dict[str, str]] = OrderedDict()  # task key -> control -> label
+        self._answers: OrderedDict[str, dict[str, tuple[str, ...]]] = OrderedDict()  # task key -> control -> labels
         self._counts: dict[str, Counter[str]] = {}
         self._lock = threading.Lock()
 
@@ -68,51 +70,68 @@ class AnswerShares:
         with self._lock:
             for key, chosen in picked:
                 self._record(key, chosen)
-            bounds = [{name: share_bound(self._counts[name][label], sum(self._counts[name].values()), labels[name],
-                                         self.prior_answers)
-                       for name, label in chosen.items()} for _, chosen in picked]
-        return [_weighed(answer, found) for (_, answer), found in zip(answered, bounds, strict=True)]
+            settled = [{name: self._best(name, said, labels[name]) for name, said in chosen.items()}
+                       for _, chosen in picked]
+        return [_weighed(answer, found) for (_, answer), found in zip(answered, settled, strict=True)]
+
+    def _best(self, control: str, said: tuple[str, ...], labels: int) -> tuple[str, float]:
+        """Of the labels said for a control (the answer first), the one with the highest bound (ties: the answer)."""
+        counts = self._counts[control]
+        total = sum(counts.values())
+        bounds = [(share_bound(counts[label], total, labels, self.prior_answers), -i, label)
+                  for i, label in enumerate(said)]
+        bound, _, label = max(bounds)
+        return label, bound
 
     def counts(self, control: str) -> dict[str, int]:
         with self._lock:
             return dict(self._counts.get(control, {}))
 
-    def _record(self, key: str, chosen: dict[str, str]) -> None:
+    def _record(self, key: str, chosen: dict[str, tuple[str, ...]]) -> None:
         old = self._answers.pop(key, None)
         if old:
             self._forget(old)
         if not chosen:
             return
         self._answers[key] = chosen
-        for name, label in chosen.items():
-            self._counts.setdefault(name, Counter())[label] += 1
+        for name, said in chosen.items():
+            self._counts.setdefault(name, Counter()).update(said)
         while len(self._answers) > self.remembered:
             self._forget(self._answers.popitem(last=False)[1])
 
-    def _forget(self, chosen: dict[str, str]) -> None:
-        for name, label in chosen.items():
-            self._counts[name][label] -= 1
-            if self._counts[name][label] <= 0:
-                del self._counts[name][label]
+    def _forget(self, chosen: dict[str, tuple[str, ...]]) -> None:
+        for name, said in chosen.items():
+            for label in said:
+                self._counts[name][label] -= 1
+                if self._counts[name][label] <= 0:
+                    del self._counts[name][label]
 
 
-def _without_distribution(answer: TaskAnswer, labels: dict[str, int]) -> dict[str, str]:
-    """The label chosen for each single-choice control the answer has no choice distribution for."""
-    out: dict[str, str] = {}
+def _without_distribution(answer: TaskAnswer, labels: dict[str, int]) -> dict[str, tuple[str, ...]]:
+    """For each single-choice control the answer has no choice distribution for: its label, then the labels of
+    the answers in another order."""
+    out: dict[str, tuple[str, ...]] = {}
     for region in answer.regions:
         name = str(region.get("from_name"))
         chosen = (region.get("value") or {}).get("choices") or []
         if name in labels and name not in answer.choices and len(chosen) == 1:
-            out[name] = str(chosen[0])
+            out[name] = (str(chosen[0]), *answer.alternatives.get(name, ()))
     return out
 
 
-def _weighed(answer: TaskAnswer, bounds: dict[str, float]) -> TaskAnswer:
-    """`answer` with its weighed controls' region scores and its task score multiplied by their bounds."""
-    if not bounds:
+def _weighed(answer: TaskAnswer, settled: dict[str, tuple[str, float]]) -> TaskAnswer:
+    """`answer` with its weighed controls' labels settled, their region scores and its task score multiplied by
+    their bounds."""
+    if not settled:
         return answer
-    regions = [{**r, "score": round(r["score"] * bounds[str(r.get("from_name"))], 4)}
-               if str(r.get("from_name")) in bounds and isinstance(r.get("score"), (int, float)) else r
-               for r in answer.regions]
-    factor = sum(bounds.values()) / len(bounds)
+    regions = []
+    for region in answer.regions:
+        name = str(region.get("from_name"))
+        if name in settled:
+            label, bound = settled[name]
+            region = {**region, "value": {**region["value"], "choices": [label]}}
+            if isinstance(region.get("score"), (int, float)):
+                region["score"] = round(region["score"] * bound, 4)
+        regions.append(region)
+    factor = sum(bound for _, bound in settled.values()) / len(settled)
     return answer.with_regions(regions, round(answer.score * factor, 4), answer.coverage)

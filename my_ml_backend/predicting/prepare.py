@@ -38,6 +38,8 @@ class PreparedTask:
     texts: dict[str, str]
     wanted: list[Target]
     ask: Ask
+    inputs: PromptInputs = field(default_factory=PromptInputs)  # what its prompt was built with, to ask it again
+    confidence: bool = True
     _last: tuple[ChatReply, TaskAnswer] | None = None
 
     @property
@@ -78,6 +80,6 @@ def prepare_task(
     logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
     logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
     ask = Ask(messages, answer_schema(schema, texts, inputs.guidance.reasoning, confidence))
-    prepared = PreparedTask(task, schema, texts, wanted, ask)
+    prepared = PreparedTask(task, schema, texts, wanted, ask, inputs, confidence)
     ask.accept = lambda reply: prepared.read(reply).answered  # only a reply with a valid result is worth caching
     return prepared

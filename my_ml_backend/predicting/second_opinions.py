@@ -4,7 +4,9 @@ A step between reading a task's answer and calibrating its batch. For each answe
 it asks up to `LLM_SCORE_CALLS` extra calls of the task's own prompt and scores the answer by how many agree:
 - `agreement`: the pool's current model again, at `SAMPLE_TEMPERATURE` (self-consistency);
 - `models`: the other models of the pool, each spending its own daily cap (only models with spare quota);
-- `verbal`: the model's probability for every option, the answer's share of them (averaged over the calls).
+- `verbal`: the model's probability for every option, the answer's share of them (averaged over the calls);
+- `orders`: one call of the task's prompt with the label list reversed (a small model favours one end of the
+  list); where the two answers differ, `answer_shares` keeps the label less over-represented among the answers.
 The first answer votes with its self-reported confidence, which orders tasks with equal agreement.
 Other controls keep their score. When no spare quota is left, scoring is degraded to `off` (said once);
 the pre-label itself never waits on a score.
@@ -21,6 +23,7 @@ from typing import Any
 
 from ..labeling.answers import TaskAnswer, read_answer
 from ..labeling.parsing import parse_reply
+from ..labeling.prompts import labels_reversed
 from ..labeling.schema import Target
 from ..llm.client import LLMClient
 from ..llm.errors import ErrorKind, PredictionError
@@ -29,13 +32,13 @@ from ..llm.quota import Quota
 from ..llm.replies import ChatReply
 from ..settings import Settings
 from ..telemetry.metrics import Tally
-from .prepare import PreparedTask
+from .prepare import PreparedTask, prepare_task
 from .score_activity import SCORE_ACTIVITY
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_TEMPERATURE = 0.7  # enough spread for a doubtful answer to change, the usual self-consistency value
-EXTRA_CALL_METHODS = ("agreement", "models", "verbal")
+EXTRA_CALL_METHODS = ("agreement", "models", "verbal", "orders")
 UNREADABLE_LIMIT = 10  # second opinions in a row that could not be read before the method is given up
 SPARE_RESERVE = 20  # calls of a model's day (when known) a second opinion leaves for pre-labels
 _OUT_OF_QUOTA = (ErrorKind.QUOTA, ErrorKind.MODEL_UNAVAILABLE)
@@ -64,6 +67,8 @@ def extra_calls(settings: Settings, logprobs: bool, schema_targets: Sequence[Tar
         return 0
     if method == "models":  # one call per other pool model, at most
         return min(settings.score_calls, len(pool_models(settings)) - 1)
+    if method == "orders":  # one other order: the list reversed
+        return min(settings.score_calls, 1)
     return settings.score_calls
 
 
@@ -73,6 +78,7 @@ class Opinion:
 
     labels: dict[str, str]
     probabilities: dict[str, dict[str, float]]
+    answer: TaskAnswer | None = None  # `orders`: the whole answer in the other order (it may stand in for none)
 
 
 class SecondOpinions:
@@ -109,9 +115,16 @@ class SecondOpinions:
         calls = self.settings.score_calls
         names = {t.name for t in single_choices(task.wanted)}
         picked = chosen(answer, names)
-        if method not in EXTRA_CALL_METHODS or not calls or not picked:
+        # `orders` also asks for a task whose reply named no label: the other order may name one
+        unanswered = method == "orders" and not answer.answered and bool(names)
+        if method not in EXTRA_CALL_METHODS or not calls or not (picked or unanswered):
             return answer
         opinions = self._ask(method, calls, task, deadline, tally)
+        if unanswered:
+            found = next((o.answer for o in opinions if o.answer is not None and o.answer.answered), None)
+            # no agreement to show for it: half its own score, as an answer the other order disagreed with
+            return answer if found is None else found.with_regions(found.regions, round(found.score / 2, 4),
+                                                                   found.coverage)
         if not opinions:
             return answer
         return self._scored(answer, picked, opinions, method)
@@ -127,6 +140,8 @@ class SecondOpinions:
             asks = [dict(model=m) for m in models]
         elif method == "agreement":
             asks = [dict(temperature=SAMPLE_TEMPERATURE, sample=i) for i in range(1, calls + 1)]
+        elif method == "orders":
+            asks = [{}]  # the reversed list is another prompt, so another cache entry: no sample number needed
         else:
             asks = [dict(temperature=self.settings.temperature if i == 1 else SAMPLE_TEMPERATURE, sample=i)
                     for i in range(1, calls + 1)]
@@ -161,10 +176,16 @@ class SecondOpinions:
 
     def _opinion(self, method: str, task: PreparedTask, names: list[str], deadline: float | None,
                  tally: Tally | None, overrides: dict[str, Any]) -> Opinion:
-        if method == "verbal":
+        if method == "orders":
+            reordered = prepare_task(labels_reversed(task.schema, names), task.task, task.inputs,
+                                     self.settings.max_input_chars, task.confidence)
+            messages, schema = reordered.ask.messages, reordered.ask.schema
+            reader = _Reader(lambda reply: _order_opinion(reordered.read(reply), names))
+            accept: Callable[[ChatReply], bool] = lambda reply: bool(reader.read(reply).labels)  # noqa: E731
+        elif method == "verbal":
             messages, schema = verbal_ask(task, names)
             reader = _Reader(lambda reply: Opinion({}, verbal_probabilities(reply.text, task, names)))
-            accept: Callable[[ChatReply], bool] = lambda reply: bool(reader.read(reply).probabilities)  # noqa: E731
+            accept = lambda reply: bool(reader.read(reply).probabilities)  # noqa: E731
         else:
             messages, schema = task.ask.messages, task.ask.schema
             reader = _Reader(lambda reply: Opinion(chosen(read_answer(
@@ -212,6 +233,9 @@ class SecondOpinions:
             shares[name] = (votes.count(label) + own) / (len(votes) + 1)
         if not shares:
             return answer
+        # `orders`: the other order's labels, for `answer_shares` to settle a disagreement with the batch's counts
+        alternatives = {name: tuple(o.labels[name] for o in opinions if name in o.labels)
+                        for name in shares} if method == "orders" else {}
         regions = []
         for region in answer.regions:
             name = region.get("from_name")
@@ -223,7 +247,12 @@ class SecondOpinions:
         whole = all(r.get("from_name") in shares for r in answer.regions)
         score = mean * answer.coverage if whole else answer.score * mean
         choices = {k: v for k, v in answer.choices.items() if k not in shares}  # not re-decided from logprobs
-        return replace(answer.with_regions(regions, round(score, 4), answer.coverage), choices=choices)
+        return replace(answer.with_regions(regions, round(score, 4), answer.coverage), choices=choices,
+                       alternatives=alternatives)
+
+
+def _order_opinion(answer: TaskAnswer, names: list[str]) -> Opinion:
+    return Opinion(chosen(answer, set(names)), {}, answer)
 
 
 def _has_spare(quota: Quota) -> bool:

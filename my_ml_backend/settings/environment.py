@@ -77,7 +77,7 @@ class Environment(BaseSettings):
     llm_quota_reset: str | None = None  # HH:MM [Area/City], parsed by `llm.quota.DayClock`
     # the review score and when not to pre-label
     llm_score: Annotated[
-        Literal["auto", "logprobs", "agreement", "models", "verbal", "off"], BeforeValidator(_off)
+        Literal["auto", "logprobs", "agreement", "models", "verbal", "orders", "off"], BeforeValidator(_off)
     ] | None = None
     llm_score_calls: Annotated[int, Field(ge=0, le=8)] | None = None
     llm_score_majority: Annotated[bool, BeforeValidator(_switch)] | None = None

@@ -67,13 +67,18 @@ def ordered(values: Iterable[str]) -> list[str]:
     return sorted(values, key=lambda v: (_natural(str(v)), str(v)))
 
 
+def listed(target: Target) -> list[str]:
+    """The target's labels in the order its prompt lists them: canonical, unless a second opinion asks another."""
+    return list(target.listed_order) if target.listed_order else ordered(target.control.labels or [])
+
+
 def options_block(target: Target, values: list[str] | None = None) -> str:
     """The allowed values one per line in canonical order, each with the config's `hint` when it has one.
 
     A list read top to bottom, each value beside its meaning, rather than a JSON array
     to copy from: small models copy the first element of an array (position bias).
     """
-    values = ordered(target.control.labels or [] if values is None else values)
+    values = listed(target) if values is None else ordered(values)
     attrs = target.control.labels_attrs or {}
     lines = []
     for value in values:

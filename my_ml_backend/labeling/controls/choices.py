@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from ..schema import Target
-from .base import TEXT_OBJECTS, Lang, options_block, ordered, say
+from .base import TEXT_OBJECTS, Lang, listed, options_block, say
 from .matching import as_list, closest_value, match_value
 
 logger = logging.getLogger(__name__)
@@ -16,7 +16,7 @@ _SPLIT = re.compile(r"[,，;；、|/\n]+")
 
 
 def _allowed(target: Target) -> list[str]:
-    return ordered(target.control.labels or [])
+    return listed(target)
 
 
 def _aliases(target: Target) -> dict[str, list[str]]:
