@@ -72,6 +72,18 @@ def prepare_task(
     for name in truncated:
         logger.warning("任务 %s 的文本 %s 超过 %d 字符，已截断 (text truncated to MAX_INPUT_CHARS)",
                        task.get("id"), name, max_chars)
+    return _ready(schema, task, texts, inputs, confidence)
+
+
+def prepared_under(prepared: PreparedTask, schema: LabelingSchema) -> PreparedTask:
+    """The same task asked under another schema of its config (a second opinion's label order), from the texts
+    already read."""
+    return _ready(schema, prepared.task, prepared.texts, prepared.inputs, prepared.confidence)
+
+
+def _ready(
+    schema: LabelingSchema, task: dict[str, Any], texts: dict[str, str], inputs: PromptInputs, confidence: bool
+) -> PreparedTask:
     if inputs.examples is not None:
         messages = inputs.examples.messages(schema, texts, inputs.guidance, task.get("id"), confidence)
     else:

@@ -32,7 +32,7 @@ from ..llm.quota import Quota
 from ..llm.replies import ChatReply
 from ..settings import Settings
 from ..telemetry.metrics import Tally
-from .prepare import PreparedTask, prepare_task
+from .prepare import PreparedTask, prepared_under
 from .score_activity import SCORE_ACTIVITY
 
 logger = logging.getLogger(__name__)
@@ -177,8 +177,7 @@ class SecondOpinions:
     def _opinion(self, method: str, task: PreparedTask, names: list[str], deadline: float | None,
                  tally: Tally | None, overrides: dict[str, Any]) -> Opinion:
         if method == "orders":
-            reordered = prepare_task(labels_reversed(task.schema, names), task.task, task.inputs,
-                                     self.settings.max_input_chars, task.confidence)
+            reordered = prepared_under(task, labels_reversed(task.schema, names))
             messages, schema = reordered.ask.messages, reordered.ask.schema
             reader = _Reader(lambda reply: _order_opinion(reordered.read(reply), names))
             accept: Callable[[ChatReply], bool] = lambda reply: bool(reader.read(reply).labels)  # noqa: E731
