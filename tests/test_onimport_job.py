@@ -91,6 +91,11 @@ def settings_for(llm: fake.FakeLLMServer, tmp_path: Path, **kw: Any) -> Settings
     return Settings(**params)
 
 
+def imported_reviews(llm: fake.FakeLLMServer, tmp_path: Path, n: int) -> tuple[StandInLabelStudio, Predictor]:
+    """A stand-in Label Studio holding reviews 1..n, and the project's predictor on the fake LLM."""
+    return StandInLabelStudio(reviews(n, start=1)), build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))
+
+
 def run(queue: SQLiteImportQueue, ls: StandInLabelStudio, predictor: Predictor, project: int = 1) -> str:
     return ImportRun(queue, CONFIG, project, "test-worker", lambda p, cfg, params: predictor,
                      connect=lambda url, key: ls).run()  # type: ignore[arg-type, return-value]
@@ -105,8 +110,7 @@ def test_every_imported_task_gets_one_prediction_of_the_backends_version(
     llm: fake.FakeLLMServer, tmp_path: Path, queue: SQLiteImportQueue
 ) -> None:
     llm.set_responder(answering())
-    ls = StandInLabelStudio(reviews(60, start=1))
-    predictor = build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))
+    ls, predictor = imported_reviews(llm, tmp_path, 60)
     queue.add(1, list(range(1, 61)))
     assert run(queue, ls, predictor) == "finished"
     assert ls.predicted() == dict.fromkeys(range(1, 61), 1)
@@ -122,8 +126,7 @@ def test_tasks_already_predicted_or_deleted_are_skipped_not_predicted_again(
 ) -> None:
     """What a worker killed between posting and recording leaves behind: the next one posts nothing twice."""
     llm.set_responder(answering())
-    ls = StandInLabelStudio(reviews(20, start=1))
-    predictor = build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))
+    ls, predictor = imported_reviews(llm, tmp_path, 20)
     for task in (2, 3):
         ls._create(task, [{"from": "earlier run"}], None, predictor.model_version)
     ls._create(4, [], None, "another-version")  # another model's prediction does not count
@@ -170,8 +173,7 @@ def test_quota_out_pauses_with_the_reset_time_and_resumes_after_it(
 ) -> None:
     quota = llm.modelscope(account_limit=2000, model_limits={"A": 25})
     llm.set_responder(answering())
-    ls = StandInLabelStudio(reviews(40, start=1))
-    predictor = build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))
+    ls, predictor = imported_reviews(llm, tmp_path, 40)
     queue.add(1, list(range(1, 41)))
     with caplog.at_level(logging.WARNING, logger="my_ml_backend.onimport.runner"):
         note = run(queue, ls, predictor)
@@ -198,8 +200,7 @@ def test_an_endpoint_outage_pauses_the_job_and_loses_no_task(
     llm: fake.FakeLLMServer, tmp_path: Path, queue: SQLiteImportQueue
 ) -> None:
     llm.set_default(fake.server_error(503))
-    ls = StandInLabelStudio(reviews(40, start=1))
-    predictor = build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))
+    ls, predictor = imported_reviews(llm, tmp_path, 40)
     queue.add(1, list(range(1, 41)))
     note = run(queue, ls, predictor)
     assert "every task of the last chunks failed" in note
@@ -215,8 +216,7 @@ def test_the_worker_thread_takes_new_imports_at_once(
     llm: fake.FakeLLMServer, tmp_path: Path, queue: SQLiteImportQueue
 ) -> None:
     llm.set_responder(answering())
-    ls = StandInLabelStudio(reviews(30, start=1))
-    predictor = build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))
+    ls, predictor = imported_reviews(llm, tmp_path, 30)
     worker = ImportWorker(queue, CONFIG, lambda p, cfg, params: predictor, poll=60,  # type: ignore[arg-type]
                           connect=lambda url, key: ls).start()  # type: ignore[arg-type, return-value]
     try:
@@ -245,8 +245,7 @@ def test_with_redis_an_rq_worker_takes_the_job_and_a_killed_workers_project_is_t
     from my_ml_backend.onimport.queue_redis import RedisImportQueue
 
     llm.set_responder(answering())
-    ls = StandInLabelStudio(reviews(30, start=1))
-    predictor = build_predictor(LABEL_CONFIG, settings_for(llm, tmp_path))
+    ls, predictor = imported_reviews(llm, tmp_path, 30)
     monkeypatch.setattr(worker_module, "project_predictor", lambda p, cfg, params: predictor)
     monkeypatch.setattr(tokens, "connect", lambda url, key: ls)
     for name, value in {"REDIS_URL": redis_db, "LABEL_STUDIO_URL": "http://stand-in.invalid",
