@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..labeling.answers import TaskAnswer
-from ..labeling.schema import Target
 
 PRIOR_ANSWERS = 20  # pseudo-answers spread evenly over the labels: one answer lowers its label by under 20 %
 REMEMBERED_TASKS = 20_000  # distinct tasks whose answers are counted (the oldest are forgotten first)
@@ -45,12 +44,6 @@ def task_key(task: dict[str, Any]) -> str:
         return f"id:{task['id']}"
     data = json.dumps(task.get("data"), sort_keys=True, ensure_ascii=False, default=str)
     return "data:" + hashlib.sha256(data.encode()).hexdigest()
-
-
-def single_choice_labels(wanted: Sequence[Target]) -> dict[str, int]:
-    """How many labels each single-choice control among `wanted` has."""
-    return {t.name: len(t.control.labels or ()) for t in wanted
-            if t.tag == "choices" and t.control.attr.get("choice") != "multiple"}
 
 
 class AnswerShares:

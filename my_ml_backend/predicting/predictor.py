@@ -25,12 +25,12 @@ from ..llm.errors import PredictionError, deadline_reached
 from ..settings import Settings
 from ..telemetry.activity import ACTIVITY
 from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
-from .answer_shares import AnswerShares, single_choice_labels
+from .answer_shares import AnswerShares
 from .calibrate import BatchCalibration
 from .items import failed_item, prediction_item, withheld_item
 from .prepare import PreparedTask, PromptInputs, prepare_task
 from .score_activity import SCORE_ACTIVITY
-from .second_opinions import SecondOpinions
+from .second_opinions import SecondOpinions, single_choices
 from .strategies import AskStrategy, Outcome, PackedCalls, SingleCalls, group_outcomes, safely
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ class Predictor:
         self.opinions = SecondOpinions(client, settings)  # LLM_SCORE's extra calls, between reading and calibrating
         # LLM_SCORE_SHARES: scores without logprobs weighed by their label's share of the answers; decided per batch
         # on the client's `logprobs`, which turns off when the endpoint refuses them
-        self.shares = AnswerShares() if settings.weighs_shares(False) else None
-        self.share_labels = single_choice_labels(schema.targets)
+        self.shares = AnswerShares() if settings.weighs_shares(logprobs=False) else None
+        self.share_labels = {t.name: len(t.control.labels or ()) for t in single_choices(schema.targets)}
         self.score_maps = score_maps  # the project's (`learning.scorefit`)
         self.calibration = BatchCalibration(schema.data_keys, self._content_free_answer, score_maps)
 
@@ -210,8 +210,7 @@ class Predictor:
         """One task's calibrated answer, with no deadline (the few-shot evaluation); raises `PredictionError`."""
         prepared = self.prepare(task, inputs)
         answer = self._second_opinions(prepared, self.single.answer(prepared, None, tally), None, tally)
-        if not isinstance(answer, TaskAnswer):
-            raise answer
+        assert isinstance(answer, TaskAnswer)  # `single.answer` raises instead of returning an error
         weighed = self._weigh_shares([task], [answer])[0]
         assert isinstance(weighed, TaskAnswer)  # a TaskAnswer in gives a TaskAnswer out
         return self.calibration.calibrate_batch([weighed], None, self.settings.batch_deadline)[0]
