@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 def tasks_per_call(settings: Settings) -> int:
     """1: one call per task; N: packs of N; 0: packs sized by tokens (LLM_TASKS_PER_CALL, else the endpoint's)."""
+    if settings.answers_free_text:  # a plain answer names no task: one task per call
+        return 1
     n = settings.tasks_per_call
     return settings.endpoint.tasks_per_call if n is None else n
 
@@ -104,7 +106,8 @@ class Predictor:
 
     def prepare(self, task: dict[str, Any], inputs: PromptInputs) -> PreparedTask:
         # With logprobs the score comes from them: no self-reported confidence to ask for and pay.
-        return prepare_task(self.schema, task, inputs, self.settings.max_input_chars, not self.client.logprobs)
+        return prepare_task(self.schema, task, inputs, self.settings.max_input_chars, not self.client.logprobs,
+                            self.settings.answers_free_text)
 
     def plan(
         self, tasks: list[dict[str, Any]], inputs: PromptInputs | None = None, tally: Tally | None = None

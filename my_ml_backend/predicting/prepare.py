@@ -11,6 +11,7 @@ from typing import Any
 
 from ..labeling import packing
 from ..labeling.answers import TaskAnswer, read_answer
+from ..labeling.free_text import free_text_prompt, free_text_target, read_free_text
 from ..labeling.prompts import PromptGuidance, answer_schema, build_prompt, read_texts, wanted_targets
 from ..labeling.schema import LabelingSchema, Target
 from ..learning.retrieval import FewShotExamples
@@ -40,6 +41,7 @@ class PreparedTask:
     ask: Ask
     inputs: PromptInputs = field(default_factory=PromptInputs)  # what its prompt was built with, to ask it again
     confidence: bool = True
+    free_text: Target | None = None  # the single choice asked for a plain answer (LLM_ANSWER_STRATEGY), or JSON
     _last: tuple[ChatReply, TaskAnswer] | None = None
 
     @property
@@ -51,17 +53,26 @@ class PreparedTask:
         """The reply read into this task's answer; the same reply is read once (the cache check reads it first)."""
         if self._last is not None and self._last[0] is reply:
             return self._last[1]
-        answer = read_answer(self.schema, self.texts, self.wanted, reply.text, reply.tokens)
+        if self.free_text is not None:
+            answer = read_free_text(self.schema, self.texts, self.free_text, reply.text, reply.tokens)
+        else:
+            answer = read_answer(self.schema, self.texts, self.wanted, reply.text, reply.tokens)
         self._last = (reply, answer)
         return answer
 
 
 def prepare_task(
-    schema: LabelingSchema, task: dict[str, Any], inputs: PromptInputs, max_chars: int, confidence: bool
+    schema: LabelingSchema,
+    task: dict[str, Any],
+    inputs: PromptInputs,
+    max_chars: int,
+    confidence: bool,
+    free_text: bool = False,
 ) -> PreparedTask:
     """The task's texts and its one-task call; raises `PredictionError` when it has no text.
 
     `confidence`: ask the model for a self-reported confidence (only where no logprobs come back).
+    `free_text`: ask a single-choice task for a plain answer, llm_interactive's way (other tasks: JSON).
     """
     data = task.get("data") or {}
     if not isinstance(data, dict):  # Label Studio's task data is an object; anything else holds no field
@@ -72,23 +83,35 @@ def prepare_task(
     for name in truncated:
         logger.warning("任务 %s 的文本 %s 超过 %d 字符，已截断 (text truncated to MAX_INPUT_CHARS)",
                        task.get("id"), name, max_chars)
-    return _ready(schema, task, texts, inputs, confidence)
+    return _ready(schema, task, texts, inputs, confidence, free_text)
 
 
 def prepared_under(prepared: PreparedTask, schema: LabelingSchema) -> PreparedTask:
     """The same task asked under another schema of its config (a second opinion's label order), from the texts
     already read."""
-    return _ready(schema, prepared.task, prepared.texts, prepared.inputs, prepared.confidence)
+    return _ready(schema, prepared.task, prepared.texts, prepared.inputs, prepared.confidence,
+                  prepared.free_text is not None)
 
 
 def _ready(
-    schema: LabelingSchema, task: dict[str, Any], texts: dict[str, str], inputs: PromptInputs, confidence: bool
+    schema: LabelingSchema,
+    task: dict[str, Any],
+    texts: dict[str, str],
+    inputs: PromptInputs,
+    confidence: bool,
+    free_text: bool = False,
 ) -> PreparedTask:
+    wanted = wanted_targets(schema, texts)
+    if free_text and (target := free_text_target(wanted)) is not None:  # zero-shot: llm_interactive shows none
+        ask = Ask(free_text_prompt(target, texts, inputs.guidance), None)
+        prepared = PreparedTask(task, schema, texts, wanted, ask, inputs, confidence, target)
+        ask.accept = lambda reply: prepared.read(reply).answered
+        logger.debug("Task %s prompt (free text):\n%s", task.get("id"), ask.messages[-1]["content"])
+        return prepared
     if inputs.examples is not None:
         messages = inputs.examples.messages(schema, texts, inputs.guidance, task.get("id"), confidence)
     else:
         messages = build_prompt(schema, texts, inputs.guidance, confidence=confidence)
-    wanted = wanted_targets(schema, texts)
     logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
     logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
     ask = Ask(messages, answer_schema(schema, texts, inputs.guidance.reasoning, confidence))

@@ -93,6 +93,10 @@ class Settings:
     score_majority: bool = False  # LLM_SCORE_MAJORITY: the second opinions' majority replaces the answer
     score_shares: bool = True  # LLM_SCORE_SHARES: without logprobs, a score weighed by its label's share of answers
     min_score: float = 0.0  # LLM_MIN_SCORE (or a project's `min_score`): below it, an empty pre-label
+    # LLM_ANSWER_STRATEGY: how a single-choice task is asked (`labeling.free_text`): auto (per project, measured on
+    # its annotations; JSON before it has any) | structured (JSON) | free-text (llm_interactive's plain answer)
+    answer_strategy: str = "auto"
+    answer_eval_calls: int = 80  # ANSWER_EVAL_CALLS: calls the automatic choice may spend (40 tasks, both ways)
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with `changes` (field names), checked like the original; these settings never change."""
@@ -108,9 +112,10 @@ class Settings:
         return bool(reveal(self.api_key))
 
     @property
-    def fewshot_enabled(self) -> bool:
-        """Annotations are kept as examples (automatic choice, or an explicit count above 0)."""
-        return self.fewshot_auto or self.fewshot_k > 0
+    def keeps_annotations(self) -> bool:
+        """Annotations are kept: as examples (automatic choice, or an explicit count above 0), or to choose the
+        answer strategy on."""
+        return self.fewshot_auto or self.fewshot_k > 0 or self.chooses_answer_strategy
 
     def sent_repeat_penalty(self) -> float | None:
         """The `repeat_penalty` requests carry, or None (not sent)."""
@@ -152,7 +157,23 @@ class Settings:
             # another score method is another score, which a fitted score map must not be applied to
             **({"score": self.score_fingerprint} if self.score_fingerprint else {}),
             **({"min_score": self.min_score} if self.min_score else {}),
+            **({"answer": self.answer_strategy} if self.answers_free_text else {}),
         }
+
+    @property
+    def answers_free_text(self) -> bool:
+        """Single-choice tasks are asked for a plain answer (LLM_ANSWER_STRATEGY=free-text, set or chosen)."""
+        return self.answer_strategy == "free-text"
+
+    @property
+    def chooses_answer_strategy(self) -> bool:
+        """The answer strategy is measured per project on its annotations (auto, with a budget)."""
+        return self.answer_strategy == "auto" and self.answer_eval_calls > 0
+
+    @property
+    def evaluates_projects(self) -> bool:
+        """A project's annotations are evaluated on Train: for its few-shot form, its answer strategy, or both."""
+        return (self.fewshot_auto and self.fewshot_eval_calls > 0) or self.chooses_answer_strategy
 
     def resolved_score_method(self, logprobs: bool) -> str:
         """LLM_SCORE with `auto` decided: `logprobs` where the endpoint returns them, else the measured default."""
@@ -237,6 +258,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "score_majority": v.llm_score_majority,
         "score_shares": v.llm_score_shares,
         "min_score": v.llm_min_score,
+        "answer_strategy": v.llm_answer_strategy,
+        "answer_eval_calls": v.answer_eval_calls,
     }
     return Settings(**{name: value for name, value in given.items() if value is not None})
 

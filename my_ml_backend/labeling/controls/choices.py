@@ -19,7 +19,7 @@ def _allowed(target: Target) -> list[str]:
     return listed(target)
 
 
-def _aliases(target: Target) -> dict[str, list[str]]:
+def aliases_of(target: Target) -> dict[str, list[str]]:
     """Each choice's other names in the config: its `alias` and its `hint`."""
     attrs = target.control.labels_attrs or {}
     return {value: [str(tag.attr[k]) for k in ("alias", "hint") if tag.attr.get(k)]
@@ -60,7 +60,7 @@ class ChoicesHandler:
                 if value and value not in picked:
                     picked.append(value)
         if not picked:  # no value named as such: the near misses of a model no grammar holds to the list
-            aliases = _aliases(target)
+            aliases = aliases_of(target)
             near = [(c, value) for c in candidates if (value := closest_value(c, allowed, aliases))]
             picked = list(dict.fromkeys(value for _, value in near))
             for said, value in near:
