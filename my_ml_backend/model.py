@@ -28,7 +28,7 @@ from .learning.live import ProjectExamples, live_index
 from .learning.retrieval import FewShotForm
 from .learning.store import open_example_store
 from .predicting.factory import build_predictor, project_min_score, schema_for
-from .predicting.form_evaluation import choose_form
+from .predicting.form_evaluation import evaluate_project
 from .settings import Settings, reveal
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class NewModel(LabelStudioMLBase):
         if extra_params is not None:
             self.extra_params = extra_params
         self.schema = schema_for(self.label_config)
-        self.store = open_example_store(self.settings) if self.settings.fewshot_enabled and self.project_id else None
+        self.store = open_example_store(self.settings) if self.settings.keeps_annotations and self.project_id else None
         base = PromptGuidance(self.settings.instructions, self.settings.output_language, self.settings.reasoning)
         self.guidance = guidance_from_params(base, self.extra_params)
         count = self._count()
@@ -107,19 +107,21 @@ class NewModel(LabelStudioMLBase):
 
     def _form(self, count: int) -> tuple[FewShotForm, autotune.FewShotEvaluation | None]:
         """The explicit FEWSHOT_EXAMPLES, or the form the last automatic evaluation chose (zero-shot before),
-        with that evaluation; starts the next evaluation when one is due."""
-        if not self.settings.fewshot_auto:
-            return FewShotForm(self.settings.fewshot_k, self.settings.fewshot_form), None
-        if self.store is None:
-            return FewShotForm(0), None
+        with that evaluation (its answer strategy, its score maps); starts the next evaluation when one is due."""
+        settings = self.settings
+        explicit = None if settings.fewshot_auto else FewShotForm(settings.fewshot_k, settings.fewshot_form)
+        if self.store is None or not settings.evaluates_projects:
+            return explicit or FewShotForm(0), None
         evaluation = autotune.stored_evaluation(self.store, self.project_id, self.schema.config_hash)
         self._autotune(count, evaluation)
+        if explicit is not None:
+            return explicit, evaluation
         return (FewShotForm.parse(evaluation.form) if evaluation else FewShotForm(0)), evaluation
 
     def _autotune(self, count: int, evaluation: autotune.FewShotEvaluation | None = None, force: bool = False) -> None:
         """Start the automatic evaluation when due: Train button (`force`), or a new example-count bucket."""
         settings = self.settings
-        if not (settings.fewshot_auto and settings.fewshot_eval_calls > 0 and self.store is not None):
+        if not (settings.evaluates_projects and self.store is not None):
             return
         bucket = examples_bucket(count)
         if not force and (count < autotune.MIN_EXAMPLES or (evaluation is not None and evaluation.bucket >= bucket)):
@@ -129,7 +131,7 @@ class NewModel(LabelStudioMLBase):
             index = live_index(self.store, self.project_id, self.schema, settings.max_input_chars).current(wait=600)
             if index is None:
                 raise RuntimeError("example index not available")
-            return choose_form(self.label_config, settings, self.guidance, index)
+            return evaluate_project(self.label_config, settings, self.guidance, index)
 
         # Once chosen, this model switches at its next batch (new form, new version); other workers at their /setup.
         if autotune.start(self.store, self.project_id, self.schema.config_hash, bucket, run):

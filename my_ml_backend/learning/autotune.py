@@ -75,7 +75,8 @@ def candidates(k: int) -> list[FewShotForm]:
 
 @dataclass
 class FewShotEvaluation:
-    """What an evaluation found: the form to use, what each candidate scored, what it cost."""
+    """What an evaluation of the project's annotations found: the few-shot form and answer strategy to use, what
+    each candidate scored, what it cost, and the score maps fitted on what will be served."""
 
     form: str = "0"
     bucket: int = 0
@@ -88,6 +89,11 @@ class FewShotEvaluation:
     region_maps: dict[str, dict] | None = None  # control name -> `ScoreMap.to_dict()` of its regions' scores
     extend: bool | None = None  # list extension on the annotations: False lost, True won, None not seen
     region_cuts: dict[str, dict] | None = None  # list control name -> `RegionCut.to_dict()`
+    # LLM_ANSWER_STRATEGY=auto (`strategy_choice`): "" not chosen (JSON), else the strategy and what it was chosen on
+    strategy: str = ""
+    strategy_accuracy: dict[str, float] = field(default_factory=dict)
+    strategy_samples: int = 0
+    strategy_reason: str = ""
 
     def fitted(self, version: str) -> ScoreMaps | None:
         """The score maps and region cuts fitted on predictions of `version` (same model, prompt, config,
@@ -348,9 +354,10 @@ def start(
             METRICS.inc(EVALUATIONS)
             METRICS.inc(EVAL_CALLS, choice.calls)
             logger.info(
-                "少样本自动选择 (few-shot auto choice): project %s -> %s (%s); accuracy on %d annotated tasks %s; "
-                "%d calls; score map %s; region maps %s; region cuts %s; list extension %s",
-                project, choice.form, choice.reason, choice.samples,
+                "自动评估 (project evaluation): project %s -> answer strategy %s (%s); few-shot %s (%s); accuracy on "
+                "%d annotated tasks %s; %d calls; score map %s; region maps %s; region cuts %s; list extension %s",
+                project, choice.strategy or "as set", choice.strategy_reason or "not chosen", choice.form,
+                choice.reason, choice.samples,
                 {f: round(a, 3) for f, a in choice.accuracy.items()}, choice.calls, choice.score_map or "none",
                 choice.region_maps or "none", choice.region_cuts or "none",
                 {None: "as set", True: "kept", False: "off"}[choice.extend],

@@ -51,7 +51,8 @@ def build_predictor(
     """Parse the config (offline, cached), fix the version, attach the process-wide LLM client.
 
     The version counts the examples available now (`count`, from the store) and names the form they are
-    shown in. `evaluation`: the project's few-shot evaluation, whose score maps rescale the scores if they
+    shown in. `evaluation`: the project's evaluation, whose answer strategy is used (under LLM_ANSWER_STRATEGY=auto),
+    whose score maps rescale the scores if they
     were fitted on this model, prompt, config and guidance, and whose region cuts leave low-scored regions
     of list answers out (under a version of their own). `min_score`: the project's, in place of LLM_MIN_SCORE.
     """
@@ -60,6 +61,8 @@ def build_predictor(
         settings = settings.with_changes(min_score=min_score)
     if evaluation is not None and evaluation.extend is False:  # the project's annotations turned extension off
         settings = settings.without_extension()
+    if evaluation is not None and evaluation.strategy and settings.answer_strategy == "auto":
+        settings = settings.with_changes(answer_strategy=evaluation.strategy)  # what its annotations chose
     guidance = guidance or PromptGuidance(settings.instructions, settings.output_language, settings.reasoning)
     form = form or FewShotForm(settings.fewshot_k, settings.fewshot_form)
     bucket = examples_bucket(count) if examples is not None and form.k else 0
@@ -75,7 +78,7 @@ def build_predictor(
 def project_evaluation(label_config: str | None, settings: Settings, project: int | str) -> FewShotEvaluation | None:
     """The project's stored few-shot evaluation, for the batch job and its workers: its score maps make their
     scores mean what `/predict`'s do (one model_version, one Data Manager column, one sort order)."""
-    if not settings.fewshot_auto:
+    if not settings.evaluates_projects:
         return None
     store = open_example_store(settings)
     return stored_evaluation(store, str(project), schema_for(label_config).config_hash) if store is not None else None
