@@ -1121,6 +1121,8 @@ def main() -> None:
     parser.add_argument("--reask", action="store_true",
                         help="with --merge --reread: candidate 'ours+reask', answers naming no choice asked once "
                              "more which choice they are closest to (starts the local model)")
+    parser.add_argument("--answer-strategy", default="structured", choices=["structured", "free-text"],
+                        help="LLM_ANSWER_STRATEGY for ours (a run has no annotations to choose on)")
     parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS),
                         help="candidate changes run beside ours on each endpoint kind (paired against ours)")
     parser.add_argument("--seed", type=int, default=0)
@@ -1223,6 +1225,7 @@ def main() -> None:
         }
         if args.reasoning:
             env["LLM_REASONING"] = args.reasoning
+        env["LLM_ANSWER_STRATEGY"] = args.answer_strategy
         env["LLM_LOGPROBS"] = args.logprobs
         env["LLM_EXTEND_LISTS"] = args.extend
         if args.max_input_chars:

@@ -56,7 +56,9 @@ def scripted(examples_help: bool) -> Callable[[dict], fake.Reply]:
 
 
 def start(llm: fake.FakeLLMServer, tmp: Path, **env: str) -> Backend:
-    base = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_CACHE": "off"}
+    # the few-shot forms alone: the answer strategy's own choice is tested in test_answer_strategy.py
+    base = {"MODELSCOPE_API_KEY": TEST_KEY, "MODELSCOPE_API_URL": llm.base_url, "LLM_CACHE": "off",
+            "LLM_ANSWER_STRATEGY": "structured"}
     return Backend({**base, **env}, tmp)
 
 
@@ -127,7 +129,7 @@ def test_auto_chooses_from_the_projects_own_annotations(
         assert accuracy['ml_backend_fewshot_eval_accuracy{form="0",project="1"}'] == (0.0 if examples_help else 1.0)
         assert len(accuracy) == 4, accuracy  # zero-shot and three forms with examples
         [(gauge, k)] = chosen(found).items()
-        log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
+        log = [line for line in backend.logs().splitlines() if "project evaluation" in line]
         assert log and "calls" in log[-1] and "accuracy on" in log[-1]
 
         predictions = backend.predict(CONFIG, [{"id": 999, "data": {"text": NEW_TASK}}], PROJECT)
@@ -216,7 +218,7 @@ def test_the_projects_annotations_rescale_an_overconfident_score(llm: fake.FakeL
         assert before["score"] == pytest.approx(0.9)
         annotate(backend)
         settle(backend, llm)
-        log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
+        log = [line for line in backend.logs().splitlines() if "project evaluation" in line]
         assert log and "score map {" in log[-1]
         calls = llm.chat_calls
         [after] = backend.predict(CONFIG, new_task, PROJECT)
@@ -276,7 +278,7 @@ def test_entity_region_scores_are_fitted_to_the_projects_annotations(llm: fake.F
                 for m, label in spans]
             post_annotation(backend, n, text, result, NER_CONFIG)
         settle(backend, llm, NER_CONFIG)
-        log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
+        log = [line for line in backend.logs().splitlines() if "project evaluation" in line]
         assert log and "region maps {'ner'" in log[-1], backend.logs()[-3000:]
         calls = llm.chat_calls
         [after] = backend.predict(NER_CONFIG, new_task, PROJECT)
@@ -312,7 +314,7 @@ def annotate_people(backend: Backend, llm: fake.FakeLLMServer) -> str:
         post_annotation(backend, n, f"{person} met the board on Monday.",
                         [{"from_name": "ner", "to_name": "text", "type": "labels", "value": value}], NER_CONFIG)
     settle(backend, llm, NER_CONFIG)
-    log = [line for line in backend.logs().splitlines() if "few-shot auto choice" in line]
+    log = [line for line in backend.logs().splitlines() if "project evaluation" in line]
     assert log, backend.logs()
     return log[-1]
 

@@ -196,7 +196,9 @@ def test_page_shows_each_projects_few_shot_choice_and_its_accuracy(llm: fake.Fak
         assert store is not None
         fitted = {"a": 1.2, "b": -1.0, "n": 15, "right": 9, "version": "v"}
         accuracy = {"0": 0.7, "labels-1": 0.85}
-        choice = FewShotEvaluation(form="labels-1", samples=20, calls=40, accuracy=accuracy, score_map=fitted)
+        choice = FewShotEvaluation(form="labels-1", samples=20, calls=40, accuracy=accuracy, score_map=fitted,
+                                   strategy="structured", strategy_accuracy={"structured": 0.8, "free-text": 0.6},
+                                   strategy_samples=20)
         store.set_meta("7", meta_key(config_hash(cfg)), choice.dumps())
         b.setup(cfg, project="7.1700000000")
         b.setup(cfg, project="8.1700000000")  # never evaluated
@@ -204,6 +206,7 @@ def test_page_shows_each_projects_few_shot_choice_and_its_accuracy(llm: fake.Fak
     finally:
         b.stop()
     page = body.decode("utf-8")
-    assert re.search(r"<td>7</td><td>[^<]*</td><td>labels-1（准确率 accuracy 85%）；分数按 15 条标注校准 "
+    assert re.search(r"<td>7</td><td>[^<]*</td><td>structured（准确率 accuracy: structured 80%, free-text 60%; "
+                     r"20 个标注任务 annotated tasks）</td><td>labels-1（准确率 accuracy 85%）；分数按 15 条标注校准 "
                      r"\(score fitted on 15 tasks\)</td>", page), page
-    assert re.search(r"<td>8</td><td>[^<]*</td><td>auto：尚未评估", page), page
+    assert re.search(r"<td>8</td><td>[^<]*</td><td>auto：尚未评估，JSON[^<]*</td><td>auto：尚未评估", page), page

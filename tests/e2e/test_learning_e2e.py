@@ -44,7 +44,7 @@ def test_annotation_webhooks_fill_and_empty_the_example_set(
     ls: LabelStudioClient, start_backend: StartBackend, llm: fake.FakeLLMServer
 ) -> None:
     llm.set_responder(answer)
-    backend = start_backend(FEWSHOT_EXAMPLES="3")
+    backend = start_backend(FEWSHOT_EXAMPLES="3", LLM_ANSWER_STRATEGY="structured")  # no evaluation: every prompt shown
     project = ls.create_project("e2e learning", CONFIG)
     task_ids = ls.import_tasks(project, [{"data": {"text": t}} for t in REVIEWS])
     ls.add_ml_backend(project, backend.url)
@@ -90,7 +90,7 @@ def test_train_button_resyncs_annotations_made_while_the_backend_was_away(
     for i in range(4):  # no backend connected yet: no webhook saw these
         ls.create_annotation(task_ids[i], sentiment("负面"))
     creds = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.installation.token,
-             "FEWSHOT_EXAMPLES": "3"}  # an explicit count: shown without an automatic evaluation
+             "FEWSHOT_EXAMPLES": "3", "LLM_ANSWER_STRATEGY": "structured"}  # shown without an automatic evaluation
     backend = start_backend(**creds)
     ml = ls.add_ml_backend(project, backend.url)
     empty = version_for(backend, ls, project)
