@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from ..labeling.calibration import ScoreMaps
 from ..labeling.controls import LIST_TAGS
@@ -53,6 +53,7 @@ from .scorefit import RegionCut, ScoreMap, fit, fit_cut
 from .store import ExampleStore
 
 logger = logging.getLogger(__name__)
+Candidate = TypeVar("Candidate")  # what a judgement asks with: a few-shot form, an answer strategy
 
 MIN_EXAMPLES = 8  # fewer annotated tasks: nothing to judge by, zero-shot
 MIN_SAMPLES = 4  # fewer tasks per form than this: not worth the calls
@@ -199,6 +200,30 @@ def stratum_weights(index: ExampleIndex, labels: Sequence[str]) -> list[float]:
     return [(project[label] / total) / (sample[label] / n) if project[label] else 1.0 for label in labels]
 
 
+def judge_sample(
+    index: ExampleIndex,
+    sample: Sequence[Example],
+    candidates: dict[str, Candidate],
+    judge: Callable[[Example, Candidate], Judged],
+    spent: Callable[[], int],
+    budget: int,
+) -> dict[str, list[tuple[Judged, str]]]:
+    """Each candidate's judgement of each sampled task (with the task's label), task by task, while the calls
+    `spent()` leave room in `budget` for one more task; raises `EvaluationAborted` when most judgements fail."""
+    judged: dict[str, list[tuple[Judged, str]]] = {name: [] for name in candidates}
+    errors = asked = 0
+    for example in sample:
+        if spent() + len(candidates) > budget:
+            break
+        for name, candidate in candidates.items():
+            outcome = judge(example, candidate)
+            errors, asked = errors + outcome.error, asked + 1
+            if errors >= ABORT_AFTER_ERRORS and 2 * errors > asked:
+                raise EvaluationAborted(f"{errors} of {asked} predictions failed: the endpoint, not the candidates")
+            judged[name].append((outcome, label_of(example, index.schema)))
+    return judged
+
+
 def evaluate(
     index: ExampleIndex,
     forms: Sequence[FewShotForm],
@@ -223,19 +248,9 @@ def evaluate(
         reason = "FEWSHOT_EVAL_CALLS=0" if budget <= 0 else f"{len(index)} examples, budget {budget}: too few to judge"
         return FewShotEvaluation(reason=reason, at=time.time())
     sample = stratified_sample(index, per_form, seed)
-    right: dict[str, list[bool]] = {f.name: [] for f in forms}
-    judged: dict[str, list[tuple[Judged, str]]] = {f.name: [] for f in forms}
-    start, errors, asked = spent(), 0, 0
-    for example in sample:
-        if spent() - start + len(forms) > budget:
-            break
-        for form in forms:
-            outcome = judge(example, form)
-            errors, asked = errors + outcome.error, asked + 1
-            if errors >= ABORT_AFTER_ERRORS and 2 * errors > asked:
-                raise EvaluationAborted(f"{errors} of {asked} predictions failed: the endpoint, not the forms")
-            right[form.name].append(outcome.ok)
-            judged[form.name].append((outcome, label_of(example, index.schema)))
+    start = spent()
+    judged = judge_sample(index, sample, {f.name: f for f in forms}, judge, lambda: spent() - start, budget)
+    right = {name: [o.ok for o, _ in outcomes] for name, outcomes in judged.items()}
     n = len(right["0"])
     name, why = decide(forms, right)
     accuracy = {f: (sum(r) / n if n else 0.0) for f, r in right.items()}

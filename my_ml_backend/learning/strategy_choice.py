@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .autotune import ABORT_AFTER_ERRORS, MIN_EXAMPLES, MIN_SAMPLES, EvaluationAborted, Judged, stratified_sample
+from .autotune import MIN_EXAMPLES, MIN_SAMPLES, Judged, judge_sample, stratified_sample
 from .examples import Example
-from .index import ExampleIndex, label_of
+from .index import ExampleIndex
 
 STRUCTURED = "structured"
 FREE_TEXT = "free-text"
@@ -62,19 +62,9 @@ def evaluate_strategies(
         reason = "ANSWER_EVAL_CALLS=0" if budget <= 0 else f"{len(index)} examples, budget {budget}: too few to judge"
         return StrategyVerdict(reason=reason)
     sample = stratified_sample(index, budget // per_task, seed)
-    right: dict[str, list[bool]] = {s: [] for s in strategies}
-    judged: dict[str, list[tuple[Judged, str]]] = {s: [] for s in strategies}
-    start, errors, asked = spent(), 0, 0
-    for example in sample:
-        if spent() - start + per_task > budget:
-            break
-        for strategy in strategies:
-            outcome = judge(example, strategy)
-            errors, asked = errors + outcome.error, asked + 1
-            if errors >= ABORT_AFTER_ERRORS and 2 * errors > asked:
-                raise EvaluationAborted(f"{errors} of {asked} predictions failed: the endpoint, not the strategies")
-            right[strategy].append(outcome.ok)
-            judged[strategy].append((outcome, label_of(example, index.schema)))
+    start = spent()
+    judged = judge_sample(index, sample, {s: s for s in strategies}, judge, lambda: spent() - start, budget)
+    right = {s: [o.ok for o, _ in outcomes] for s, outcomes in judged.items()}
     n = len(right[STRUCTURED])
     if n < MIN_SAMPLES:
         return StrategyVerdict(samples=n, reason=f"{n} tasks judged within the budget: too few")
