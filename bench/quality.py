@@ -477,8 +477,8 @@ def no_confidence() -> ExitStack:
 
     original = predictor.prepare_task
 
-    def prepare(schema: Any, task: Any, inputs: Any, max_chars: int, confidence: bool) -> Any:
-        return original(schema, task, inputs, max_chars, False)
+    def prepare(schema: Any, task: Any, inputs: Any, max_chars: int, confidence: bool, *rest: Any) -> Any:
+        return original(schema, task, inputs, max_chars, False, *rest)
 
     return _patched((predictor,), "prepare_task", prepare)
 
