@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .controls.base import ordered
+from .controls.choices import is_single_choice
 from .parsing import parse_reply
 from .prompts import CONFIDENCE_KEY, prompt_language
 from .results import build_results
@@ -73,7 +74,7 @@ def choice_distributions(
     answered = {r.get("from_name") for r in regions}
     out: dict[str, ChoiceDistribution] = {}
     for target in targets:
-        if target.tag != "choices" or target.control.attr.get("choice") == "multiple" or target.name not in answered:
+        if not is_single_choice(target) or target.name not in answered:
             continue
         allowed = ordered(target.control.labels or [])
         if tokens and (dist := choice_distribution(tokens, target.name, allowed)) is not None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from .answers import TaskAnswer
 from .controls.base import listed
-from .controls.choices import aliases_of
+from .controls.choices import aliases_of, is_single_choice
 from .controls.matching import closest_value, normalize
 from .prompts import PromptGuidance, prompt_language
 from .results import build_results
@@ -36,9 +36,7 @@ def free_text_target(wanted: Sequence[Target]) -> Target | None:
     if len(wanted) != 1:
         return None
     target = wanted[0]
-    if target.tag != "choices" or target.control.attr.get("choice") == "multiple" or not target.control.labels:
-        return None
-    return target
+    return target if is_single_choice(target) and target.control.labels else None
 
 
 def free_text_prompt(target: Target, texts: dict[str, str], guidance: PromptGuidance) -> list[dict[str, str]]:
@@ -65,7 +63,7 @@ def matched_choice(reply: str, target: Target) -> tuple[str, float] | None:
     allowed = listed(target)
     line = first_line(reply)
     aliases = aliases_of(target)
-    for said in (line, reply):
+    for said in dict.fromkeys((line, reply)):  # a one-line reply is matched once
         if said and (value := closest_value(said, allowed, aliases)):
             return value, _similarity(line, value)
     if not line:

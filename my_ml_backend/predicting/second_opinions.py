@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..labeling.answers import TaskAnswer, read_answer
+from ..labeling.controls.choices import is_single_choice
 from ..labeling.parsing import parse_reply
 from ..labeling.prompts import labels_reversed
 from ..labeling.schema import Target
@@ -46,7 +47,7 @@ _OUT_OF_QUOTA = (ErrorKind.QUOTA, ErrorKind.MODEL_UNAVAILABLE)
 
 def single_choices(wanted: Sequence[Target]) -> list[Target]:
     """The single-choice controls among `wanted`: the ones second opinions score."""
-    return [t for t in wanted if t.tag == "choices" and t.control.attr.get("choice") not in ("multiple",)]
+    return [t for t in wanted if is_single_choice(t)]
 
 
 def chosen(answer: TaskAnswer, names: set[str]) -> dict[str, str]:

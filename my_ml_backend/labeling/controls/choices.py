@@ -30,6 +30,11 @@ def _multiple(target: Target) -> bool:
     return target.control.attr.get("choice") == "multiple"
 
 
+def is_single_choice(target: Target) -> bool:
+    """A `<Choices>` answered with one value: what calibration, second opinions and a plain answer work on."""
+    return target.tag == "choices" and not _multiple(target)
+
+
 class ChoicesHandler:
     tag = "choices"
     object_tags = TEXT_OBJECTS
