@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..labeling.calibration import ScoreMaps
 from ..labeling.controls import LIST_TAGS
@@ -257,12 +257,17 @@ def evaluate(
     extend, said = extension_verdict([o for o, _ in judged[name]])
     if extend is False:  # the maps are fitted on what will be served: the answers before extension
         judged[name] = [(o.before or o, label) for o, label in judged[name]]
-    task, regions, cuts = fit_maps(judged[name], index, version_off if extend is False and version_off else version)
+    maps = fitted_fields(judged[name], index, version_off if extend is False and version_off else version)
     return FewShotEvaluation(form=name, samples=n, calls=spent() - start, accuracy=accuracy,
-                  reason=why if extend is None else f"{why}; {said}", at=time.time(),
-                  score_map=task.to_dict() if task else None,
-                  region_maps={c: m.to_dict() for c, m in regions.items()} or None, extend=extend,
-                  region_cuts={c: cut.to_dict() for c, cut in cuts.items()} or None)
+                             reason=why if extend is None else f"{why}; {said}", at=time.time(), extend=extend, **maps)
+
+
+def fitted_fields(judged: Sequence[tuple[Judged, str]], index: ExampleIndex, version: str) -> dict[str, Any]:
+    """`fit_maps` as the `FewShotEvaluation` fields that store them (None where nothing was fitted)."""
+    task, regions, cuts = fit_maps(judged, index, version)
+    return {"score_map": task.to_dict() if task else None,
+            "region_maps": {c: m.to_dict() for c, m in regions.items()} or None,
+            "region_cuts": {c: cut.to_dict() for c, cut in cuts.items()} or None}
 
 
 def fit_maps(

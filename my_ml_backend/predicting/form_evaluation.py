@@ -14,7 +14,7 @@ from ..labeling.answers import TaskAnswer
 from ..labeling.free_text import free_text_target
 from ..labeling.prompts import PromptGuidance
 from ..labeling.schema import LabelingSchema
-from ..learning.autotune import EvaluationAborted, FewShotEvaluation, Judged, candidates, evaluate, fit_maps
+from ..learning.autotune import EvaluationAborted, FewShotEvaluation, Judged, candidates, evaluate, fitted_fields
 from ..learning.examples import Example, answers_from_results, region_pairs
 from ..learning.index import ExampleIndex
 from ..learning.retrieval import FewShotExamples, FewShotForm
@@ -65,12 +65,8 @@ def evaluate_project(
     if verdict is not None and verdict.strategy == FREE_TEXT:
         chosen = settings.with_changes(answer_strategy=FREE_TEXT)
         version = model_version(chosen, schema.config_hash, guidance.fingerprint())
-        task, regions, cuts = fit_maps(verdict.judged, index, version)
-        evaluation = FewShotEvaluation(
-            reason="a plain answer is asked without examples", samples=verdict.samples,
-            score_map=task.to_dict() if task else None,
-            region_maps={c: m.to_dict() for c, m in regions.items()} or None,
-            region_cuts={c: cut.to_dict() for c, cut in cuts.items()} or None, at=time.time())
+        evaluation = FewShotEvaluation(reason="a plain answer is asked without examples", samples=verdict.samples,
+                                       at=time.time(), **fitted_fields(verdict.judged, index, version))
     elif settings.fewshot_auto and settings.fewshot_eval_calls > 0:
         evaluation = _judge_forms(label_config, settings.with_changes(answer_strategy=STRUCTURED), guidance, index,
                                   calls, seed)

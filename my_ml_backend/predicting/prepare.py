@@ -102,19 +102,17 @@ def _ready(
     free_text: bool = False,
 ) -> PreparedTask:
     wanted = wanted_targets(schema, texts)
-    if free_text and (target := free_text_target(wanted)) is not None:  # zero-shot: llm_interactive shows none
-        ask = Ask(free_text_prompt(target, texts, inputs.guidance), None)
-        prepared = PreparedTask(task, schema, texts, wanted, ask, inputs, confidence, target)
-        ask.accept = lambda reply: prepared.read(reply).answered
-        logger.debug("Task %s prompt (free text):\n%s", task.get("id"), ask.messages[-1]["content"])
-        return prepared
-    if inputs.examples is not None:
-        messages = inputs.examples.messages(schema, texts, inputs.guidance, task.get("id"), confidence)
+    plain = free_text_target(wanted) if free_text else None
+    if plain is not None:  # zero-shot: llm_interactive shows no examples
+        ask = Ask(free_text_prompt(plain, texts, inputs.guidance), None)
     else:
-        messages = build_prompt(schema, texts, inputs.guidance, confidence=confidence)
+        if inputs.examples is not None:
+            messages = inputs.examples.messages(schema, texts, inputs.guidance, task.get("id"), confidence)
+        else:
+            messages = build_prompt(schema, texts, inputs.guidance, confidence=confidence)
+        ask = Ask(messages, answer_schema(schema, texts, inputs.guidance.reasoning, confidence))
     logger.debug("Task %s fields: %s", task.get("id"), {k: len(v) for k, v in texts.items()})
-    logger.debug("Task %s prompt:\n%s", task.get("id"), messages[-1]["content"])
-    ask = Ask(messages, answer_schema(schema, texts, inputs.guidance.reasoning, confidence))
-    prepared = PreparedTask(task, schema, texts, wanted, ask, inputs, confidence)
+    logger.debug("Task %s prompt%s:\n%s", task.get("id"), " (free text)" if plain else "", ask.messages[-1]["content"])
+    prepared = PreparedTask(task, schema, texts, wanted, ask, inputs, confidence, plain)
     ask.accept = lambda reply: prepared.read(reply).answered  # only a reply with a valid result is worth caching
     return prepared

@@ -237,8 +237,8 @@ def gather(settings: Settings, registry: ModelRegistry) -> StatusData:
 
 
 def strategy_text(strategy: str, accuracy: dict[str, float], samples: int) -> str:
-    """`free-text（structured 55 %, free-text 68 %, 40 tasks）`: the answer strategy the project's annotations chose,
-    and each strategy's accuracy on them."""
+    """The answer strategy the project's annotations chose, then each strategy's accuracy on them and how many
+    annotated tasks were judged."""
     measured = ", ".join(f"{name} {value:.0%}" for name, value in accuracy.items())
     return f"{strategy}（准确率 accuracy: {measured}; {samples} 个标注任务 annotated tasks）" if measured else strategy
 
