@@ -227,7 +227,8 @@ def test_train_chooses_the_plain_answer_and_the_status_page_and_version_say_so(
         assert after != before, backend.logs()[-3000:]
         text = list(ARTICLES)[5]
         [item] = backend.predict(NEWS, [{"id": 999, "data": {"text": text}}], PROJECT)
-        assert "response_format" not in llm.requests[-1]["body"]
+        # the scripted model is right only when asked the plain way; the last request on record may be the next
+        # evaluation's (the 24 annotations reach a new bucket), so the answer is what proves how it was asked
         assert item["result"][0]["value"]["choices"] == [ARTICLES[text]] and item["model_version"] == after
         page = fetch(backend.url + "/", HTML)[2].decode()
         assert "free-text" in page and "structured 0%" in page and "free-text 100%" in page
