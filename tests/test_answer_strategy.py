@@ -64,11 +64,12 @@ def test_a_plain_answer_is_matched_to_the_choice_it_names(reply: str, value: str
 
 
 def test_an_answer_close_to_no_choice_takes_the_most_similar_one_scored_low() -> None:
-    """llm_interactive's rule: every answer with words maps to the choice it is most like, so no task is
-    left without a pre-label; the low similarity puts it first for review."""
+    """llm_interactive's rule: an answer maps to the choice it is most like, so a task is left without a
+    pre-label only when its reply shares nothing with any choice; the low similarity puts it first for review."""
     value, similarity = matched_choice("technical stuff", target())
     assert value == "tech" and similarity < 0.75
     assert matched_choice("", target()) is None and matched_choice("  \n*\n", target()) is None
+    assert matched_choice("完全无关", target()) is None  # no character in common: picking one would be a guess
 
 
 def test_the_score_is_the_similarity_times_the_first_lines_probability() -> None:

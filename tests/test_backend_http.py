@@ -69,7 +69,8 @@ def test_one_item_per_task_in_order_and_failures_isolated(backend: Backend, llm:
     assert preds[2]["result"] == [] and preds[2]["score"] == 0  # answered, but with no valid choice
     assert preds[3]["result"][0]["value"] == {"choices": ["中性"]}
     assert all(p["model_version"] == version for p in preds)
-    assert llm.chat_calls == 3  # no call for the task without text
+    # no call for the task without text; the one whose reply named no choice is asked once more the plain way
+    assert llm.chat_calls == 4 and "response_format" not in llm.requests[-1]["body"]
 
 
 def test_long_text_is_truncated(backend: Backend, llm: fake.FakeLLMServer) -> None:

@@ -7,7 +7,8 @@ that ask one single-choice `<Choices>`; every other config is asked for JSON.
 
 The reader is pure: the reply's first line matched to a choice (`controls.matching.closest_value`: a
 near miss, an alias, a choice named in a sentence), else the whole reply, else the choice most similar by
-spelling, as llm_interactive does, scored by that similarity so it is reviewed first.
+spelling, as llm_interactive does, scored by that similarity so it is reviewed first. A reply that shares
+no character with any choice gets no pre-label.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ def matched_choice(reply: str, target: Target) -> tuple[str, float] | None:
             return value, _similarity(line, value)
     if not line:
         return None
-    # llm_interactive's rule: the choice most similar by spelling, however little
+    # llm_interactive's rule: the choice most similar by spelling, however little; but a reply sharing no
+    # character with any choice would only pick the first listed, which is a guess, not an answer
     best = max(allowed, key=lambda v: difflib.SequenceMatcher(None, normalize(line), normalize(v)).ratio())
-    return best, _similarity(line, best)
+    similarity = _similarity(line, best)
+    return (best, similarity) if similarity > 0 else None
 
 
 def _similarity(said: str, value: str) -> float:

@@ -1,4 +1,5 @@
-"""Predict a batch: prepare → ask (one strategy for single and packed calls) → read → calibrate → build items.
+"""Predict a batch: prepare → ask (one strategy for single and packed calls) → read → retry an answer naming no
+choice the plain way → second opinions → calibrate → build items.
 
 Label Studio sends all selected tasks in one `/predict` and keeps nothing from a malformed reply, so a
 batch returns exactly one item per task, in order; a task that fails gets an item without a result instead
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from types import EllipsisType
@@ -28,6 +30,7 @@ from ..telemetry.metrics import BATCHES, METRICS, TASKS, Tally
 from .answer_shares import AnswerShares
 from .calibrate import BatchCalibration
 from .items import failed_item, prediction_item, withheld_item
+from .plain_retry import PlainRetry
 from .prepare import PreparedTask, PromptInputs, prepare_task
 from .score_activity import SCORE_ACTIVITY
 from .second_opinions import SecondOpinions, single_choices
@@ -86,6 +89,7 @@ class Predictor:
         self.single = SingleCalls(client, settings.max_tokens, extend_below)
         self.strategy: AskStrategy = self.single if self.tasks_per_call == 1 else PackedCalls(
             client, settings.max_tokens, self.tasks_per_call, settings.pack_token_budget)
+        self.plain_retry = PlainRetry(self.single, settings.retries_plain)  # a JSON answer naming no choice
         self.opinions = SecondOpinions(client, settings)  # LLM_SCORE's extra calls, between reading and calibrating
         # LLM_SCORE_SHARES: scores without logprobs weighed by their label's share of the answers; decided per batch
         # on the client's `logprobs`, which turns off when the endpoint refuses them
@@ -204,7 +208,9 @@ class Predictor:
             if outcome is None:
                 outcomes[i] = err = deadline_reached()
                 stats.count_error(err)
-        scored = self._rescore_batch(prepared, [o for o in outcomes if o is not None], ends, stats.calls)
+        answered = [o for o in outcomes if o is not None]
+        retried = self._follow_up(prepared, answered, ends, self.plain_retry.applies, self._retry_plain, stats.calls)
+        scored = self._rescore_batch(prepared, retried, ends, stats.calls)
         done = self._calibrate_outcomes(self._weigh_shares(tasks, scored), ends, seconds)
         stats.log(time.monotonic() - started, progress, self.client.limiter.limit)
         return done
@@ -212,7 +218,8 @@ class Predictor:
     def answer_task(self, task: dict[str, Any], inputs: PromptInputs, tally: Tally | None = None) -> TaskAnswer:
         """One task's calibrated answer, with no deadline (the few-shot evaluation); raises `PredictionError`."""
         prepared = self.prepare(task, inputs)
-        answer = self._second_opinions(prepared, self.single.answer(prepared, None, tally), None, tally)
+        first = self._retry_plain(prepared, self.single.answer(prepared, None, tally), None, tally)
+        answer = self._second_opinions(prepared, first, None, tally)
         assert isinstance(answer, TaskAnswer)  # `single.answer` raises instead of returning an error
         weighed = self._weigh_shares([task], [answer])[0]
         assert isinstance(weighed, TaskAnswer)  # a TaskAnswer in gives a TaskAnswer out
@@ -233,24 +240,49 @@ class Predictor:
     def _rescore_batch(
         self, prepared: dict[int, PreparedTask], outcomes: list[Outcome], ends: float | None, tally: Tally | None
     ) -> list[Outcome]:
-        """The batch's answers rescored by LLM_SCORE, after every answer is in: a second opinion not back by the
-        deadline leaves its task's answer as it was (its call still lands in the cache for the next retrieve)."""
-        asked = {i: o for i, o in enumerate(outcomes) if isinstance(o, TaskAnswer) and i in prepared}
-        if not asked or not self.opinions.asks_extra_calls:
+        """The batch's answers rescored by LLM_SCORE, after every answer is in."""
+        if not self.opinions.asks_extra_calls:
+            return outcomes
+        return self._follow_up(prepared, outcomes, ends, lambda _task, o: isinstance(o, TaskAnswer),
+                               self._second_opinions, tally)
+
+    def _follow_up(
+        self,
+        prepared: dict[int, PreparedTask],
+        outcomes: list[Outcome],
+        ends: float | None,
+        applies: Callable[[PreparedTask, Outcome], bool],
+        step: Callable[[PreparedTask, Outcome, float | None, Tally | None], Outcome],
+        tally: Tally | None,
+    ) -> list[Outcome]:
+        """`step` for every outcome it `applies` to, concurrently: an extra call not back by the deadline leaves
+        its task's outcome as it was (the call still lands in the cache for the next retrieve)."""
+        asked = {i: o for i, o in enumerate(outcomes) if i in prepared and applies(prepared[i], o)}
+        if not asked:
             return outcomes
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.concurrency, len(asked))),
-                                  thread_name_prefix="score")
-        futures = {pool.submit(self._second_opinions, prepared[i], o, ends, tally): i for i, o in asked.items()}
-        rescored = list(outcomes)
+                                  thread_name_prefix="follow-up")
+        futures = {pool.submit(step, prepared[i], o, ends, tally): i for i, o in asked.items()}
+        done = list(outcomes)
         try:
             for future in as_completed(futures, timeout=None if ends is None else max(0.0, ends - time.monotonic())):
-                rescored[futures[future]] = future.result()
+                done[futures[future]] = future.result()
         except TimeoutError:
-            logger.info("评分的额外调用未在批次时限内完成，部分任务保留原分数 (score calls not done by the deadline: "
-                        "those tasks keep their first score)")
+            logger.info("额外调用未在批次时限内完成，部分任务保留第一次的答案 (extra calls not done by the deadline: "
+                        "those tasks keep their first answer and score)")
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        return rescored
+        return done
+
+    def _retry_plain(
+        self, task: PreparedTask, outcome: Outcome, deadline: float | None, tally: Tally | None
+    ) -> Outcome:
+        """The plain answer for a JSON answer that named no choice; a failure there keeps the answer as it was."""
+        try:
+            return self.plain_retry.answer(task, outcome, deadline, tally)
+        except Exception:  # noqa: BLE001 - a bug in the retry costs its task's retry, not the batch
+            logger.exception("Task %s: the plain retry failed", task.task.get("id"))
+            return outcome
 
     def _second_opinions(
         self, task: PreparedTask | None, outcome: Outcome, deadline: float | None, tally: Tally | None

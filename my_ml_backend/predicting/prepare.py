@@ -93,6 +93,13 @@ def prepared_under(prepared: PreparedTask, schema: LabelingSchema) -> PreparedTa
                   prepared.free_text is not None)
 
 
+def asked_plain(prepared: PreparedTask) -> PreparedTask | None:
+    """The same task asked the plain way (`labeling.free_text`), or None where a plain answer cannot fill it."""
+    if prepared.free_text is not None or free_text_target(prepared.wanted) is None:
+        return None
+    return _ready(prepared.schema, prepared.task, prepared.texts, prepared.inputs, prepared.confidence, True)
+
+
 def _ready(
     schema: LabelingSchema,
     task: dict[str, Any],

@@ -85,6 +85,7 @@ class Environment(BaseSettings):
     llm_min_score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
     llm_answer_strategy: Annotated[Literal["auto", "structured", "free-text"], Word] | None = None
     answer_eval_calls: Count | None = None
+    llm_retry_plain: Annotated[bool, BeforeValidator(_switch)] | None = None
     # the response cache and shared limits
     llm_cache: Annotated[bool, BeforeValidator(_switch)] | None = None
     redis_url: str | None = None

@@ -97,6 +97,8 @@ class Settings:
     # its annotations; JSON before it has any) | structured (JSON) | free-text (llm_interactive's plain answer)
     answer_strategy: str = "auto"
     answer_eval_calls: int = 80  # ANSWER_EVAL_CALLS: calls the automatic choice may spend (40 tasks, both ways)
+    # LLM_RETRY_PLAIN: a JSON answer that names no choice is asked once more the plain way (`predicting.plain_retry`)
+    retry_plain: bool = True
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with `changes` (field names), checked like the original; these settings never change."""
@@ -158,7 +160,14 @@ class Settings:
             **({"score": self.score_fingerprint} if self.score_fingerprint else {}),
             **({"min_score": self.min_score} if self.min_score else {}),
             **({"answer": self.answer_strategy} if self.answers_free_text else {}),
+            # the retry gives answers where there were none, so a task left empty is predicted again
+            **({"unmatched": "plain"} if self.retries_plain else {}),
         }
+
+    @property
+    def retries_plain(self) -> bool:
+        """A single-choice JSON answer naming no choice is asked once more the plain way (LLM_RETRY_PLAIN)."""
+        return self.retry_plain and not self.answers_free_text
 
     @property
     def answers_free_text(self) -> bool:
@@ -260,6 +269,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "min_score": v.llm_min_score,
         "answer_strategy": v.llm_answer_strategy,
         "answer_eval_calls": v.answer_eval_calls,
+        "retry_plain": v.llm_retry_plain,
     }
     return Settings(**{name: value for name, value in given.items() if value is not None})
 
