@@ -1068,7 +1068,8 @@ def endpoint_table(data: DataSet, answers: dict[str, list[Answer]], seconds: dic
 
 
 def comparisons(systems: list[str]) -> list[tuple[str, str]]:
-    """Ours on each kind against the baseline; each candidate against ours on the same kind."""
+    """Ours on each kind against the baseline; each candidate against ours on the same kind, and the baseline
+    (the issue's target is the baseline + 5 points)."""
     base = next((s for s in systems if not s.startswith("ours")), None)
     pairs = []
     for system in systems:
@@ -1077,6 +1078,8 @@ def comparisons(systems: list[str]) -> list[tuple[str, str]]:
             pairs.append((system, base))
         elif name.startswith("ours+") and f"ours @{kind}" in systems:
             pairs.append((system, f"ours @{kind}"))
+            if base:
+                pairs.append((system, base))
     return pairs
 
 
@@ -1089,7 +1092,7 @@ def pooled_verdicts(pooled: dict[str, dict[str, list[bool]]]) -> None:
         sets = [s for s in pooled[first] if s in pooled[second]]
         per_set = {s: paired([pooled[first][s]], [pooled[second][s]]) for s in sets}
         together: Paired = paired([pooled[first][s] for s in sets], [pooled[second][s] for s in sets])
-        verdict = f"; {adoption(per_set, together)}" if first.startswith("ours+") else ""
+        verdict = f"; {adoption(per_set, together)}" if first.startswith("ours+") and second.startswith("ours") else ""
         print(f"- {first} − {second} over {', '.join(sets)}: {together.describe()}{verdict}")
 
 

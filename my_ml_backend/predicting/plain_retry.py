@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from ..labeling.answers import TaskAnswer
+from ..labeling.free_text import free_text_target
 from ..llm.errors import PredictionError
 from ..telemetry.metrics import Tally
 from .prepare import PreparedTask, asked_plain
@@ -30,7 +31,7 @@ class PlainRetry:
     def applies(self, task: PreparedTask, outcome: Outcome) -> bool:
         """An answered-nothing JSON reply to a task a plain answer can fill."""
         return (self.enabled and isinstance(outcome, TaskAnswer) and not outcome.answered
-                and task.free_text is None and asked_plain(task) is not None)
+                and task.free_text is None and free_text_target(task.wanted) is not None)
 
     def answer(self, task: PreparedTask, outcome: Outcome, deadline: float | None, tally: Tally | None) -> Outcome:
         """The plain answer where it names a choice; else `outcome` as it was (a failed call included)."""
