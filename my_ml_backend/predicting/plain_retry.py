@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 
 from ..labeling.answers import TaskAnswer
-from ..labeling.free_text import free_text_target
 from ..llm.errors import PredictionError
 from ..telemetry.metrics import Tally
-from .prepare import PreparedTask, asked_plain
+from .prepare import PreparedTask, asked_plain, plain_askable
 from .strategies import Outcome, SingleCalls
 
 logger = logging.getLogger(__name__)
@@ -30,19 +29,17 @@ class PlainRetry:
 
     def applies(self, task: PreparedTask, outcome: Outcome) -> bool:
         """An answered-nothing JSON reply to a task a plain answer can fill."""
-        return (self.enabled and isinstance(outcome, TaskAnswer) and not outcome.answered
-                and task.free_text is None and free_text_target(task.wanted) is not None)
+        return self.enabled and isinstance(outcome, TaskAnswer) and not outcome.answered and plain_askable(task)
 
     def answer(self, task: PreparedTask, outcome: Outcome, deadline: float | None, tally: Tally | None) -> Outcome:
         """The plain answer where it names a choice; else `outcome` as it was (a failed call included)."""
-        plain = asked_plain(task) if self.applies(task, outcome) else None
-        if plain is None:
+        if not self.applies(task, outcome):
             return outcome
         task_id = task.task.get("id")
         logger.info("任务 %s 的 JSON 答案不是任何选项，改用纯文本再问一次 (task %s: the JSON answer named no choice; "
                     "asked once more the plain way)", task_id, task_id)
         try:
-            again = self.calls.answer(plain, deadline, tally, extend=False)
+            again = self.calls.answer(asked_plain(task), deadline, tally, extend=False)
         except PredictionError as err:
             logger.info("任务 %s 纯文本重问失败，不预标注 (task %s: the plain retry failed, no pre-label): %s",
                         task_id, task_id, err)

@@ -208,8 +208,8 @@ class Predictor:
             if outcome is None:
                 outcomes[i] = err = deadline_reached()
                 stats.count_error(err)
-        answered = [o for o in outcomes if o is not None]
-        retried = self._follow_up(prepared, answered, ends, self.plain_retry.applies, self._retry_plain, stats.calls)
+        firsts = [o for o in outcomes if o is not None]  # every task's first answer or error
+        retried = self._follow_up(prepared, firsts, ends, self.plain_retry.applies, self._retry_plain, stats.calls)
         scored = self._rescore_batch(prepared, retried, ends, stats.calls)
         done = self._calibrate_outcomes(self._weigh_shares(tasks, scored), ends, seconds)
         stats.log(time.monotonic() - started, progress, self.client.limiter.limit)

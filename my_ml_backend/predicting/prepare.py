@@ -93,10 +93,14 @@ def prepared_under(prepared: PreparedTask, schema: LabelingSchema) -> PreparedTa
                   prepared.free_text is not None)
 
 
-def asked_plain(prepared: PreparedTask) -> PreparedTask | None:
-    """The same task asked the plain way (`labeling.free_text`), or None where a plain answer cannot fill it."""
-    if prepared.free_text is not None or free_text_target(prepared.wanted) is None:
-        return None
+def plain_askable(prepared: PreparedTask) -> bool:
+    """A task asked for JSON that a plain answer could fill (one single-choice `<Choices>`)."""
+    return prepared.free_text is None and free_text_target(prepared.wanted) is not None
+
+
+def asked_plain(prepared: PreparedTask) -> PreparedTask:
+    """The same task asked the plain way (`labeling.free_text`); one that is not `plain_askable` comes back as
+    `_ready` builds it, asked for JSON."""
     return _ready(prepared.schema, prepared.task, prepared.texts, prepared.inputs, prepared.confidence, True)
 
 
